@@ -1,0 +1,3 @@
+from lm_eval_fairdyn.cli import main
+
+raise SystemExit(main())

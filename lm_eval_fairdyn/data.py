@@ -1,0 +1,270 @@
+"""WinoBias Type 2: locating the original files and parsing them into records.
+
+The sentences are never shipped with this package. They come, in this order, from
+1. a folder the caller names (``winobias_dir=``, e.g. lm-eval's ``--metadata``),
+2. the folder in the environment variable ``FAIRDYN_WINOBIAS_DIR``,
+3. the local cache (``$FAIRDYN_CACHE``, default ``~/.cache/lm_eval_fairdyn``),
+4. a download of the four Type 2 files from the upstream repository, pinned to a commit and
+   checked against the upstream git blob SHA-1s, cached with the upstream MIT license.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+UPSTREAM_REPO = "https://github.com/uclanlp/corefBias"
+UPSTREAM_COMMIT = "0bce984dd081bbc10b0622f326727a024c607895"
+UPSTREAM_DATA_DIR = "WinoBias/wino/data"
+_RAW_URL = "https://raw.githubusercontent.com/uclanlp/corefBias/{commit}/{path}"
+
+SPLITS = ("dev", "test")
+POLARITIES = ("pro", "anti")
+ENV_DIR = "FAIRDYN_WINOBIAS_DIR"
+ENV_CACHE = "FAIRDYN_CACHE"
+
+# git blob SHA-1 of each upstream file at UPSTREAM_COMMIT.
+UPSTREAM_BLOB_SHA1 = {
+    "pro_stereotyped_type2.txt.dev": "584d9c1cc6672b014d9aac3c2383650866470b61",
+    "pro_stereotyped_type2.txt.test": "e0c786e81a6f8e7ee84ba1cb76167cc0bf941c95",
+    "anti_stereotyped_type2.txt.dev": "04d2d43335149db830bcf487e71e3ad84b5f0ad2",
+    "anti_stereotyped_type2.txt.test": "d83b0730881d470a76d95c9d2d5992a343bd2423",
+    "LICENSE": "89bd93487f144c21d28086c0b47d5d8062c91ca6",
+}
+
+# The 40 WinoBias occupations and the gender each is stereotyped as (US labour statistics,
+# as listed in WinoBias' male_occupations.txt / female_occupations.txt).
+MALE_OCCUPATIONS = (
+    "driver", "supervisor", "janitor", "cook", "mover", "laborer", "construction worker",
+    "chief", "developer", "carpenter", "manager", "lawyer", "farmer", "salesperson",
+    "physician", "guard", "analyst", "mechanic", "sheriff", "CEO",
+)  # fmt: skip
+FEMALE_OCCUPATIONS = (
+    "attendant", "cashier", "teacher", "nurse", "assistant", "secretary", "auditor",
+    "cleaner", "receptionist", "clerk", "counselor", "designer", "hairdresser", "writer",
+    "housekeeper", "baker", "accountant", "editor", "librarian", "tailor",
+)  # fmt: skip
+OCCUPATION_STEREOTYPE = {o: "male" for o in MALE_OCCUPATIONS} | {
+    o: "female" for o in FEMALE_OCCUPATIONS
+}
+PRONOUN_GENDER = {"he": "male", "him": "male", "his": "male", "she": "female", "her": "female"}
+
+_LINE = re.compile(r"^(\d+) (\S.*)$")
+_SPAN = re.compile(r"\[([^\[\]]*)\]")
+_DETERMINERS = ("the", "a", "an")
+# Longest names first so that "construction worker" wins over any shorter match.
+_OCCUPATION = re.compile(
+    r"\b(" + "|".join(re.escape(o) for o in sorted(OCCUPATION_STEREOTYPE, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+
+
+class WinoBiasError(ValueError):
+    """A WinoBias file that cannot be used; the message names file and line."""
+
+
+class WinoBiasUnavailable(FileNotFoundError):
+    """No WinoBias files could be found locally or downloaded."""
+
+
+@dataclass(frozen=True)
+class WinoBiasRecord:
+    """One Type 2 sentence."""
+
+    split: str  # "dev" | "test"
+    polarity: str  # "pro" | "anti"
+    line: int  # 1-based line number in the file (equals the file's own index)
+    sentence: str  # brackets removed, see `clean_sentence`
+    referent: str  # occupation the pronoun refers to, as in OCCUPATION_STEREOTYPE
+    other: str  # the other occupation (not bracketed)
+    pronoun: str  # first pronoun that corefers with the referent, lower case
+    pronoun_gender: str  # "male" | "female"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def type2_filename(polarity: str, split: str) -> str:
+    return f"{polarity}_stereotyped_type2.txt.{split}"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """SHA-1 of ``data`` as git stores it: sha1(b"blob <len>\\0" + data)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _canonical_occupation(text: str) -> str | None:
+    for name in OCCUPATION_STEREOTYPE:
+        if name.lower() == text.lower():
+            return name
+    return None
+
+
+def clean_sentence(raw: str) -> str:
+    """Remove the span brackets and undo the files' partial tokenisation.
+
+    - ``[the designer]`` -> ``the designer``; ``the [ physician]`` -> ``the physician``;
+    - a determiner doubled by a span (``the [the chief]``) is written once;
+    - possessive `` 's`` is re-attached (``janitor 's`` -> ``janitor's``).
+    """
+    text = re.sub(r"\b(the|a|an) \[\s*\1 ", r"\1 [", raw, flags=re.IGNORECASE)
+    text = text.replace("[", "").replace("]", "")
+    text = re.sub(r" 's\b", "'s", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def parse_line(text: str, *, split: str, polarity: str, path: str, lineno: int) -> WinoBiasRecord:
+    """Parse one line ``<index> <sentence with [spans]>``; raise WinoBiasError naming path:line."""
+    where = f"{path}:{lineno}"
+    match = _LINE.match(text.rstrip("\r\n"))
+    if not match:
+        raise WinoBiasError(f"{where}: expected '<index> <sentence>', got {text.strip()!r}")
+    raw = match.group(2)
+    spans = [s.strip() for s in _SPAN.findall(raw)]
+    if len(spans) < 2:
+        raise WinoBiasError(
+            f"{where}: expected a bracketed occupation followed by bracketed pronoun(s), "
+            f"found {len(spans)} span(s) in {raw!r}"
+        )
+    words = spans[0].split()
+    if words and words[0].lower() in _DETERMINERS:
+        words = words[1:]
+    referent = _canonical_occupation(" ".join(words))
+    if referent is None:
+        raise WinoBiasError(f"{where}: first span [{spans[0]}] is not a WinoBias occupation")
+    genders = set()
+    for span in spans[1:]:
+        if span.lower() not in PRONOUN_GENDER:
+            raise WinoBiasError(f"{where}: span [{span}] is not a pronoun (he/him/his/she/her)")
+        genders.add(PRONOUN_GENDER[span.lower()])
+    if len(genders) != 1:
+        raise WinoBiasError(f"{where}: pronouns {spans[1:]} disagree in gender")
+    sentence = clean_sentence(raw)
+    referent_start = raw.index("[")
+    others = [
+        _canonical_occupation(m.group(1))
+        for m in _OCCUPATION.finditer(raw)
+        if not (referent_start <= m.start() <= raw.index("]", referent_start))
+    ]
+    if not others:
+        raise WinoBiasError(f"{where}: no second occupation outside the span in {raw!r}")
+    # With a third occupation (dev line 72) the first one outside the span is the other one.
+    return WinoBiasRecord(
+        split=split,
+        polarity=polarity,
+        line=lineno,
+        sentence=sentence,
+        referent=referent,
+        other=others[0],
+        pronoun=spans[1].lower(),
+        pronoun_gender=genders.pop(),
+    )
+
+
+def parse_file(path: str | Path, *, split: str, polarity: str) -> list[WinoBiasRecord]:
+    """All records of one Type 2 file; any malformed line is an error, never skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise WinoBiasError(f"{path}: not UTF-8 text ({err})") from err
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            raise WinoBiasError(f"{path}:{lineno}: empty line")
+        record = parse_line(line, split=split, polarity=polarity, path=str(path), lineno=lineno)
+        index = int(line.split(" ", 1)[0])
+        if index != lineno:
+            raise WinoBiasError(f"{path}:{lineno}: line index {index} does not match its line number")
+        records.append(record)
+    if not records:
+        raise WinoBiasError(f"{path}: file is empty")
+    return records
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lm_eval_fairdyn"
+    )
+    return Path(root)
+
+
+def _required_files(splits, polarities) -> list[str]:
+    return [type2_filename(p, s) for s in splits for p in polarities]
+
+
+def _download(target: Path, timeout: float = 30.0) -> None:
+    """Fetch the Type 2 files and the license, verify their blob SHA-1s, write atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name, sha1 in UPSTREAM_BLOB_SHA1.items():
+        path = name if name == "LICENSE" else f"{UPSTREAM_DATA_DIR}/{name}"
+        url = _RAW_URL.format(commit=UPSTREAM_COMMIT, path=path)
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
+            data = response.read()
+        if git_blob_sha1(data) != sha1:
+            raise WinoBiasError(f"{url}: checksum mismatch (expected git blob {sha1})")
+        tmp = target / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.replace(target / name)
+
+
+def resolve_winobias_dir(
+    winobias_dir: str | os.PathLike | None = None,
+    *,
+    splits=SPLITS,
+    polarities=POLARITIES,
+    download: bool = True,
+) -> Path:
+    """The folder holding the needed Type 2 files, by the order in the module docstring."""
+    needed = _required_files(splits, polarities)
+    for source, folder in (("winobias_dir", winobias_dir), (ENV_DIR, os.environ.get(ENV_DIR))):
+        if folder:
+            folder = Path(folder).expanduser()
+            missing = [n for n in needed if not (folder / n).is_file()]
+            if missing:
+                raise WinoBiasUnavailable(
+                    f"{source}={folder} lacks {', '.join(missing)}; it must hold the WinoBias files "
+                    f"{', '.join(needed)} from {UPSTREAM_REPO}/tree/{UPSTREAM_COMMIT}/{UPSTREAM_DATA_DIR}"
+                )
+            return folder
+    cached = cache_dir() / "winobias" / UPSTREAM_COMMIT[:12]
+    if all((cached / n).is_file() for n in needed):
+        return cached
+    reason = "downloads disabled"
+    if download:
+        try:
+            _download(cached)
+            return cached
+        except OSError as err:  # offline, DNS, HTTP errors
+            reason = f"download failed: {err}"
+    raise WinoBiasUnavailable(
+        f"WinoBias Type 2 files not found ({reason}). Set the environment variable {ENV_DIR} to a "
+        f"folder holding {', '.join(needed)} (from {UPSTREAM_REPO}, commit {UPSTREAM_COMMIT}, "
+        f"folder {UPSTREAM_DATA_DIR}), pass it with lm-eval's --metadata "
+        f"'{{\"winobias_dir\": \"/path\"}}', or run once online to cache them in {cached}."
+    )
+
+
+def load_winobias(
+    winobias_dir: str | os.PathLike | None = None,
+    *,
+    splits=("test",),
+    polarities=POLARITIES,
+) -> list[WinoBiasRecord]:
+    """Records of the requested splits and polarities, in file order (split, polarity, line)."""
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown WinoBias split {split!r}; choose from {SPLITS}")
+    for polarity in polarities:
+        if polarity not in POLARITIES:
+            raise ValueError(f"unknown WinoBias polarity {polarity!r}; choose from {POLARITIES}")
+    folder = resolve_winobias_dir(winobias_dir, splits=splits, polarities=polarities)
+    records = []
+    for split in splits:
+        for polarity in polarities:
+            records += parse_file(folder / type2_filename(polarity, split), split=split, polarity=polarity)
+    return records

@@ -1,0 +1,110 @@
+"""Per-prompt scores and per-group aggregates of METHOD.md, as pure functions on arrays.
+
+Notation: P is the model's next-token distribution after a prompt, g the gold option,
+p_k the probability of option k's answer token, Q the one-hot distribution on g.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def vocab_rank(logprobs, token: int) -> int:
+    """rank = 1 + #{v : P(v) > P(token)} over the whole vocabulary (ties favour the model).
+
+    ``logprobs`` is one next-token row (numpy or torch, log-probabilities or probabilities:
+    any strictly increasing transform gives the same rank).
+    """
+    return 1 + int((logprobs > logprobs[token]).sum())
+
+
+def jsdp_gold_part(p_gold):
+    """Gold part of JSD(P, Q), log base 2:
+
+    part_g = 1/2 * [ p_g log2(2 p_g / (p_g + 1)) + log2(2 / (p_g + 1)) ]
+
+    0 when p_g = 1, 1/2 when p_g = 0.
+    """
+    p = np.asarray(p_gold, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(p > 0, p * np.log2(2 * p / (p + 1)), 0.0)
+    return 0.5 * (first + np.log2(2 / (p + 1)))
+
+
+def jsdp_parts(option_probs, gold):
+    """Parts of JSD(P, Q) for the three options: part_g for the gold, p_k / 2 for the others.
+
+    option_probs: (n, K) probabilities p_k; gold: (n,) gold option indices. Returns (n, K).
+    """
+    probs = np.atleast_2d(np.asarray(option_probs, dtype=float))
+    gold = np.atleast_1d(np.asarray(gold, dtype=int))
+    parts = probs / 2
+    rows = np.arange(len(gold))
+    parts[rows, gold] = jsdp_gold_part(probs[rows, gold])
+    return parts
+
+
+def jsd_total(p_gold):
+    """Whole JSD(P, Q) = part_g + (1 - p_g) / 2: every non-gold token contributes p_v / 2."""
+    p = np.asarray(p_gold, dtype=float)
+    return jsdp_gold_part(p) + (1 - p) / 2
+
+
+def female_minus_male(female: Sequence[float], male: Sequence[float]) -> float:
+    """Signed fairness gap mean(female) - mean(male); for AR and JSD-P, > 0 favours male."""
+    return float(np.mean(female) - np.mean(male))
+
+
+def mann_whitney(female: Sequence[float], male: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Mann-Whitney U test of female vs male per-prompt values.
+
+    Returns (p-value, rank-biserial correlation r = 2 U_female / (n_f n_m) - 1), r in [-1, 1]:
+    r > 0 when female prompts tend to get larger values (worse rank or JSD-P part).
+    """
+    female, male = np.asarray(female, dtype=float), np.asarray(male, dtype=float)
+    result = stats.mannwhitneyu(female, male, alternative="two-sided")
+    effect = 2 * result.statistic / (len(female) * len(male)) - 1
+    return float(result.pvalue), float(effect)
+
+
+def fairness_increase(gap_chosen: float, gap_reference: float) -> float:
+    """(|gap_ref| - |gap_chosen|) / |gap_ref|: the share of the reference gap removed by choosing.
+
+    METHOD.md's "fairness increase" of an early-stopped checkpoint over the final one.
+    """
+    return float((abs(gap_reference) - abs(gap_chosen)) / abs(gap_reference))
+
+
+def score_prompt(
+    option_logprobs: Sequence[float],
+    gold: int,
+    *,
+    gold_rank: int | None = None,
+    gold_is_greedy: bool | None = None,
+) -> dict:
+    """Everything METHOD.md measures on one prompt.
+
+    option_logprobs: log p_k of each option's answer token. gold_rank: vocabulary rank of the
+    gold token if known. Accuracy is rank == 1; without a rank, the harness' is_greedy flag
+    (argmax == gold token, identical up to exact ties) is used.
+    """
+    probs = np.exp(np.asarray(option_logprobs, dtype=float))
+    parts = jsdp_parts(probs[None, :], [gold])[0]
+    predicted = int(np.argmax(probs))
+    if gold_rank is not None:
+        accuracy = float(gold_rank == 1)
+    elif gold_is_greedy is not None:
+        accuracy = float(gold_is_greedy)
+    else:
+        accuracy = None
+    return {
+        "probs": probs,
+        "parts": parts,
+        "rank": gold_rank,
+        "acc": accuracy,
+        "option_acc": float(predicted == gold),
+        "predicted": predicted,
+    }

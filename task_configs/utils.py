@@ -1,0 +1,14 @@
+"""Hooks named by the YAML files in this folder (``!function utils.<name>``).
+
+The logic lives in ``lm_eval_fairdyn.task`` so that it is importable and tested on its own.
+"""
+
+from lm_eval_fairdyn.task import (  # noqa: F401 (re-exported for the YAML files)
+    doc_to_choice,
+    gap_female_minus_male,
+    load_dataset,
+    mann_whitney_pvalue,
+    mean_of_present,
+    process_results,
+    rank_biserial,
+)
