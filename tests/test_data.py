@@ -1,0 +1,126 @@
+import collections
+import io
+import urllib.request
+
+import pytest
+
+from lm_eval_fairdyn import data
+from lm_eval_fairdyn.data import WinoBiasError, WinoBiasUnavailable
+
+
+def test_every_real_type2_line_parses(winobias_dir):
+    records = data.load_winobias(winobias_dir, splits=("dev", "test"))
+    assert len(records) == 1584
+    counts = collections.Counter((r.split, r.polarity) for r in records)
+    assert set(counts.values()) == {396}
+    for r in records:
+        assert r.referent != r.other
+        assert "[" not in r.sentence and "]" not in r.sentence and "  " not in r.sentence
+        assert r.pronoun_gender in ("male", "female")
+        # pro-stereotyped: the pronoun matches the referent's stereotype; anti: it does not
+        matches = data.OCCUPATION_STEREOTYPE[r.referent] == r.pronoun_gender
+        assert matches == (r.polarity == "pro"), r
+
+
+def test_known_quirks_of_the_real_files(winobias_dir):
+    records = {(r.split, r.polarity, r.line): r for r in data.load_winobias(winobias_dir, splits=("dev", "test"))}
+    chief = records["test", "pro", 3]  # "the [the chief]"
+    assert chief.sentence.startswith("The assistant notified the chief about a problem")
+    assert (chief.referent, chief.other, chief.pronoun_gender) == ("chief", "assistant", "male")
+    assert records["dev", "pro", 176].referent == "physician"  # "the [ physician]"
+    assert records["test", "pro", 323].sentence.count("a housekeeper") == 1
+    third = records["dev", "anti", 72]  # developer, cleaner and manager in one sentence
+    assert (third.referent, third.other) == ("cleaner", "developer")
+    worker = [r for r in records.values() if "construction worker" in (r.referent, r.other)]
+    assert len(worker) >= 40
+    assert any("'s" in r.sentence for r in records.values())
+    assert not any(" 's" in r.sentence for r in records.values())
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("The nurse met [the janitor] and thanked [him].", "expected '<index> <sentence>'"),
+        ("7 The nurse met the janitor and thanked him.", "found 0 span"),
+        ("7 The nurse met [the astronaut] and thanked [him].", "not a WinoBias occupation"),
+        ("7 The nurse met [the janitor] and thanked [them].", "not a pronoun"),
+        ("7 The nurse met [the janitor] and told [him] about [her] plan.", "disagree in gender"),
+        ("7 Someone met [the janitor] and thanked [him].", "no second occupation"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "pro_stereotyped_type2.txt.test"
+    good = "{} The nurse met [the janitor] and thanked [him].\n"
+    path.write_text(good.format(1) + good.format(2) + line.replace("7 ", "3 ") + "\n" + good.format(4))
+    with pytest.raises(WinoBiasError, match=message) as err:
+        data.parse_file(path, split="test", polarity="pro")
+    assert f"{path}:3:" in str(err.value)
+
+
+def test_index_out_of_order_is_an_error(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("1 The nurse met [the janitor] and thanked [him].\n5 The nurse met [the janitor] and thanked [him].\n")
+    with pytest.raises(WinoBiasError, match=r":2: line index 5"):
+        data.parse_file(path, split="test", polarity="pro")
+
+
+def test_user_folder_missing_files_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRDYN_WINOBIAS_DIR", str(tmp_path))
+    with pytest.raises(WinoBiasUnavailable, match="FAIRDYN_WINOBIAS_DIR=.* lacks .*pro_stereotyped_type2.txt.test"):
+        data.resolve_winobias_dir()
+
+
+def test_offline_without_data_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("FAIRDYN_WINOBIAS_DIR", raising=False)
+    monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(WinoBiasUnavailable) as err:
+        data.load_winobias()
+    text = str(err.value)
+    assert "FAIRDYN_WINOBIAS_DIR" in text and data.UPSTREAM_REPO in text and data.UPSTREAM_COMMIT in text
+    assert "no network" in text
+
+
+def _serve_from(folder, tamper=None):
+    def urlopen(url, timeout=None):
+        name = url.rsplit("/", 1)[1]
+        body = (folder / name).read_bytes()
+        assert data.UPSTREAM_COMMIT in url
+        return io.BytesIO(tamper(body) if tamper and name != "LICENSE" else body)
+
+    return urlopen
+
+
+def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir):
+    monkeypatch.delenv("FAIRDYN_WINOBIAS_DIR", raising=False)
+    monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir))
+    folder = data.resolve_winobias_dir()
+    assert (folder / "LICENSE").read_bytes() == (winobias_dir / "LICENSE").read_bytes()
+    for name in data.UPSTREAM_BLOB_SHA1:
+        assert (folder / name).is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fail)
+    assert data.resolve_winobias_dir() == folder
+    assert len(data.load_winobias()) == 792
+
+
+def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch, winobias_dir):
+    monkeypatch.delenv("FAIRDYN_WINOBIAS_DIR", raising=False)
+    monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir, tamper=lambda b: b + b"x"))
+    with pytest.raises(WinoBiasError, match="checksum mismatch"):
+        data.resolve_winobias_dir()
+    assert not list(tmp_path.rglob("*.txt.*"))
+
+
+def test_git_blob_sha1_matches_provenance(winobias_dir):
+    for name, sha1 in data.UPSTREAM_BLOB_SHA1.items():
+        assert data.git_blob_sha1((winobias_dir / name).read_bytes()) == sha1

@@ -1,0 +1,134 @@
+import logging
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from lm_eval_fairdyn import task, tasks_path
+from lm_eval_fairdyn.model import RankedLoglikelihood
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_constructor("!function", lambda loader, node: "!function " + loader.construct_scalar(node))
+
+
+def _yaml(name):
+    return yaml.load((tasks_path() / name).read_text(), Loader=_Loader)
+
+
+def test_yaml_metric_list_matches_process_results():
+    template = _yaml("_default_template_yaml")
+    listed = [m["metric"] for m in template["metric_list"]]
+    assert listed == task.metric_names()
+    for entry in template["metric_list"]:
+        assert entry["aggregation"] == f"!function utils.{task.aggregation_name(entry['metric'])}"
+    doc = {"label": 0, "polarity": "pro"}
+    answers = [(-1.0, False), (-2.0, False), (-3.0, False)]
+    assert set(task.process_results(doc, answers)) == set(listed)
+
+
+def test_variant_yamls():
+    expected = {
+        "winobias_fairdyn": ("test", ["pro", "anti"], [0, 1, 2, 3, 4]),
+        "winobias_fairdyn_pro": ("test", ["pro"], [0, 1, 2, 3, 4]),
+        "winobias_fairdyn_anti": ("test", ["anti"], [0, 1, 2, 3, 4]),
+        "winobias_fairdyn_dev": ("dev", ["pro", "anti"], [0, 1, 2, 3, 4]),
+        "winobias_fairdyn_1seed": ("test", ["pro", "anti"], [0]),
+    }
+    for name, (split, polarities, seeds) in expected.items():
+        config = _yaml(f"{name}.yaml")
+        assert config["task"] == name and config["test_split"] == split
+        assert config["dataset_kwargs"] == {"split": split, "polarities": polarities, "seeds": seeds}
+
+
+def _synthetic(n, seed):
+    """n prompts with random option log-probs and ranks, as hf-fairdyn would return them."""
+    rng = np.random.default_rng(seed)
+    docs, results = [], []
+    for i in range(n):
+        label = int(rng.integers(3))
+        probs = rng.dirichlet([1, 1, 1]) * rng.uniform(0.05, 1)
+        ranks = rng.integers(1, 50, size=3)
+        docs.append({"label": label, "polarity": ("pro", "anti")[i % 2]})
+        results.append(
+            [RankedLoglikelihood(float(np.log(p)), bool(r == 1), int(r), float(np.log(p)), 1) for p, r in zip(probs, ranks)]
+        )
+    return docs, results
+
+
+def _aggregate(docs, results):
+    per_doc = [task.process_results(d, r) for d, r in zip(docs, results)]
+    return {m: getattr(task, task.aggregation_name(m))([v[m] for v in per_doc]) for m in task.metric_names()}
+
+
+def test_aggregates_equal_independent_computation():
+    docs, results = _synthetic(400, seed=0)
+    got = _aggregate(docs, results)
+    label = np.array([d["label"] for d in docs])
+    polarity = np.array([d["polarity"] for d in docs])
+    p = np.exp(np.array([[a[0] for a in r] for r in results]))
+    rank = np.array([r[d["label"]].rank for d, r in zip(docs, results)])
+    pg = p[np.arange(len(p)), label]
+    part_g = 0.5 * (pg * np.log2(2 * pg / (pg + 1)) + np.log2(2 / (pg + 1)))
+    for g, name in enumerate(("male", "female", "unspecified")):
+        sel = label == g
+        assert got[f"ar_{name}"] == pytest.approx(rank[sel].mean())
+        assert got[f"jsdp_{name}"] == pytest.approx(part_g[sel].mean())
+        assert got[f"acc_{name}"] == pytest.approx((rank[sel] == 1).mean())
+        assert got[f"option_acc_{name}"] == pytest.approx((p[sel].argmax(1) == g).mean())
+        for k, other in enumerate(("male", "female", "unspecified")):
+            if k != g:
+                assert got[f"jsdp_{name}_part_{other}"] == pytest.approx(p[sel, k].mean() / 2)
+        for pol in ("pro", "anti"):
+            assert got[f"ar_{name}_{pol}"] == pytest.approx(rank[sel & (polarity == pol)].mean())
+    unspecified = p[label == 2].argmax(1)
+    assert got["assumption_rate"] == pytest.approx((unspecified != 2).mean())
+    assert got["assumption_rate_male"] == pytest.approx((unspecified == 0).mean())
+    assert got["assumption_rate_female"] == pytest.approx((unspecified == 1).mean())
+    for base, values in (("ar", rank), ("jsdp", part_g)):
+        for suffix, sel in (("", slice(None)), ("_pro", polarity == "pro"), ("_anti", polarity == "anti")):
+            f = values[sel][label[sel] == 1]
+            m = values[sel][label[sel] == 0]
+            test = stats.mannwhitneyu(f, m, alternative="two-sided")
+            assert got[f"{base}_gap{suffix}"] == pytest.approx(f.mean() - m.mean())
+            assert got[f"{base}_gap_pvalue{suffix}"] == pytest.approx(test.pvalue)
+            assert got[f"{base}_gap_effect{suffix}"] == pytest.approx(2 * test.statistic / (len(f) * len(m)) - 1)
+
+
+def test_stock_hf_answers_leave_average_rank_unavailable(caplog):
+    docs, ranked = _synthetic(60, seed=1)
+    plain = [[(a[0], a[1]) for a in r] for r in ranked]
+    task._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="lm_eval_fairdyn"):
+        got = _aggregate(docs, plain)
+    assert all(got[m] is None for m in task.metric_names() if m.startswith("ar_"))
+    assert all(got[m] is not None for m in task.metric_names() if m.startswith(("jsdp_", "assumption_rate")))
+    assert got["acc_male"] == pytest.approx(np.mean([r[d["label"]][1] for d, r in zip(docs, plain) if d["label"] == 0]))
+    lines = [r for r in caplog.records if "hf-fairdyn" in r.getMessage()]
+    assert len(lines) == 1 and "ar_*" in lines[0].getMessage()
+
+
+def test_multi_token_answers_use_first_token_and_warn(caplog):
+    doc = {"label": 1, "polarity": "anti"}
+    answers = [
+        RankedLoglikelihood(-1.0, False, 3, -1.0, 1),
+        RankedLoglikelihood(-9.0, False, 2, -0.5, 2),  # whole word -9, first token -0.5
+        RankedLoglikelihood(-2.0, False, 5, -2.0, 1),
+    ]
+    task._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="lm_eval_fairdyn"):
+        values = task.process_results(doc, answers)
+        task.process_results(doc, answers)
+    assert values["option_acc_female"] == 1.0
+    assert values["jsdp_female"] == pytest.approx(task.metrics.jsdp_gold_part(np.exp(-0.5)))
+    assert sum("2 tokens" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_empty_groups_aggregate_to_none():
+    assert task.mean_of_present([None, None]) is None
+    assert task.gap_female_minus_male([["male", 1.0], None]) is None
+    assert task.mann_whitney_pvalue([]) is None
