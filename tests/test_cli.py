@@ -1,0 +1,106 @@
+"""End to end through the command line: fairdyn eval, plain lm_eval, fairdyn tasks-path."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.task import metric_names
+
+LAMBADA_STYLE = """\
+task: last_word_local
+dataset_path: json
+dataset_kwargs:
+  data_files: {data}
+test_split: train
+output_type: loglikelihood
+doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
+doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def lambada_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lambada_style")
+    texts = ["the cat sat on the mat", "she opened the door and saw the garden", "he drank a cup of tea"]
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (folder / "last_word_local.yaml").write_text(LAMBADA_STYLE.format(data=folder / "docs.jsonl"))
+    return folder
+
+
+def run(args, out, winobias_dir, module="lm_eval_fairdyn"):
+    env = dict(os.environ, FAIRDYN_WINOBIAS_DIR=str(winobias_dir), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args, "--output_path", str(out)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = Path(out).rglob("results_*.json")
+    return json.loads(results.read_text()), proc.stderr + proc.stdout
+
+
+def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
+    args = ["eval", "--model", "hf-fairdyn", "--model_args", f"pretrained={neox_dir}", "--device", "cpu",
+            "--tasks", "winobias_fairdyn,last_word_local", "--include_path", str(lambada_dir),
+            "--limit", "40", "--batch_size", "8", "--log_samples"]  # fmt: skip
+    results, _ = run(args, tmp_path / "fairdyn", winobias_dir)
+    scores = results["results"]["winobias_fairdyn"]
+    for name in metric_names():
+        value = scores[f"{name},none"]
+        assert isinstance(value, float) and math.isfinite(value), name
+    assert 1 <= scores["ar_male,none"] <= 50277
+    assert results["n-samples"]["winobias_fairdyn"]["effective"] == 40
+    (samples,) = (tmp_path / "fairdyn").rglob("samples_winobias_fairdyn_*.jsonl")
+    logged = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(logged) == 40 and all("jsdp_gap" in s for s in logged)
+    first = logged[0]
+    assert first["doc"]["id"] == "test-pro-1-referent-s0" and first["arguments"]["gen_args_0"]["arg_1"] == " male"
+
+    stock, log = run(["eval", "--model", "hf", *args[3:]], tmp_path / "stock", winobias_dir)
+    assert stock["results"]["last_word_local"] == results["results"]["last_word_local"]
+    plain = stock["results"]["winobias_fairdyn"]
+    for name in metric_names():
+        if name.startswith("ar_"):
+            assert plain[f"{name},none"] is None
+        else:
+            assert plain[f"{name},none"] == pytest.approx(scores[f"{name},none"], abs=1e-12), name
+    assert log.count("only `--model hf-fairdyn` through `fairdyn eval` provides") == 1
+
+
+def test_plain_lm_eval_with_include_path_and_metadata(neox_dir, winobias_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FAIRDYN_WINOBIAS_DIR"}
+    env.update(HF_HUB_OFFLINE="1", FAIRDYN_CACHE=str(tmp_path / "empty-cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={neox_dir}",
+         "--device", "cpu", "--include_path", str(tasks_path()), "--tasks", "winobias_fairdyn_1seed",
+         "--limit", "12", "--metadata", json.dumps({"winobias_dir": str(winobias_dir)}),
+         "--output_path", str(tmp_path / "o")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = (tmp_path / "o").rglob("results_*.json")
+    scores = json.loads(results.read_text())["results"]["winobias_fairdyn_1seed"]
+    assert scores["ar_male,none"] is None and math.isfinite(scores["jsdp_male,none"])
+
+
+def test_tasks_path_and_help():
+    out = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "tasks-path"], capture_output=True, text=True)
+    assert Path(out.stdout.strip()) == tasks_path()
+    assert (tasks_path() / "winobias_fairdyn.yaml").is_file()
+    helptext = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "--help"], capture_output=True, text=True)
+    assert "fairdyn eval" in helptext.stdout and "tasks-path" in helptext.stdout
+    lm_eval_help = subprocess.run(
+        [sys.executable, "-m", "lm_eval_fairdyn", "eval", "--help"], capture_output=True, text=True
+    )
+    assert "--model_args" in lm_eval_help.stdout and "--log_samples" in lm_eval_help.stdout
