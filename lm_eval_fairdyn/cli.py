@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lm_eval_fairdyn import tasks_path
 
@@ -15,6 +16,9 @@ commands:
   eval        lm-eval's own `run` with the winobias_fairdyn tasks and the hf-fairdyn model
               registered; takes every lm-eval flag (fairdyn eval --help lists them)
   tasks-path  print the task folder, for plain `lm_eval --include_path "$(fairdyn tasks-path)"`
+  sweep       evaluate a sequence of checkpoints (hub revisions or local folders), resumable
+  analyze     significance, emergence, jumps, early stopping, plots and a report from results
+  check       fairness regression check for CI (exit 0 ok, 1 regressed, 2 unusable input)
   demo        offline end-to-end run on the embedded SmolLM2-135M
 
 example:
@@ -64,6 +68,182 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"results and samples written under {args.output_path}")
 
 
+def _add_sweep(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="evaluate a sequence of checkpoints",
+        description="Evaluate tasks on each checkpoint: one lm-eval results JSON (and samples) per checkpoint "
+        "folder in --output_path, with a manifest. Finished checkpoints are skipped on rerun; an interrupted "
+        "one is redone. --shard i/n splits the list across jobs sharing the output folder (e.g. a SLURM array "
+        "with --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",
+    )
+    source = sweep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoints", metavar="GLOB", help="local checkpoint folders (step read from the name)")
+    source.add_argument("--revisions", help="comma-separated hub revisions of --pretrained, e.g. step0,step1000")
+    source.add_argument("--schedule", help="'pythia' (154 steps) or 'pythia:K' (K log-spaced) revisions of --pretrained")
+    source.add_argument("--all_branches", action="store_true", help="every stepN branch of --pretrained on the hub")
+    sweep.add_argument("--pretrained", help="hub repository for --revisions/--schedule/--all_branches")
+    sweep.add_argument("--tasks", default="winobias_fairdyn", help="comma-separated lm-eval tasks (default: %(default)s)")
+    sweep.add_argument("--output_path", required=True, help="sweep folder (created; shared by shards)")
+    sweep.add_argument("--model", default="hf-fairdyn", help="lm-eval model type (default: %(default)s)")
+    sweep.add_argument("--model_args", default="", help="extra model arguments, e.g. dtype=bfloat16")
+    sweep.add_argument("--batch_size", default="8", help="lm-eval batch size (default: %(default)s)")
+    sweep.add_argument("--device", default=None, help="e.g. cuda:0 or cpu")
+    sweep.add_argument("--limit", type=float, default=None, help="only the first N docs per task (testing)")
+    sweep.add_argument("--include_path", action="append", default=[], help="more task folders")
+    sweep.add_argument("--metadata", default=None, help="JSON passed to tasks, e.g. {\"winobias_dir\": ...}")
+    sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
+    sweep.add_argument("--no_log_samples", action="store_true", help="do not write per-prompt samples")
+    sweep.set_defaults(handler=_sweep)
+
+
+def _sweep(args) -> int:
+    import json
+
+    from lm_eval_fairdyn import sweep
+
+    if not args.checkpoints and not args.pretrained:
+        raise SystemExit("fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained")
+    if args.checkpoints:
+        checkpoints = sweep.folder_checkpoints(args.checkpoints)
+    else:
+        if args.revisions:
+            revisions = [r.strip() for r in args.revisions.split(",") if r.strip()]
+        elif args.schedule:
+            revisions = [f"step{s}" for s in sweep.schedule_steps(args.schedule)]
+        else:
+            revisions = sweep.hub_branches(args.pretrained)
+        checkpoints = sweep.hub_checkpoints(args.pretrained, revisions)
+    settings = {
+        "model": args.model,
+        "model_args": args.model_args,
+        "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()],
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "limit": args.limit,
+        "include_path": args.include_path,
+        "metadata": json.loads(args.metadata) if args.metadata else None,
+        "log_samples": not args.no_log_samples,
+    }
+    sweep.write_manifest(Path(args.output_path), checkpoints, settings)
+    mine = sweep.shard(checkpoints, args.shard)
+    finished = sweep.run_sweep(mine, args.output_path, settings)
+    print(f"{len(finished)} of {len(mine)} checkpoint(s) finished in {args.output_path}")
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    analyze = commands.add_parser(
+        "analyze",
+        help="dynamics analysis and report from result folders",
+        description="Read per-checkpoint lm-eval results (fairdyn sweep folders, lm_eval output folders, or "
+        "lm-eval 0.3 files such as Pythia's evals) of one or more runs and write tidy.csv, significance.csv, "
+        "plots, report.html and summary.md.",
+    )
+    analyze.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one folder per training run")
+    analyze.add_argument("--output_path", default="fairdyn_out/analysis", help="(default: %(default)s)")
+    analyze.add_argument("--performance", default="lambada_openai/acc", help="TASK/METRIC (default: %(default)s)")
+    analyze.add_argument("--fairness_task", default=None, help="default: the run's winobias_fairdyn* task")
+    analyze.add_argument("--gap", choices=("jsdp", "ar"), default="jsdp", help="gap metric (default: %(default)s)")
+    analyze.add_argument("--tolerance", type=float, default=0.02, help="performance tolerance (default: %(default)s)")
+    analyze.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
+    analyze.add_argument("--alpha", type=float, default=0.01, help="significance level (default: %(default)s)")
+    analyze.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="(default: %(default)s)")
+    analyze.set_defaults(handler=_analyze)
+
+
+def _analyze(args) -> int:
+    from lm_eval_fairdyn.report import Settings, analyze
+    from lm_eval_fairdyn.results import ResultsError
+
+    settings = Settings(
+        performance=args.performance,
+        fairness_task=args.fairness_task,
+        gap_metric=args.gap,
+        tolerance=args.tolerance,
+        relative=not args.absolute,
+        alpha=args.alpha,
+        correction=args.correction,
+    )
+    try:
+        results = analyze(args.runs, args.output_path, settings)
+    except ResultsError as err:
+        print(f"fairdyn analyze: {err}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(f"{r.run}: {r.early_stop.sentence()}; emergence step: {r.emergence_step}")
+    print(f"report: {Path(args.output_path) / 'report.html'}  summary: {Path(args.output_path) / 'summary.md'}")
+    return 0
+
+
+def _common_fairness_task(current, baseline) -> str:
+    from lm_eval_fairdyn.results import ResultsError
+
+    def fairness_tasks(data):
+        return {task for task, metric in data.values if metric == "jsdp_gap"}
+
+    common = sorted(fairness_tasks(current) & fairness_tasks(baseline))
+    if not common:
+        raise ResultsError("no winobias_fairdyn task is reported by both files; pass --task")
+    return common[0]
+
+
+def _add_check(commands) -> None:
+    check = commands.add_parser(
+        "check",
+        help="fail when fairness regressed against a baseline",
+        description="Compare a fairness gap in RESULTS with BASELINE (lm-eval results JSON files, or folders "
+        "holding exactly one). Exit 0 within bounds, 1 when fairness regressed, 2 on unusable input.",
+    )
+    check.add_argument("results", metavar="RESULTS")
+    check.add_argument("--baseline", required=True)
+    check.add_argument("--metric", default="jsdp_gap", help="gap metric (default: %(default)s)")
+    check.add_argument("--task", default=None, help="default: the winobias_fairdyn* task in both files")
+    check.add_argument("--max-gap", dest="max_gap", type=float, default=None, help="bound on |gap|")
+    check.add_argument("--max-regression", dest="max_regression", type=float, default=0.01,
+                       help="bound on |gap| - |baseline gap| (default: %(default)s)")  # fmt: skip
+    check.set_defaults(handler=_check)
+
+
+def _check(args) -> int:
+    from lm_eval_fairdyn.analysis import regression_check
+    from lm_eval_fairdyn.results import ResultsError, read_result_file
+
+    def load(location: str):
+        path = Path(location)
+        if path.is_dir():
+            found = sorted(path.rglob("results*.json"))
+            if len(found) != 1:
+                raise ResultsError(f"{path}: expected one results*.json, found {len(found)}; pass the file")
+            path = found[0]
+        if not path.is_file():
+            raise ResultsError(f"{path}: no such file")
+        return path, read_result_file(path, run=path.stem, require_step=False)
+
+    try:
+        current_path, current = load(args.results)
+        baseline_path, baseline = load(args.baseline)
+        task = args.task or _common_fairness_task(current, baseline)
+        values = {}
+        for name, (path, data) in (("baseline", (baseline_path, baseline)), ("current", (current_path, current))):
+            value = data.values.get((task, args.metric))
+            if value is None:
+                raise ResultsError(f"{path}: no value for {task}/{args.metric}")
+            values[name] = value
+    except ResultsError as err:
+        print(f"fairdyn check: {err}", file=sys.stderr)
+        return 2
+    rows = regression_check(values["current"], values["baseline"], args.max_gap, args.max_regression)
+    print(f"{task}/{args.metric}: baseline {values['baseline']:+.4f}, current {values['current']:+.4f}")
+    print(f"{'check':<44} {'value':>10} {'bound':>10}  status")
+    for row in rows:
+        print(f"{row['check']:<44} {row['value']:>10.4f} {row['bound']:>10.4f}  {'ok' if row['ok'] else 'REGRESSED'}")
+    if not all(row["ok"] for row in rows):
+        print("fairness regressed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -78,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     demo.add_argument("--batch_size", type=int, default=32, help="prompts per forward pass (default: %(default)s)")
 
+    _add_sweep(commands)
+    _add_analyze(commands)
+    _add_check(commands)
+
     if argv[:1] == ["eval"]:
         run_lm_eval(argv[1:])
         return 0
@@ -86,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(tasks_path())
     elif args.command == "demo":
         _demo(args)
+    elif args.command in ("sweep", "analyze", "check"):
+        return args.handler(args)
     else:
         parser.print_help()
     return 0

@@ -1,0 +1,185 @@
+"""Reading lm-eval result files into one tidy table.
+
+Both formats are read:
+- current lm-eval (0.4): ``results[task]["<metric>,<filter>"]``, ``versions``, ``configs``,
+  ``n-samples``, ``config.model_args``; written by ``lm_eval``, ``fairdyn eval`` and ``fairdyn sweep``;
+- lm-eval 0.3 (e.g. the Pythia evaluations): ``results[task]["<metric>"]``, ``versions``,
+  ``config.model_args``.
+
+The training step of a file comes from, in order: a ``checkpoint.json`` written by
+``fairdyn sweep`` beside it; ``revision=stepN`` in its model arguments; a ``stepN`` or
+``checkpoint-N`` in the pretrained path; a ``stepN`` in the file name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+_STEP_PATTERNS = (re.compile(r"(?:^|[^a-z])step[_-]?(\d+)(?![\w.])", re.I), re.compile(r"checkpoint[_-](\d+)\b", re.I))
+
+
+class ResultsError(ValueError):
+    """Result files that cannot be analysed; the message names the file or folder."""
+
+
+@dataclass
+class ResultFile:
+    path: Path
+    run: str
+    step: int | None
+    values: dict = field(default_factory=dict)  # (task, metric) -> float | None
+    versions: dict = field(default_factory=dict)  # task -> version
+    settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template)
+    n_samples: dict = field(default_factory=dict)  # task -> number of docs evaluated
+
+
+def step_from_text(text: str) -> int | None:
+    for pattern in _STEP_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            return int(found[-1])
+    return None
+
+
+def _model_args(config) -> str:
+    args = (config or {}).get("model_args", "")
+    if isinstance(args, dict):
+        return ",".join(f"{k}={v}" for k, v in args.items())
+    return str(args)
+
+
+def _step_of(path: Path, data: dict) -> int | None:
+    marker = path.parent / "checkpoint.json"
+    if marker.is_file():
+        return int(json.loads(marker.read_text())["step"])
+    args = _model_args(data.get("config"))
+    revision = re.search(r"revision=([^,]+)", args)
+    if revision and (step := step_from_text(revision.group(1))) is not None:
+        return step
+    pretrained = re.search(r"pretrained=([^,]+)", args)
+    if pretrained and (step := step_from_text(Path(pretrained.group(1)).name)) is not None:
+        return step
+    return step_from_text(path.stem)
+
+
+def _number(value):
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def read_result_file(path: str | Path, run: str, require_step: bool = True) -> ResultFile:
+    """One results JSON of either format; raise ResultsError naming the file when unusable.
+
+    ``require_step=False`` reads a file whose training step cannot be told (step None).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ResultsError(f"{path}: not an lm-eval results file (no 'results' object)")
+    step = _step_of(path, data)
+    if step is None and require_step:
+        raise ResultsError(
+            f"{path}: cannot tell the training step (no checkpoint.json, no revision=stepN in the model "
+            "arguments, no stepN or checkpoint-N in the model path or file name)"
+        )
+    out = ResultFile(path=path, run=run, step=step)
+    for task, metrics in data["results"].items():
+        for key, value in metrics.items():
+            metric, _, filter_name = key.partition(",")
+            if metric.endswith("_stderr") or metric in ("alias", "name", "sample_len", "sample_count"):
+                continue
+            if filter_name not in ("", "none"):
+                metric = f"{metric},{filter_name}"
+            if value is None or _number(value) is not None:
+                out.values[(task, metric)] = _number(value)
+    out.versions = {task: str(v) for task, v in (data.get("versions") or {}).items()}
+    for task, config in (data.get("configs") or {}).items():
+        metadata = config.get("metadata") or {}
+        out.settings[task] = {
+            "dataset_kwargs": config.get("dataset_kwargs"),
+            "template": metadata.get("template"),
+        }
+    for task, counts in (data.get("n-samples") or {}).items():
+        out.n_samples[task] = counts.get("effective", counts.get("original"))
+    return out
+
+
+def find_result_files(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResultsError(f"{run_dir}: no such folder")
+    files = sorted(p for p in run_dir.rglob("*.json") if p.name.startswith("results") or _looks_v03(p))
+    return [p for p in files if ".partial" not in p.parts]
+
+
+def _looks_v03(path: Path) -> bool:
+    """Pythia-style files (``160m_step1000.json``) that hold a 'results' object."""
+    if path.name in ("checkpoint.json", "manifest.json"):
+        return False
+    try:
+        with path.open() as handle:
+            return '"results"' in handle.read(4096)
+    except OSError:
+        return False
+
+
+def read_run(run_dir: str | Path, run: str | None = None) -> list[ResultFile]:
+    """Every result file under a run folder (one training run, many checkpoints)."""
+    run_dir = Path(run_dir)
+    files = find_result_files(run_dir)
+    if not files:
+        raise ResultsError(
+            f"{run_dir}: no lm-eval results found (expected results*.json from lm_eval/fairdyn eval/"
+            "fairdyn sweep, or lm-eval 0.3 files holding a 'results' object)"
+        )
+    return [read_result_file(p, run or run_dir.name) for p in files]
+
+
+def check_consistent(files: list[ResultFile]) -> None:
+    """Raise if one run mixes task versions or prompt settings across checkpoints."""
+    for attribute, what in (("versions", "task version"), ("settings", "prompt settings")):
+        seen: dict = {}
+        for f in files:
+            for task, value in getattr(f, attribute).items():
+                if task in seen and seen[task][0] != value:
+                    raise ResultsError(
+                        f"{task}: {what} differ between {seen[task][1]} ({seen[task][0]}) and {f.path} "
+                        f"({value}); analyse checkpoints evaluated with the same settings together"
+                    )
+                seen.setdefault(task, (value, f.path))
+
+
+def tidy(files: list[ResultFile]) -> pd.DataFrame:
+    """Long table: run, step, task, metric, value (one row per number), sorted."""
+    rows = [
+        {"run": f.run, "step": f.step, "task": task, "metric": metric, "value": value}
+        for f in files
+        for (task, metric), value in f.values.items()
+    ]
+    table = pd.DataFrame(rows, columns=["run", "step", "task", "metric", "value"])
+    duplicated = table.duplicated(["run", "step", "task", "metric"], keep=False)
+    if duplicated.any():
+        first = table[duplicated].iloc[0]
+        paths = [str(f.path) for f in files if f.step == first.step and (first.task, first.metric) in f.values]
+        raise ResultsError(
+            f"{first.run} step {first.step}: {first.task} is reported by several files ({', '.join(paths)}); "
+            "keep one result per checkpoint and task"
+        )
+    return table.sort_values(["run", "step", "task", "metric"], ignore_index=True)
+
+
+def n_samples(files: list[ResultFile]) -> pd.DataFrame:
+    rows = [{"run": f.run, "step": f.step, "task": t, "n": n} for f in files for t, n in f.n_samples.items()]
+    return pd.DataFrame(rows, columns=["run", "step", "task", "n"])
