@@ -133,10 +133,8 @@ def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.
     final = frame.loc[final_step]
     floor = final.performance * (1 - tolerance) if relative else final.performance - tolerance
     candidates = frame[frame.performance >= floor]
-    ranked = candidates.assign(abs_gap=candidates.gap.abs(), step=candidates.index).sort_values(
-        ["abs_gap", "performance", "step"], ascending=[True, False, False]
-    )
-    chosen_step = int(ranked.index[0])
+    best = min(candidates.itertuples(), key=lambda row: (abs(row.gap), -row.performance, -row.Index))
+    chosen_step = int(best.Index)
     chosen = frame.loc[chosen_step]
     return EarlyStop(
         chosen_step=chosen_step,

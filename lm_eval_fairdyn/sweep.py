@@ -15,6 +15,7 @@ same time on other machines sharing OUT: their outputs merge by sharing the fold
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -116,6 +117,7 @@ def _write_json(path: Path, data) -> None:
 def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> None:
     """Create or confirm OUT/manifest.json; a folder holding another sweep's settings is an error."""
     manifest = {"settings": settings, "checkpoints": [asdict(c) for c in checkpoints]}
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
     if path.is_file():
         existing = json.loads(path.read_text())
@@ -129,15 +131,23 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> 
     _write_json(path, manifest)
 
 
-def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
-    """One lm-eval evaluation (its Python API), the plugin's tasks on the include path."""
-    import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval import simple_evaluate
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: tuple[str, ...], metadata_json: str):
+    """lm-eval's task index takes ~10 s to build: built once per sweep, not per checkpoint."""
     from lm_eval.tasks import TaskManager
 
     from lm_eval_fairdyn import tasks_path
 
-    include = [str(tasks_path()), *settings.get("include_path", [])]
+    return TaskManager(include_path=[str(tasks_path()), *include_path], metadata=json.loads(metadata_json))
+
+
+def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
+    """One lm-eval evaluation (its Python API), the plugin's tasks on the include path."""
+    import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
+    from lm_eval import simple_evaluate
+
+    metadata = settings.get("metadata") or {}
+    task_manager = _task_manager(tuple(settings.get("include_path", [])), json.dumps(metadata, sort_keys=True))
     return simple_evaluate(
         model=model,
         model_args=model_args,
@@ -146,8 +156,8 @@ def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
         device=settings.get("device"),
         limit=settings.get("limit"),
         log_samples=settings.get("log_samples", True),
-        task_manager=TaskManager(include_path=include, metadata=settings.get("metadata") or {}),
-        metadata=settings.get("metadata") or {},
+        task_manager=task_manager,
+        metadata=metadata,
     )
 
 

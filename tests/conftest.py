@@ -61,3 +61,51 @@ def smollm2_dir() -> Path:
         return smollm2_folder()
     except ModuleNotFoundError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def pythia_evals() -> Path:
+    path = REPO.parent / "shared" / "pythia-evals"
+    if not (path / "pythia-160m").is_dir():
+        pytest.skip("../shared/pythia-evals not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> Path:
+    """Three tiny GPT-NeoX checkpoint folders named step0, step10, step20."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from lm_eval_fairdyn.embedded import pythia_tokenizer
+
+    tokenizer = pythia_tokenizer()
+    root = tmp_path_factory.mktemp("checkpoints")
+    for seed, step in enumerate((0, 10, 20)):
+        torch.manual_seed(seed)
+        config = GPTNeoXConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=256, initializer_range=0.3,
+        )  # fmt: skip
+        GPTNeoXForCausalLM(config).save_pretrained(root / f"step{step}")
+        tokenizer.save_pretrained(root / f"step{step}")
+    return root
+
+
+def write_fairdyn_result(path: Path, step: int, values: dict, version: str = "1.0", seeds=(0, 1, 2, 3, 4), n: int = 7920,
+                         model: str = "EleutherAI/pythia-6.9b-deduped") -> Path:
+    """An lm-eval 0.4 results file of winobias_fairdyn with the given metric values."""
+    import json
+
+    data = {
+        "results": {"winobias_fairdyn": {"alias": "winobias_fairdyn", **{f"{k},none": v for k, v in values.items()},
+                                         **{f"{k}_stderr,none": "N/A" for k in values}}},
+        "versions": {"winobias_fairdyn": version},
+        "configs": {"winobias_fairdyn": {"dataset_kwargs": {"split": "test", "polarities": ["pro", "anti"], "seeds": list(seeds)},
+                                         "metadata": {"version": version}}},
+        "n-samples": {"winobias_fairdyn": {"original": n, "effective": n}},
+        "config": {"model": "hf-fairdyn", "model_args": f"pretrained={model},revision=step{step}"},
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path

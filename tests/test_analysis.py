@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lm_eval_fairdyn import analysis
+
+
+def test_holm_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005, np.nan]
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(analysis.adjust_pvalues(p, "holm"), [0.03, 0.06, 0.06, 0.02, np.nan])
+    np.testing.assert_allclose(analysis.adjust_pvalues([0.5, 0.9], "holm"), [1.0, 1.0])
+
+
+def test_bh_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # sorted p*m/rank: 0.005*4/1=0.02, 0.01*4/2=0.02, 0.03*4/3=0.04, 0.04*4/4=0.04
+    np.testing.assert_allclose(analysis.adjust_pvalues(p, "bh"), [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(analysis.adjust_pvalues(p, "none"), p)
+    with pytest.raises(ValueError, match="unknown correction"):
+        analysis.adjust_pvalues(p, "bonferroni")
+
+
+def test_emergence_step():
+    flags = pd.Series([False, True, False, True, True], index=[0, 10, 20, 30, 40])
+    assert analysis.emergence_step(flags) == 30
+    assert analysis.emergence_step(pd.Series([True, True], index=[1, 2])) == 1
+    assert analysis.emergence_step(pd.Series([True, False], index=[1, 2])) is None
+
+
+def test_largest_jumps():
+    gap = pd.Series([0.0, 0.01, 0.3, 0.28, 0.05], index=[0, 1, 2, 4, 8])
+    jumps = analysis.largest_jumps(gap, n=2)
+    assert (jumps.iloc[0].from_step, jumps.iloc[0].to_step) == (1, 2)
+    assert jumps.iloc[0].change == pytest.approx(0.29)
+    assert (jumps.iloc[1].from_step, jumps.iloc[1].to_step) == (4, 8) and jumps.iloc[1].change == pytest.approx(-0.23)
+
+
+def _pythia_acc(pythia_evals):
+    folder = pythia_evals / "pythia-6.9b-deduped"
+    return {
+        step: json.loads((folder / f"6.9b-deduped_step{step}.json").read_text())["results"]["lambada_openai"]["acc"]
+        for step in (73000, 83000, 93000, 103000, 113000, 123000, 133000, 143000)
+    }
+
+
+def test_early_stopping_on_real_pythia_lambada_equals_hand_computation(pythia_evals):
+    acc = _pythia_acc(pythia_evals)
+    gap = {73000: 0.0, 83000: 0.002, 93000: 0.015, 103000: 0.02, 113000: 0.01, 123000: 0.03, 133000: 0.035, 143000: -0.04}
+    stop = analysis.early_stopping(pd.Series(acc), pd.Series(gap), tolerance=0.02)
+    # floor = 0.98 * acc[143000] = 0.6751: 103000 (0.6755) and later qualify, 93000 (0.6699) does not;
+    # the smallest |gap| among them is step 113000.
+    assert stop.candidates == [103000, 113000, 123000, 133000, 143000]
+    assert stop.chosen_step == 113000 and stop.final_step == 143000
+    assert stop.performance_cost == pytest.approx((acc[143000] - acc[113000]) / acc[143000])
+    assert stop.fairness_gain == pytest.approx((0.04 - 0.01) / 0.04)
+    assert "gives up 0.8% performance for 75.0% fairness" in stop.sentence()
+    absolute = analysis.early_stopping(pd.Series(acc), pd.Series(gap), tolerance=0.02, relative=False)
+    assert absolute.chosen_step == 83000  # 0.6720 >= 0.6889 - 0.02, |gap| 0.002
+
+
+def test_pareto_front():
+    perf = pd.Series({1: 0.1, 2: 0.5, 3: 0.4, 4: 0.6, 5: 0.6})
+    gap = pd.Series({1: 0.0, 2: 0.2, 3: 0.3, 4: 0.25, 5: 0.5})
+    front = analysis.pareto_front(perf, gap)
+    assert list(front.index) == [1, 2, 4]
+
+
+def test_compare_assumption_rates_uses_fisher():
+    table = analysis.compare_assumption_rates({"160m": (0.2, 3960), "6.9b": (0.3, 3960)})
+    expected = stats.fisher_exact([[792, 3168], [1188, 2772]])[1]
+    assert table.p_value.iloc[0] == pytest.approx(expected)
+
+
+def test_regression_check_bounds():
+    rows = analysis.regression_check(current=-0.05, baseline=0.03, max_gap=0.1, max_regression=0.01)
+    assert [r["ok"] for r in rows] == [True, False]
+    assert rows[1]["value"] == pytest.approx(0.02)

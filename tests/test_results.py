@@ -1,0 +1,66 @@
+import json
+import shutil
+
+import pytest
+from conftest import write_fairdyn_result
+
+from lm_eval_fairdyn import results
+from lm_eval_fairdyn.analysis import series
+
+
+def test_pythia_lambada_series_are_read(pythia_evals):
+    table = results.tidy(results.read_run(pythia_evals / "pythia-6.9b-deduped"))
+    acc = series(table, "pythia-6.9b-deduped", "lambada_openai", "acc")
+    assert len(acc) == 27 and acc.index.min() == 0 and acc.index.max() == 143000
+    assert acc[83000] == pytest.approx(0.6720, abs=5e-5)
+    assert acc[143000] == pytest.approx(0.6889, abs=5e-5)
+    small = results.tidy(results.read_run(pythia_evals / "pythia-160m"))
+    assert series(small, "pythia-160m", "lambada_openai", "acc")[143000] == pytest.approx(0.3284, abs=5e-5)
+    assert series(small, "pythia-160m", "lambada_openai", "ppl")[143000] == pytest.approx(38.0649, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("text", "step"),
+    [("step1000", 1000), ("pythia-160m_step3000", 3000), ("checkpoint-250", 250), ("6.9b_step0", 0), ("final", None)],
+)
+def test_step_from_text(text, step):
+    assert results.step_from_text(text) == step
+
+
+def test_current_format_with_filters_and_nulls(tmp_path):
+    path = write_fairdyn_result(tmp_path / "results_x.json", 500, {"jsdp_gap": 0.1, "ar_male": None})
+    parsed = results.read_result_file(path, "run")
+    assert parsed.step == 500 and parsed.values[("winobias_fairdyn", "jsdp_gap")] == 0.1
+    assert parsed.values[("winobias_fairdyn", "ar_male")] is None
+    assert ("winobias_fairdyn", "jsdp_gap_stderr") not in parsed.values
+    assert parsed.n_samples == {"winobias_fairdyn": 7920}
+
+
+def test_errors_name_the_folder_or_file(tmp_path):
+    with pytest.raises(results.ResultsError, match="no lm-eval results found"):
+        results.read_run(tmp_path)
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "results_bad.json").write_text("{not json")
+    with pytest.raises(results.ResultsError, match="results_bad.json: not a readable JSON"):
+        results.read_run(tmp_path)
+    (tmp_path / "results_bad.json").write_text(json.dumps({"results": {}, "config": {"model_args": "pretrained=x"}}))
+    with pytest.raises(results.ResultsError, match="cannot tell the training step"):
+        results.read_run(tmp_path)
+
+
+def test_mixed_versions_or_prompt_settings_are_rejected(tmp_path):
+    write_fairdyn_result(tmp_path / "a" / "results_1.json", 1, {"jsdp_gap": 0.1})
+    write_fairdyn_result(tmp_path / "a" / "results_2.json", 2, {"jsdp_gap": 0.1}, version="2.0")
+    with pytest.raises(results.ResultsError, match="task version differ"):
+        results.check_consistent(results.read_run(tmp_path / "a"))
+    write_fairdyn_result(tmp_path / "b" / "results_1.json", 1, {"jsdp_gap": 0.1})
+    write_fairdyn_result(tmp_path / "b" / "results_2.json", 2, {"jsdp_gap": 0.1}, seeds=(0,))
+    with pytest.raises(results.ResultsError, match="prompt settings differ"):
+        results.check_consistent(results.read_run(tmp_path / "b"))
+
+
+def test_one_checkpoint_reported_twice_is_rejected(tmp_path, pythia_evals):
+    shutil.copy(pythia_evals / "pythia-160m" / "160m_step1000.json", tmp_path / "160m_step1000.json")
+    shutil.copy(pythia_evals / "pythia-160m" / "160m_step1000.json", tmp_path / "results_again_step1000.json")
+    with pytest.raises(results.ResultsError, match="step 1000: .* reported by several files"):
+        results.tidy(results.read_run(tmp_path))
