@@ -1,0 +1,118 @@
+"""fairdyn sweep: resumable after a kill, shardable across processes, with a manifest."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lm_eval_fairdyn import sweep
+
+
+def sweep_command(checkpoints, out, *extra):
+    return [sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--checkpoints", str(checkpoints / "step*"),
+            "--tasks", "winobias_fairdyn_1seed", "--limit", "12", "--device", "cpu", "--batch_size", "4",
+            "--output_path", str(out), *extra]  # fmt: skip
+
+
+def environment(winobias_dir):
+    return dict(os.environ, FAIRDYN_WINOBIAS_DIR=str(winobias_dir), HF_HUB_OFFLINE="1")
+
+
+def snapshot(out):
+    """Everything that must match between two sweeps: files, metric values, samples, markers."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            rel = str(path.relative_to(out))
+            if path.name == "results.json":
+                files[rel] = json.loads(path.read_text())["results"]
+            elif path.name == "manifest.json":
+                files[rel] = json.loads(path.read_text())["checkpoints"]
+            else:
+                files[rel] = path.read_text()
+    return files
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_checkpoints, winobias_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "one"
+    proc = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sweep_layout(uninterrupted):
+    assert sorted(p.name for p in uninterrupted.iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "step0", "step10", "step20"]  # fmt: skip
+    for label in ("step0", "step10", "step20"):
+        folder = uninterrupted / label
+        assert json.loads((folder / "checkpoint.json").read_text())["step"] == int(label[4:])
+        results = json.loads((folder / "results.json").read_text())
+        assert results["results"]["winobias_fairdyn_1seed"]["jsdp_gap,none"] is not None
+        assert len((folder / "samples_winobias_fairdyn_1seed.jsonl").read_text().splitlines()) == 12
+    assert not list((uninterrupted / ".partial").iterdir())
+
+
+def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "step0" / "checkpoint.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "step0" / "checkpoint.json").exists() and not (out / "step20").exists()
+    rerun = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert snapshot(out) == snapshot(uninterrupted)
+    again = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    assert "3 of 3 checkpoint(s) finished" in again.stdout and "Running loglikelihood" not in again.stderr
+
+
+def test_two_shards_in_two_processes_make_the_same_set(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    out = tmp_path / "sharded"
+    procs = [
+        subprocess.Popen(sweep_command(tiny_checkpoints, out, "--shard", f"{i}/2"), env=environment(winobias_dir),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    assert snapshot(out) == snapshot(uninterrupted)
+
+
+def test_other_settings_in_the_same_folder_are_refused(uninterrupted, tiny_checkpoints, winobias_dir):
+    proc = subprocess.run(sweep_command(tiny_checkpoints, uninterrupted, "--model_args", "dtype=float32"),
+                          env=environment(winobias_dir), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "holds a sweep with other settings" in proc.stderr
+
+
+def test_schedules_and_shards():
+    steps = sweep.pythia_steps()
+    assert len(steps) == 154 and steps[:3] == [0, 1, 2] and steps[10] == 512 and steps[-1] == 143000
+    subset = sweep.schedule_steps("pythia:12")
+    assert subset[0] == 0 and subset[-1] == 143000 and len(subset) <= 12 and set(subset) <= set(steps)
+    checkpoints = sweep.hub_checkpoints("EleutherAI/pythia-160m", ["step1000", "step0", "step143000"])
+    assert [c.step for c in checkpoints] == [0, 1000, 143000]
+    assert checkpoints[1].model_args == "pretrained=EleutherAI/pythia-160m,revision=step1000"
+    assert [c.label for c in sweep.shard(checkpoints, "1/2")] == ["step1000"]
+    with pytest.raises(ValueError, match="names no step"):
+        sweep.hub_checkpoints("x", ["main"])
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        sweep.shard(checkpoints, "2/2")
+
+
+def test_hub_branches_lists_step_branches(monkeypatch):
+    import huggingface_hub
+
+    class Refs:
+        branches = [type("B", (), {"name": n}) for n in ("main", "step0", "step1000")]
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", lambda repo: Refs)
+    assert sweep.hub_branches("EleutherAI/pythia-160m") == ["step0", "step1000"]
