@@ -24,31 +24,37 @@ def winobias_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def neox_dir(tmp_path_factory) -> Path:
-    """A randomly initialised GPT-NeoX (Pythia architecture) with the real Pythia tokenizer."""
+def save_tiny_neox(folder: Path, seed: int, hidden_size: int, layers: int) -> Path:
+    """A randomly initialised GPT-NeoX (Pythia architecture) with the real Pythia tokenizer.
+
+    initializer_range=0.3 spreads the logits, so that no two tokens are near-tied.
+    """
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from lm_eval_fairdyn.embedded import pythia_tokenizer
 
     tokenizer = pythia_tokenizer()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=128,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=256,
-        initializer_range=0.3,  # spreads the logits, so no two tokens are near-tied
+        initializer_range=0.3,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    folder = tmp_path_factory.mktemp("neox")
     GPTNeoXForCausalLM(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def neox_dir(tmp_path_factory) -> Path:
+    return save_tiny_neox(tmp_path_factory.mktemp("neox"), seed=0, hidden_size=64, layers=2)
 
 
 @pytest.fixture(scope="session")
@@ -74,21 +80,9 @@ def pythia_evals() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> Path:
     """Three tiny GPT-NeoX checkpoint folders named step0, step10, step20."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    from lm_eval_fairdyn.embedded import pythia_tokenizer
-
-    tokenizer = pythia_tokenizer()
     root = tmp_path_factory.mktemp("checkpoints")
     for seed, step in enumerate((0, 10, 20)):
-        torch.manual_seed(seed)
-        config = GPTNeoXConfig(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=256, initializer_range=0.3,
-        )  # fmt: skip
-        GPTNeoXForCausalLM(config).save_pretrained(root / f"step{step}")
-        tokenizer.save_pretrained(root / f"step{step}")
+        save_tiny_neox(root / f"step{step}", seed=seed, hidden_size=32, layers=1)
     return root
 
 
