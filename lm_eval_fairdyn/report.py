@@ -103,6 +103,12 @@ def _shade_significant(ax, significant: pd.Series) -> None:
             ax.axvspan(step, right, color="tab:red", alpha=0.12, lw=0)
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_groups(table, result: RunAnalysis, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, base, label in ((axes[0], "ar", "Average Rank (lower = better)"), (axes[1], "jsdp", "JSD-P gold part (lower = better)")):
@@ -117,9 +123,7 @@ def _plot_groups(table, result: RunAnalysis, path: Path) -> None:
         ax.set_title(label)
         ax.legend()
     fig.suptitle(f"{result.run}: per gold group (shaded: significant male-female gap)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
@@ -137,9 +141,7 @@ def _plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="best")
     ax.set_title(f"{result.run}: fairness gap and performance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
@@ -155,9 +157,7 @@ def _plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"{result.run}: performance vs fairness")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[RunAnalysis]) -> dict:
@@ -167,8 +167,8 @@ def _assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[R
     """
     rates = {}
     for r in results:
-        step = int(analysis.series(table, r.run, r.fairness_task, "assumption_rate").dropna().index.max())
-        rate = analysis.series(table, r.run, r.fairness_task, "assumption_rate").loc[step]
+        observed = analysis.series(table, r.run, r.fairness_task, "assumption_rate").dropna()
+        step, rate = int(observed.index[-1]), observed.iloc[-1]
         n = counts[(counts.run == r.run) & (counts.step == step) & (counts.task == r.fairness_task)].n
         rates[r.run] = (float(rate), int(n.iloc[0]) // 2 if len(n) else 0)
     return rates
