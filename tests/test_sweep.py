@@ -116,3 +116,18 @@ def test_hub_branches_lists_step_branches(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "list_repo_refs", lambda repo: Refs)
     assert sweep.hub_branches("EleutherAI/pythia-160m") == ["step0", "step1000"]
+
+
+def test_bad_sweep_input_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint folders match"):
+        sweep.folder_checkpoints(str(tmp_path / "step*"))
+    (tmp_path / "final").mkdir()
+    with pytest.raises(ValueError, match=r"final: cannot tell the step from the folder name"):
+        sweep.folder_checkpoints(str(tmp_path / "*"))
+    with pytest.raises(ValueError, match="unknown schedule 'olmo'"):
+        sweep.schedule_steps("olmo")
+    with pytest.raises(ValueError, match="K must be between 2 and 154"):
+        sweep.schedule_steps("pythia:1")
+    proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--revisions", "step0",
+                           "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "need --pretrained" in proc.stderr
