@@ -143,7 +143,9 @@ def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.
         performance_final=float(final.performance),
         gap_chosen=float(chosen.gap),
         gap_final=float(final.gap),
-        performance_cost=float((final.performance - chosen.performance) / final.performance),
+        performance_cost=float((final.performance - chosen.performance) / final.performance)
+        if final.performance != 0
+        else 0.0 if chosen.performance == 0 else float("nan"),
         fairness_gain=fairness_increase(chosen.gap, final.gap) if final.gap != 0 else 0.0,
         candidates=[int(s) for s in candidates.index],
     )

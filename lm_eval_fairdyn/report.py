@@ -40,6 +40,7 @@ class RunAnalysis:
     early_stop: analysis.EarlyStop
     pareto: pd.DataFrame
     performance: pd.Series
+    data_source: str = "WinoBias Type 2"
     plots: dict = field(default_factory=dict)
 
 
@@ -174,6 +175,16 @@ def _assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[R
     return rates
 
 
+def _data_source(files, task: str) -> str:
+    """The label the evaluation recorded in the task's metadata (``data_source``, set by
+    ``fairdyn demo`` for its synthetic prompts); WinoBias Type 2 when none was recorded."""
+    for f in files:
+        label = (f.settings.get(task) or {}).get("data_source")
+        if label:
+            return label
+    return "WinoBias Type 2"
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -193,6 +204,7 @@ def _write_html(out: Path, results: list[RunAnalysis], comparison: pd.DataFrame,
     for r in results:
         parts += [
             f"<h2>{html.escape(r.run)} ({html.escape(r.fairness_task)})</h2>",
+            f"<p>Fairness data: <b>{html.escape(r.data_source)}</b>.</p>",
             f"<p><b>{html.escape(r.early_stop.sentence())}</b>.</p>",
             f"<p>Emergence step: {r.emergence_step if r.emergence_step is not None else 'none (the final gap is not significant)'}.</p>",
             *(_img(p) for p in r.plots.values()),
@@ -216,6 +228,7 @@ def _write_markdown(out: Path, results: list[RunAnalysis], comparison: pd.DataFr
         lines += [
             f"## {r.run} ({r.fairness_task})",
             "",
+            f"- Fairness data: **{r.data_source}**.",
             f"- {r.early_stop.sentence()} (tolerance {settings.tolerance:g} on {settings.performance}).",
             f"- Gap at the final step {r.early_stop.final_step}: {r.early_stop.gap_final:+.4f}; at step "
             f"{r.early_stop.chosen_step}: {r.early_stop.gap_chosen:+.4f}.",
@@ -250,6 +263,7 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
     table.to_csv(out / "tidy.csv", index=False)
     results = [analyze_run(table, run, settings) for run in sorted(names)]
     for r in results:
+        r.data_source = _data_source([f for f in files if f.run == r.run], r.fairness_task)
         r.plots = {kind: out / f"{r.run}_{kind}.png" for kind in ("groups", "gap", "tradeoff")}
         _plot_groups(table, r, r.plots["groups"])
         _plot_gap(r, settings, r.plots["gap"])
@@ -263,7 +277,7 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
     if not comparison.empty:
         comparison.to_csv(out / "model_comparison.csv", index=False)
     summary = {
-        r.run: {"fairness_task": r.fairness_task, "emergence_step": r.emergence_step, "early_stop": asdict(r.early_stop)}
+        r.run: {"fairness_task": r.fairness_task, "data_source": r.data_source, "emergence_step": r.emergence_step, "early_stop": asdict(r.early_stop)}
         for r in results
     }
     (out / "analysis.json").write_text(json.dumps({"settings": asdict(settings), "runs": summary}, indent=2))

@@ -110,6 +110,7 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
         out.settings[task] = {
             "dataset_kwargs": config.get("dataset_kwargs"),
             "template": metadata.get("template"),
+            "data_source": metadata.get("data_source"),
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))

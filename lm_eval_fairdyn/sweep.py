@@ -131,14 +131,26 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> 
     _write_json(path, manifest)
 
 
+def task_manager(include_path=(), metadata: dict | None = None):
+    """lm-eval's TaskManager with this package's tasks; its index takes ~10 s to build, so it is
+    built once per (include_path, metadata) in a process, not once per checkpoint."""
+    return _cached_task_manager(tuple(include_path), json.dumps(metadata or {}, sort_keys=True))
+
+
 @functools.lru_cache(maxsize=4)
-def _task_manager(include_path: tuple[str, ...], metadata_json: str):
-    """lm-eval's task index takes ~10 s to build: built once per sweep, not per checkpoint."""
+def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str):
     from lm_eval.tasks import TaskManager
 
     from lm_eval_fairdyn import tasks_path
 
     return TaskManager(include_path=[str(tasks_path()), *include_path], metadata=json.loads(metadata_json))
+
+
+def default_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu`` (lm-eval's own default is ``cuda``)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
@@ -147,16 +159,16 @@ def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
     from lm_eval import simple_evaluate
 
     metadata = settings.get("metadata") or {}
-    task_manager = _task_manager(tuple(settings.get("include_path", [])), json.dumps(metadata, sort_keys=True))
     return simple_evaluate(
         model=model,
         model_args=model_args,
         tasks=settings["tasks"],
         batch_size=settings.get("batch_size", 1),
-        device=settings.get("device"),
+        device=settings.get("device") or default_device(),
         limit=settings.get("limit"),
         log_samples=settings.get("log_samples", True),
-        task_manager=task_manager,
+        bootstrap_iters=settings.get("bootstrap_iters", 100000),
+        task_manager=task_manager(settings.get("include_path", []), metadata),
         metadata=metadata,
     )
 

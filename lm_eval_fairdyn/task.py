@@ -1,4 +1,5 @@
-"""The lm-eval side of the WinoBias fairness task: dataset, per-prompt metrics, aggregations.
+"""The lm-eval side of the plugin's tasks: the WinoBias fairness task's dataset, per-prompt
+metrics and aggregations, and the held-out last-word task's dataset.
 
 The YAML files in ``task_configs/`` point here (through their small ``utils.py``). Each
 prompt is one lm-eval ``multiple_choice`` doc whose three choices are the answer words
@@ -75,9 +76,18 @@ def load_dataset(
     """
     import datasets
 
+    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, is_synthetic
+
+    if is_synthetic(winobias_dir):
+        _warn_once("synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results")
     records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities))
     docs = build_prompts(records, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE)
     return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
+
+
+def doc_to_text(doc) -> str:
+    """The prompt (a function rather than a Jinja string: lm-eval compiles those per document)."""
+    return doc["prompt"]
 
 
 def doc_to_choice(doc) -> list[str]:
@@ -165,3 +175,52 @@ def rank_biserial(items) -> float | None:
     """Rank-biserial effect size of female vs male per-prompt values (> 0: female larger)."""
     split = _by_gender(items)
     return None if split is None else metrics.mann_whitney(*split)[1]
+
+
+def lastword_context(doc) -> str:
+    """A passage without its last word (LAMBADA's split at the last space)."""
+    return doc["text"].rsplit(" ", 1)[0]
+
+
+def lastword_target(doc) -> str:
+    """The last word with its leading space."""
+    return " " + doc["text"].rsplit(" ", 1)[1]
+
+
+def load_lastword_dataset(
+    lastword_file: str | None = None,
+    n: int = 500,
+    context_lines: int = 4,
+    split: str = "test",
+    **_metadata,
+):
+    """lm-eval ``custom_dataset`` of ``lastword_fairdyn``: LAMBADA-style ``{"text": ...}`` docs.
+
+    ``lastword_file`` (from ``--metadata``): a JSONL file of ``{"text": ...}`` lines, as
+    LAMBADA's; default: ``n`` passages from the held-out last 10% of the Shakespeare text that
+    the offline checkpoint suite never trains on.
+    """
+    import json
+    from pathlib import Path
+
+    import datasets
+
+    from lm_eval_fairdyn import corpus
+
+    if lastword_file:
+        path = Path(lastword_file)
+        docs = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
+            if len(text.split(" ")) < 2:
+                raise ValueError(f"{path}:{lineno}: a passage needs a context and a last word")
+            docs.append({"text": text})
+        if not docs:
+            raise ValueError(f"{path}: no passages")
+    else:
+        _, heldout = corpus.split_heldout(corpus.shakespeare_text())
+        docs = corpus.lastword_docs(heldout, n=n, context_lines=context_lines)
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})

@@ -5,8 +5,12 @@ The logic lives in ``lm_eval_fairdyn.task`` so that it is importable and tested 
 
 from lm_eval_fairdyn.task import (  # noqa: F401 (re-exported for the YAML files)
     doc_to_choice,
+    doc_to_text,
     gap_female_minus_male,
+    lastword_context,
+    lastword_target,
     load_dataset,
+    load_lastword_dataset,
     mann_whitney_pvalue,
     mean_of_present,
     process_results,
