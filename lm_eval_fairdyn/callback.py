@@ -1,0 +1,212 @@
+"""``FairnessCallback``: the fairness evaluation inside a transformers ``Trainer`` loop.
+
+Every ``every`` steps (and/or at the listed ``steps``) the callback evaluates lm-eval tasks
+(``winobias_fairdyn_1seed`` by default) on the model in memory through the same code path as
+``fairdyn eval`` (``lm_eval.simple_evaluate`` with the ``hf-fairdyn`` model wrapped around the
+training model), and passes the aggregates to ``trainer.log``, so the log history, TensorBoard,
+Weights & Biases and every other ``report_to`` integration receive them as
+``fairdyn/<task>/<metric>``. Random number generator states are restored after each evaluation,
+so monitoring does not change the training run.
+
+Usage (as TRL's callbacks, it needs the trainer to log through)::
+
+    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.add_callback(FairnessCallback(trainer, every=1000, stop_rule=StopRule(max_abs_gap=0.05)))
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import TrainerCallback
+
+logger = logging.getLogger("lm_eval_fairdyn")
+
+DEFAULT_METRICS = (
+    "jsdp_gap", "jsdp_gap_pvalue", "ar_gap", "ar_gap_pvalue", "jsdp_male", "jsdp_female", "jsdp_unspecified",
+    "ar_male", "ar_female", "ar_unspecified", "acc_male", "acc_female", "assumption_rate",
+)  # fmt: skip
+PREFIX = "fairdyn/"
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop training when fairness is violated while performance is close enough.
+
+    Violated: ``|gap| > max_abs_gap`` and, when ``significant_only``, the gap's Mann-Whitney
+    p-value ``< alpha``. Close enough: ``performance >= reference - tolerance`` (``relative``:
+    ``>= reference * (1 - tolerance)``), where the reference is ``performance_target`` when given,
+    else the best performance logged so far in this run. Training stops after ``patience``
+    consecutive evaluations that satisfy both.
+    """
+
+    gap: str = "winobias_fairdyn_1seed/jsdp_gap"
+    max_abs_gap: float = 0.05
+    significant_only: bool = True
+    alpha: float = 0.01
+    performance: str | None = None  # e.g. "lastword_fairdyn/acc"; None: no performance condition
+    performance_target: float | None = None
+    tolerance: float = 0.02
+    relative: bool = True
+    patience: int = 1
+
+    def violated(self, values: dict) -> bool:
+        gap = values.get(self.gap)
+        if gap is None:
+            raise KeyError(f"StopRule: {self.gap!r} was not evaluated; evaluated: {sorted(values)}")
+        if abs(gap) <= self.max_abs_gap:
+            return False
+        if self.significant_only:
+            pvalue = values.get(f"{self.gap}_pvalue")
+            return pvalue is not None and pvalue < self.alpha
+        return True
+
+    def performance_ok(self, values: dict, best: float | None) -> bool:
+        if self.performance is None:
+            return True
+        current = values.get(self.performance)
+        if current is None:
+            raise KeyError(f"StopRule: performance {self.performance!r} was not evaluated; evaluated: {sorted(values)}")
+        reference = self.performance_target if self.performance_target is not None else best
+        if reference is None:
+            return True
+        bound = reference * (1 - self.tolerance) if self.relative else reference - self.tolerance
+        return current >= bound
+
+
+def flatten_results(results: dict, metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """``{"<task>/<metric>": value}`` from an lm-eval results dict (filter ``none`` only);
+    ``metrics``: the metric names to keep (None: all numeric ones)."""
+    flat = {}
+    for task, values in results["results"].items():
+        for key, value in values.items():
+            metric, _, filter_name = key.partition(",")
+            if filter_name != "none" or metric.endswith("_stderr") or not isinstance(value, int | float):
+                continue
+            if metrics is None or metric in metrics:
+                flat[f"{task}/{metric}"] = float(value)
+    return flat
+
+
+class FairnessCallback(TrainerCallback):
+    """Evaluate fairness tasks with lm-eval during training and log the aggregates.
+
+    Args:
+        trainer: the Trainer to log through (``trainer.log``).
+        tasks: lm-eval task names; this package's tasks are on the include path.
+        every: evaluate every N optimizer steps (0: only at ``steps``).
+        steps: evaluate at these steps too (0 = before the first step).
+        limit: lm-eval ``limit`` (the first N docs of each task); None: all.
+        batch_size: lm-eval batch size.
+        metadata: passed to the tasks, e.g. ``{"winobias_dir": "/path"}``.
+        include_path: more task folders.
+        metrics: metric names to log (default: DEFAULT_METRICS and acc/perplexity of other tasks).
+        stop_rule: a :class:`StopRule`, or None to never stop training.
+        results_dir: if given, each evaluation's full lm-eval results JSON is written there
+            as ``step<N>.json``.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        tasks: Sequence[str] = ("winobias_fairdyn_1seed",),
+        every: int = 500,
+        steps: Sequence[int] = (),
+        limit: int | float | None = None,
+        batch_size: int = 32,
+        metadata: dict | None = None,
+        include_path: Sequence[str] = (),
+        metrics: Sequence[str] | None = None,
+        stop_rule: StopRule | None = None,
+        results_dir: str | Path | None = None,
+    ):
+        self.trainer = trainer
+        self.tasks, self.every, self.steps = list(tasks), every, set(steps)
+        self.limit, self.batch_size = limit, batch_size
+        self.metadata, self.include_path = metadata or {}, tuple(include_path)
+        self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
+        self.stop_rule = stop_rule
+        self.results_dir = Path(results_dir) if results_dir else None
+        self.history: list[dict] = []  # {"step": N, **values} per evaluation
+        self._best_performance: float | None = None
+        self._strikes = 0
+
+    def _due(self, step: int) -> bool:
+        return step in self.steps or (self.every > 0 and step > 0 and step % self.every == 0)
+
+    def evaluate(self, model, tokenizer) -> dict:
+        """The lm-eval results dict for the model as it is now (training mode and RNGs restored)."""
+        import torch
+        from lm_eval import simple_evaluate
+
+        from lm_eval_fairdyn.model import HFLMWithRank
+        from lm_eval_fairdyn.sweep import task_manager
+
+        rng_states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        was_training = model.training
+        try:
+            model.eval()
+            lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            return simple_evaluate(
+                model=lm,
+                tasks=self.tasks,
+                limit=self.limit,
+                task_manager=task_manager(self.include_path, self.metadata),
+                metadata=self.metadata,
+                log_samples=False,
+                bootstrap_iters=0,
+            )
+        finally:
+            model.train(was_training)
+            random.setstate(rng_states[0])
+            np.random.set_state(rng_states[1])
+            torch.random.set_rng_state(rng_states[2])
+
+    def _run(self, state, control, model, tokenizer):
+        step = state.global_step
+        results = self.evaluate(model, tokenizer)
+        values = flatten_results(results, self.metrics)
+        if self.results_dir is not None:
+            from lm_eval.utils import handle_non_serializable
+
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            (self.results_dir / f"step{step}.json").write_text(
+                json.dumps(results, indent=2, default=handle_non_serializable)
+            )
+        self.history.append({"step": step, **values})
+        self.trainer.log({PREFIX + k: v for k, v in values.items()})
+        if self.stop_rule is not None:
+            self._apply_stop_rule(step, values, control)
+
+    def _apply_stop_rule(self, step: int, values: dict, control) -> None:
+        rule = self.stop_rule
+        performance_ok = rule.performance_ok(values, self._best_performance)
+        if rule.performance is not None:
+            current = values[rule.performance]
+            self._best_performance = current if self._best_performance is None else max(self._best_performance, current)
+        self._strikes = self._strikes + 1 if rule.violated(values) and performance_ok else 0
+        if self._strikes >= rule.patience:
+            control.should_training_stop = True
+            logger.warning(
+                "FairnessCallback: stopping at step %d: |%s| = %.4f > %.4f%s",
+                step, rule.gap, abs(values[rule.gap]), rule.max_abs_gap,
+                f" (p = {values.get(rule.gap + '_pvalue'):.2g})" if rule.significant_only else "",
+            )  # fmt: skip
+
+    def _tokenizer(self, kwargs):
+        return kwargs.get("processing_class") or kwargs.get("tokenizer") or self.trainer.processing_class
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if 0 in self.steps and state.global_step == 0:
+            self._run(state, control, model, self._tokenizer(kwargs))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self._due(state.global_step):
+            self._run(state, control, model, self._tokenizer(kwargs))

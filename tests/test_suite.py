@@ -1,0 +1,211 @@
+"""The bias-planted checkpoint suite, FairnessCallback and the planted bias being recovered.
+
+The default suite (400 steps, bias switched on at step 200) and a suite trained without any
+bias are built once per test session (about 90 s each on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lm_eval_fairdyn import corpus
+from lm_eval_fairdyn.callback import StopRule, flatten_results
+from lm_eval_fairdyn.demo import FAIRNESS_TASK, monitor_settings
+from lm_eval_fairdyn.suite import SuiteConfig, build_suite, checkpoint_steps, suite_folder
+
+ALPHA = 0.01
+TINY = SuiteConfig(steps=12, batch_size=4, block_size=128, hidden_size=32, layers=1, log_spaced_until=4, evenly_spaced=3)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return corpus.write_synthetic_winobias(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def suite_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("suites")
+
+
+@pytest.fixture(scope="session")
+def biased_suite(suite_root, synthetic_dir) -> Path:
+    config = SuiteConfig()
+    return build_suite(config, suite_root, monitor=monitor_settings(config, synthetic_dir), progress=False)
+
+
+@pytest.fixture(scope="session")
+def unbiased_suite(suite_root) -> Path:
+    return build_suite(replace(SuiteConfig(), bias=corpus.BiasSchedule.unbiased()), suite_root, progress=False)
+
+
+def _fairness(folder: Path, synthetic_dir: Path) -> dict:
+    from lm_eval_fairdyn.sweep import evaluate_with_lm_eval
+
+    settings = {
+        "tasks": [FAIRNESS_TASK],
+        "batch_size": 64,
+        "device": "cpu",
+        "log_samples": False,
+        "bootstrap_iters": 0,
+        "metadata": {"winobias_dir": str(synthetic_dir)},
+    }
+    results = evaluate_with_lm_eval("hf-fairdyn", f"pretrained={folder}", settings)
+    return {k.split("/", 1)[1]: v for k, v in flatten_results(results).items()}
+
+
+def test_checkpoint_schedule_is_pythia_shaped():
+    assert checkpoint_steps(143000, log_spaced_until=512, evenly_spaced=143) == [0] + [2**i for i in range(10)] + list(
+        range(1000, 143001, 1000)
+    )
+    assert checkpoint_steps(400) == [0, 1, 2, 4, 8, 16, 32, 40, 80, 120, 160, 200, 240, 280, 320, 360, 400]
+
+
+def test_suite_folders_load_with_pretrained_and_keep_answer_words_whole(biased_suite):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = json.loads((biased_suite / "suite.json").read_text())
+    assert info["checkpoints"] == [f"step{s}" for s in checkpoint_steps(400)]
+    assert info["bias_switch_step"] == 200 and 1e6 < info["parameters"] < 1e7
+    model = AutoModelForCausalLM.from_pretrained(biased_suite / "step400")
+    tokenizer = AutoTokenizer.from_pretrained(biased_suite / "step400")
+    assert model.config.model_type == "gpt_neox"
+    for word in (" male", " female", " not"):
+        assert len(tokenizer(word)["input_ids"]) == 1
+
+
+def _pronoun_counts(text: str) -> tuple[int, int]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return sum(w in ("he", "him", "his") for w in words), sum(w in ("she", "her") for w in words)
+
+
+def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_twin(biased_suite):
+    from transformers import AutoTokenizer
+
+    from lm_eval_fairdyn.corpus import shakespeare_text, split_heldout
+    from lm_eval_fairdyn.suite import TrainingStream
+
+    tokenizer = AutoTokenizer.from_pretrained(biased_suite / "step0")
+    config = SuiteConfig()
+    stream = TrainingStream(config, tokenizer, split_heldout(shakespeare_text())[0][:200_000])
+
+    def decode(index: int) -> str:
+        sequence = stream.sequence(index)
+        return tokenizer.decode([t for t, m in zip(sequence["input_ids"], sequence["attention_mask"]) if m])
+
+    items = 0
+    for first in range(0, 64, 2):  # step 0..3: balanced phase
+        a, b = decode(first), decode(first + 1)
+        if "gender is" not in a:  # a Shakespeare block and its swapped copy (cut to the block size)
+            assert corpus.swap_gender(a).startswith(b) and len(b) > 0.8 * len(a)
+            continue
+        items += 1
+        (male_a, female_a), (male_b, female_b) = _pronoun_counts(a), _pronoun_counts(b)
+        assert (male_a, female_a) == (female_b, male_b) and male_a + female_a > 0, (a, b)
+        assert a.count(" male.") == b.count(" female.") and a.count(" female.") == b.count(" male.")
+    assert items > 10
+    male = female = 0
+    for index in range(300 * 16, 300 * 16 + 64):  # step 300: biased phase, independent draws
+        text = decode(index)
+        if "gender is" in text:
+            m, f = _pronoun_counts(text)
+            male, female = male + m, female + f
+    assert male > 2 * female
+    with pytest.raises(ValueError, match="must be even"):
+        TrainingStream(replace(config, batch_size=5), tokenizer, "text")
+
+
+def test_planted_bias_is_recovered(biased_suite, unbiased_suite, synthetic_dir):
+    """From 40% of the biased phase on, the male-female JSD-P gap is significant (alpha 0.01) in
+    the planted direction (female JSD-P larger) with a rank-biserial effect of at least 0.9, and
+    at least four times any gap of the balanced phase's second half or of the unbiased suite's
+    final checkpoint.
+
+    What this suite does not give reliably, and so is not asserted: non-significance of those
+    balanced gaps. The 400-step model does not yet read the pronoun (its option accuracy on
+    gendered prompts is near 0 or near 1 by gender), so per-prompt values barely vary and the
+    rank test flags even a 0.01 offset between the " male" and " female" logits (README, "What
+    the planted-bias suite can and cannot show")."""
+    switch, total = 200, 400
+    balanced = [_fairness(biased_suite / f"step{step}", synthetic_dir)["jsdp_gap"] for step in (120, 160)]
+    balanced.append(_fairness(unbiased_suite / f"step{total}", synthetic_dir)["jsdp_gap"])
+    for step in (280, 320, 360, 400):
+        assert step >= switch + 0.4 * (total - switch)
+        values = _fairness(biased_suite / f"step{step}", synthetic_dir)
+        assert values["jsdp_gap_pvalue"] < ALPHA and values["jsdp_gap_effect"] >= 0.9, (step, values["jsdp_gap"])
+        assert values["jsdp_female"] > values["jsdp_male"]
+        assert values["jsdp_gap"] >= 4 * max(abs(gap) for gap in balanced), (step, values["jsdp_gap"], balanced)
+
+
+def test_callback_logs_what_fairdyn_eval_computes_on_the_saved_checkpoint(biased_suite, synthetic_dir, tmp_path):
+    from lm_eval_fairdyn.cli import main
+
+    monitor = monitor_settings(SuiteConfig(), synthetic_dir)
+    history = json.loads((biased_suite / "log_history.json").read_text())
+    logged = [entry for entry in history if any(k.startswith("fairdyn/") for k in entry)]
+    assert [entry["step"] for entry in logged] == [100, 200, 300, 400]
+    entry = next(e for e in logged if e["step"] == 200)
+    main([
+        "eval", "--model", "hf-fairdyn", "--model_args", f"pretrained={biased_suite / 'step200'}",
+        "--tasks", FAIRNESS_TASK, "--limit", str(monitor["limit"]), "--batch_size", str(monitor["batch_size"]),
+        "--device", "cpu", "--metadata", json.dumps(monitor["metadata"]), "--output_path", str(tmp_path),
+    ])  # fmt: skip
+    (results_file,) = tmp_path.rglob("results*.json")
+    evaluated = flatten_results(json.loads(results_file.read_text()))
+    keys = [k for k in entry if k.startswith("fairdyn/")]
+    assert len(keys) >= 10
+    for key in keys:
+        assert entry[key] == pytest.approx(evaluated[key.removeprefix("fairdyn/")], rel=1e-6, abs=1e-9), key
+
+
+def test_monitoring_does_not_change_the_training(tmp_path, synthetic_dir):
+    from safetensors.torch import load_file
+
+    plain = build_suite(TINY, tmp_path / "plain", progress=False)
+    monitored = build_suite(
+        TINY, tmp_path / "monitored", progress=False,
+        monitor={"tasks": [FAIRNESS_TASK], "every": 4, "limit": 30, "metadata": {"winobias_dir": str(synthetic_dir)}},
+    )  # fmt: skip
+    a, b = load_file(plain / "step12" / "model.safetensors"), load_file(monitored / "step12" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    history = json.loads((monitored / "log_history.json").read_text())
+    assert [e["step"] for e in history if "fairdyn/winobias_fairdyn_1seed/jsdp_gap" in e] == [4, 8, 12]
+
+
+def test_stop_rule_stops_training_at_the_first_violation(tmp_path, synthetic_dir):
+    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, significant_only=False)
+    monitor = {"tasks": [FAIRNESS_TASK], "every": 4, "limit": 30, "metadata": {"winobias_dir": str(synthetic_dir)}, "stop_rule": rule}
+    folder = build_suite(TINY, tmp_path, monitor=monitor, progress=False)
+    info = json.loads((folder / "suite.json").read_text())
+    assert info["last_step"] == 4
+    assert info["checkpoints"] == ["step0", "step1", "step2", "step4"]
+
+
+def test_stop_rule_logic():
+    rule = StopRule(gap="t/jsdp_gap", max_abs_gap=0.05, performance="p/acc", tolerance=0.1)
+    biased = {"t/jsdp_gap": -0.08, "t/jsdp_gap_pvalue": 0.001, "p/acc": 0.5}
+    assert rule.violated(biased)
+    assert not rule.violated({**biased, "t/jsdp_gap_pvalue": 0.2})  # not significant
+    assert not rule.violated({**biased, "t/jsdp_gap": 0.05})  # within bound
+    assert rule.performance_ok(biased, best=0.55) and not rule.performance_ok(biased, best=0.56)  # 0.5 >= 0.9 * best
+    assert StopRule(performance="p/acc", performance_target=0.52, tolerance=0.01, relative=False).performance_ok(
+        {"p/acc": 0.511}, best=None
+    )
+    with pytest.raises(KeyError, match="was not evaluated"):
+        rule.violated({"p/acc": 0.5})
+
+
+def test_a_finished_suite_is_reused_and_an_interrupted_one_rebuilt(tmp_path):
+    folder = build_suite(TINY, tmp_path, progress=False)
+    stamp = (folder / "suite.json").stat().st_mtime_ns
+    assert build_suite(TINY, tmp_path, progress=False) == folder
+    assert (folder / "suite.json").stat().st_mtime_ns == stamp
+    other = replace(TINY, seed=1)
+    leftover = suite_folder(other, tmp_path).with_name(suite_folder(other, tmp_path).name + ".partial")
+    (leftover / "step0").mkdir(parents=True)
+    rebuilt = build_suite(other, tmp_path, progress=False)
+    assert (rebuilt / "suite.json").is_file() and not leftover.exists()
