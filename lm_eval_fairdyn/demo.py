@@ -1,0 +1,124 @@
+"""``fairdyn demo``: the whole method, offline, on checkpoints of a real (small) training run.
+
+1. suite: train the bias-planted GPT-NeoX checkpoint suite (:mod:`lm_eval_fairdyn.suite`), or
+   reuse it from the cache; the training logs fairness through :class:`FairnessCallback`;
+2. data: the real WinoBias files when a folder, the cache or a download has them, else this
+   project's held-out template prompts, labelled as such in every output;
+3. sweep: ``winobias_fairdyn_1seed`` and ``lastword_fairdyn`` on every checkpoint (resumable);
+4. analyze: significance, emergence, jumps, early stopping, plots, report.html and summary.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lm_eval_fairdyn import corpus
+from lm_eval_fairdyn.data import WinoBiasUnavailable, resolve_winobias_dir
+
+FAIRNESS_TASK = "winobias_fairdyn_1seed"
+PERFORMANCE_TASK = "lastword_fairdyn"
+WINOBIAS_LABEL = "WinoBias Type 2 (test split)"
+
+
+@dataclass
+class DemoOutputs:
+    suite: Path
+    suite_reused: bool
+    data_source: str
+    winobias_dir: Path
+    sweep: Path
+    report: Path
+    summary: Path
+    seconds: float
+
+
+def choose_data(output_path: Path, winobias_dir: str | None, download: bool) -> tuple[Path, str, str]:
+    """(folder, label, reason): the real WinoBias test files if available, else synthetic ones."""
+    try:
+        folder = resolve_winobias_dir(winobias_dir, splits=("test",), download=download)
+        return folder, WINOBIAS_LABEL, f"WinoBias files in {folder}"
+    except WinoBiasUnavailable as err:
+        if winobias_dir:  # a folder the user named but that is unusable is an error, not a fallback
+            raise
+        folder = corpus.write_synthetic_winobias(output_path / "synthetic_winobias")
+        return folder, corpus.SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
+
+
+def monitor_settings(config, winobias_dir: Path) -> dict:
+    """FairnessCallback arguments used while training the suite: a quarter of the fairness
+    prompts every quarter of training, on the held-out synthetic prompts (always available, so
+    the cached suite does not depend on where WinoBias is)."""
+    return {
+        "tasks": [FAIRNESS_TASK],
+        "every": max(1, config.steps // 4),
+        "limit": 396,
+        "batch_size": 64,
+        "metadata": {"winobias_dir": str(winobias_dir), "data_source": corpus.SYNTHETIC_LABEL},
+    }
+
+
+def run_demo(
+    output_path: str | Path = "fairdyn_out/demo",
+    steps: int | None = None,
+    winobias_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 64,
+    suite_root: str | Path | None = None,
+    limit: int | None = None,
+) -> DemoOutputs:
+    from lm_eval_fairdyn import sweep
+    from lm_eval_fairdyn.data import cache_dir
+    from lm_eval_fairdyn.report import Settings, analyze
+    from lm_eval_fairdyn.suite import SuiteConfig, build_suite, is_complete, suite_folder
+
+    started = time.perf_counter()
+    out = Path(output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    config = SuiteConfig() if steps is None else replace(SuiteConfig(), steps=steps)
+
+    folder = suite_folder(config, suite_root)
+    reused = is_complete(folder)
+    print(f"[1/4] checkpoint suite: GPT-NeoX, {config.steps} steps, bias switched on at step "
+          f"{config.bias.switch_step(config.steps)} ({'reusing the cached suite' if reused else 'training, about 2 minutes'})")  # fmt: skip
+    monitor_data = corpus.write_synthetic_winobias(cache_dir() / "synthetic_winobias")
+    folder = build_suite(config, suite_root, monitor=monitor_settings(config, monitor_data))
+    print(f"      {folder}")
+
+    winobias, label, reason = choose_data(out, winobias_dir, download)
+    print(f"[2/4] fairness data: {label}: {reason}")
+    if label != WINOBIAS_LABEL:
+        print("      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR")
+
+    sweep_dir = out / ("sweep" if label == WINOBIAS_LABEL else "sweep_synthetic") / folder.name
+    print(f"[3/4] evaluating every checkpoint: {FAIRNESS_TASK} + {PERFORMANCE_TASK} -> {sweep_dir}")
+    checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
+    settings = {
+        "model": "hf-fairdyn",
+        "model_args": "",
+        "tasks": [FAIRNESS_TASK, PERFORMANCE_TASK],
+        "batch_size": str(batch_size),
+        "device": None,
+        "limit": limit,
+        "include_path": [],
+        "metadata": {"winobias_dir": str(winobias), "data_source": label},
+        "log_samples": True,
+        "bootstrap_iters": 0,
+    }
+    sweep.write_manifest(sweep_dir, checkpoints, settings)
+    sweep.run_sweep(checkpoints, sweep_dir, settings)
+
+    report_dir = out / ("report" if label == WINOBIAS_LABEL else "report_synthetic")
+    print(f"[4/4] analysis and report -> {report_dir}")
+    analyze([sweep_dir], report_dir, Settings(performance=f"{PERFORMANCE_TASK}/acc", fairness_task=FAIRNESS_TASK))
+    return DemoOutputs(
+        suite=folder,
+        suite_reused=reused,
+        data_source=label,
+        winobias_dir=winobias,
+        sweep=sweep_dir,
+        report=report_dir / "report.html",
+        summary=report_dir / "summary.md",
+        seconds=time.perf_counter() - started,
+    )

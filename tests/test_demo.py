@@ -1,0 +1,49 @@
+"""`fairdyn demo` end to end, offline, in a separate process: with an empty cache and no WinoBias, again
+from the cache, then with a WinoBias folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL
+
+
+def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FAIRDYN_WINOBIAS_DIR"}
+    env.update(FAIRDYN_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "lm_eval_fairdyn", "demo", "--output_path", str(out), "--steps", "8",
+               "--limit", "48", "--no_download", *extra]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=True)
+
+
+def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_given(tmp_path, winobias_dir):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = _demo(out, cache)
+    assert "training" in first.stdout and SYNTHETIC_LABEL in first.stdout and "NOT WinoBias" in first.stdout
+    (suite,) = (cache / "suites").iterdir()
+    steps = json.loads((suite / "suite.json").read_text())["checkpoints"]
+    sweep = out / "sweep_synthetic" / suite.name
+    assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoint.json").is_file()) == sorted(steps)
+    results = json.loads((sweep / "step8" / "results.json").read_text())
+    assert results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == SYNTHETIC_LABEL
+    assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(results["results"])
+    report = out / "report_synthetic"
+    assert SYNTHETIC_LABEL in (report / "report.html").read_text()
+    assert SYNTHETIC_LABEL in (report / "summary.md").read_text()
+    assert json.loads((report / "analysis.json").read_text())["runs"][suite.name]["data_source"] == SYNTHETIC_LABEL
+    stamps = {p: p.stat().st_mtime_ns for p in [suite / "suite.json", sweep / "step8" / "results.json"]}
+
+    second = _demo(out, cache)
+    assert "reusing the cached suite" in second.stdout and "reused from the cache" in second.stdout
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+    with_winobias = _demo(out, cache, "--winobias_dir", str(winobias_dir))  # same suite, real data
+    assert "reusing the cached suite" in with_winobias.stdout
+    assert "fairness data: WinoBias Type 2" in with_winobias.stdout and "NOT WinoBias" not in with_winobias.stdout
+    assert "WinoBias Type 2 (test split)" in (out / "report" / "summary.md").read_text()
+    winobias_results = json.loads((out / "sweep" / suite.name / "step8" / "results.json").read_text())
+    assert winobias_results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == "WinoBias Type 2 (test split)"
