@@ -1,0 +1,58 @@
+"""How reliably the checkpoint suite's planted bias is recovered, over seeds.
+
+For each seed it builds the default suite (bias from half-way) and one with no bias planted, and
+prints, per checkpoint, the male-female JSD-P gap of ``winobias_fairdyn_1seed``, its Mann-Whitney
+p-value and rank-biserial effect, on the held-out synthetic prompts (and on WinoBias when
+``--winobias_dir`` names a folder)::
+
+    python scripts/planted_bias.py --seeds 0 1 --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import replace
+
+from lm_eval_fairdyn import corpus
+from lm_eval_fairdyn.callback import flatten_results
+from lm_eval_fairdyn.demo import FAIRNESS_TASK
+from lm_eval_fairdyn.suite import SuiteConfig, build_suite, checkpoint_steps
+from lm_eval_fairdyn.sweep import evaluate_with_lm_eval
+
+
+def fairness(folder, winobias_dir) -> dict:
+    settings = {"tasks": [FAIRNESS_TASK], "batch_size": 64, "device": "cpu", "log_samples": False,
+                "bootstrap_iters": 0, "metadata": {"winobias_dir": str(winobias_dir)}}  # fmt: skip
+    flat = flatten_results(evaluate_with_lm_eval("hf-fairdyn", f"pretrained={folder}", settings))
+    return {k.split("/", 1)[1]: v for k, v in flat.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--winobias_dir", default=None)
+    parser.add_argument("--suite_root", default=None, help="default: the cache")
+    args = parser.parse_args()
+    data = {"synthetic": corpus.write_synthetic_winobias(tempfile.mkdtemp())}
+    if args.winobias_dir:
+        data["winobias"] = args.winobias_dir
+    for seed in args.seeds:
+        base = SuiteConfig(steps=args.steps, seed=seed)
+        switch = base.bias.switch_step(args.steps)
+        evaluated = [s for s in checkpoint_steps(args.steps) if s >= switch // 2]
+        for kind, config in (("planted", base), ("none", replace(base, bias=corpus.BiasSchedule.unbiased()))):
+            folder = build_suite(config, args.suite_root, progress=False)
+            for step in evaluated if kind == "planted" else [args.steps]:
+                for name, folder_data in data.items():
+                    v = fairness(folder / f"step{step}", folder_data)
+                    row = {"seed": seed, "bias": kind, "step": step, "switch": switch, "data": name,
+                           "gap": round(v["jsdp_gap"], 4), "p": float(f"{v['jsdp_gap_pvalue']:.2g}"),
+                           "effect": round(v["jsdp_gap_effect"], 2)}  # fmt: skip
+                    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
