@@ -18,6 +18,8 @@ from lm_eval_fairdyn import analysis  # noqa: E402
 from lm_eval_fairdyn.prompts import GROUPS  # noqa: E402
 from lm_eval_fairdyn.results import ResultsError, check_consistent, n_samples, read_run, tidy  # noqa: E402
 
+WINOBIAS_SOURCE = "WinoBias Type 2"  # the report's label when a result records no data source
+
 
 @dataclass
 class Settings:
@@ -40,7 +42,7 @@ class RunAnalysis:
     early_stop: analysis.EarlyStop
     pareto: pd.DataFrame
     performance: pd.Series
-    data_source: str = "WinoBias Type 2"
+    data_source: str = WINOBIAS_SOURCE
     plots: dict = field(default_factory=dict)
 
 
@@ -177,12 +179,13 @@ def _assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[R
 
 def _data_source(files, task: str) -> str:
     """The label the evaluation recorded in the task's metadata (``data_source``, set by
-    ``fairdyn demo`` for its synthetic prompts); WinoBias Type 2 when none was recorded."""
+    ``fairdyn demo``, or the synthetic-prompts label for this project's synthetic folder);
+    WinoBias Type 2 when none was recorded."""
     for f in files:
         label = (f.settings.get(task) or {}).get("data_source")
         if label:
             return label
-    return "WinoBias Type 2"
+    return WINOBIAS_SOURCE
 
 
 def _img(path: Path) -> str:

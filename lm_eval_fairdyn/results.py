@@ -110,11 +110,18 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
         out.settings[task] = {
             "dataset_kwargs": config.get("dataset_kwargs"),
             "template": metadata.get("template"),
-            "data_source": metadata.get("data_source"),
+            "data_source": metadata.get("data_source") or _synthetic_label(metadata.get("winobias_dir")),
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))
     return out
+
+
+def _synthetic_label(winobias_dir: str | None) -> str | None:
+    """The synthetic-prompts label when the evaluated folder is this project's synthetic one."""
+    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, is_synthetic
+
+    return SYNTHETIC_LABEL if is_synthetic(winobias_dir) else None
 
 
 def find_result_files(run_dir: str | Path) -> list[Path]:

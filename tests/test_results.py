@@ -64,3 +64,18 @@ def test_one_checkpoint_reported_twice_is_rejected(tmp_path, pythia_evals):
     shutil.copy(pythia_evals / "pythia-160m" / "160m_step1000.json", tmp_path / "results_again_step1000.json")
     with pytest.raises(results.ResultsError, match="step 1000: .* reported by several files"):
         results.tidy(results.read_run(tmp_path))
+
+
+def test_results_on_the_synthetic_folder_are_labelled_without_a_recorded_source(tmp_path):
+    """A `fairdyn eval` on the synthetic prompts records only winobias_dir; the label comes from its marker."""
+    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, write_synthetic_winobias
+
+    synthetic = write_synthetic_winobias(tmp_path / "synthetic")
+    labels = {}
+    for name, folder in (("synthetic", synthetic), ("winobias", tmp_path)):
+        path = write_fairdyn_result(tmp_path / name / "step8" / "results.json", 8, {"jsdp_gap": 0.1})
+        data = json.loads(path.read_text())
+        data["configs"]["winobias_fairdyn"]["metadata"]["winobias_dir"] = str(folder)
+        path.write_text(json.dumps(data))
+        labels[name] = results.read_result_file(path, name).settings["winobias_fairdyn"]["data_source"]
+    assert labels == {"synthetic": SYNTHETIC_LABEL, "winobias": None}
