@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.data import WinoBiasUnavailable, resolve_winobias_dir
+from lm_eval_fairdyn.data import WinoBiasUnavailable, cache_dir, resolve_winobias_dir
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"
 PERFORMANCE_TASK = "lastword_fairdyn"
@@ -34,16 +34,20 @@ class DemoOutputs:
     seconds: float
 
 
-def choose_data(output_path: Path, winobias_dir: str | None, download: bool) -> tuple[Path, str, str]:
-    """(folder, label, reason): the real WinoBias test files if available, else synthetic ones."""
+def synthetic_prompts() -> Path:
+    """The held-out template prompts in WinoBias' format, (re)written in the cache."""
+    return corpus.write_synthetic_winobias(cache_dir() / "synthetic_winobias")
+
+
+def choose_data(synthetic: Path, winobias_dir: str | None, download: bool) -> tuple[Path, str, str]:
+    """(folder, label, reason): the real WinoBias test files if available, else ``synthetic``."""
     try:
         folder = resolve_winobias_dir(winobias_dir, splits=("test",), download=download)
         return folder, WINOBIAS_LABEL, f"WinoBias files in {folder}"
     except WinoBiasUnavailable as err:
         if winobias_dir:  # a folder the user named but that is unusable is an error, not a fallback
             raise
-        folder = corpus.write_synthetic_winobias(output_path / "synthetic_winobias")
-        return folder, corpus.SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
+        return synthetic, corpus.SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
 
 
 def monitor_settings(config, winobias_dir: Path) -> dict:
@@ -69,7 +73,6 @@ def run_demo(
     limit: int | None = None,
 ) -> DemoOutputs:
     from lm_eval_fairdyn import sweep
-    from lm_eval_fairdyn.data import cache_dir
     from lm_eval_fairdyn.report import Settings, analyze
     from lm_eval_fairdyn.suite import SuiteConfig, build_suite, is_complete, suite_folder
 
@@ -82,11 +85,11 @@ def run_demo(
     reused = is_complete(folder)
     print(f"[1/4] checkpoint suite: GPT-NeoX, {config.steps} steps, bias switched on at step "
           f"{config.bias.switch_step(config.steps)} ({'reusing the cached suite' if reused else 'training, about 2 minutes'})")  # fmt: skip
-    monitor_data = corpus.write_synthetic_winobias(cache_dir() / "synthetic_winobias")
-    folder = build_suite(config, suite_root, monitor=monitor_settings(config, monitor_data))
+    synthetic = synthetic_prompts()
+    folder = build_suite(config, suite_root, monitor=monitor_settings(config, synthetic))
     print(f"      {folder}")
 
-    winobias, label, reason = choose_data(out, winobias_dir, download)
+    winobias, label, reason = choose_data(synthetic, winobias_dir, download)
     print(f"[2/4] fairness data: {label}: {reason}")
     if label != WINOBIAS_LABEL:
         print("      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR")
