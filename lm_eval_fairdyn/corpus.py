@@ -23,7 +23,7 @@ split and the assumption rate, not in the male-female gap.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

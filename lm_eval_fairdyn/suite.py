@@ -9,8 +9,8 @@ folder that lm-eval loads with ``--model_args pretrained=<folder>``.
 
 Tokenizer: a byte-level BPE with a 4,096-token vocabulary trained with ``tokenizers`` on the
 training text, not the 50,277-token Pythia tokenizer. Measured on this project's 2-core machine
-(``scripts/benchmark.py suite``), the log-softmax over 50,277 tokens makes a training step about
-10 times slower (1.7 s against 0.15 s for 32 x 64 tokens), which does not fit a demo of a few
+(``scripts/benchmark.py tokenizer``), the log-softmax over 50,277 tokens makes a training step
+about 10 times slower (1.56 s against 0.16 s for 16 x 128 tokens), which does not fit a demo of a few
 minutes. The trained vocabulary keeps " male", " female" and " not" as single tokens, which
 :func:`train_tokenizer` checks.
 
