@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL
 
 
@@ -47,3 +49,13 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     assert "WinoBias Type 2 (test split)" in (out / "report" / "summary.md").read_text()
     winobias_results = json.loads((out / "sweep" / suite.name / "step8" / "results.json").read_text())
     assert winobias_results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == "WinoBias Type 2 (test split)"
+
+
+def test_a_named_winobias_folder_that_is_unusable_is_an_error_not_a_fallback(tmp_path):
+    from lm_eval_fairdyn.data import WinoBiasUnavailable
+    from lm_eval_fairdyn.demo import choose_data
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WinoBiasUnavailable, match=str(empty)):
+        choose_data(tmp_path / "synthetic", str(empty), download=False)
