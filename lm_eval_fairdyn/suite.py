@@ -21,6 +21,7 @@ configuration and rebuilds an interrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -120,12 +121,11 @@ class TrainingStream:
     and the bias schedule follows the step.
     """
 
-    def __init__(self, config: SuiteConfig, tokenizer, train_text: str):
+    def __init__(self, config: SuiteConfig, tokenizer, text_ids: np.ndarray):
         if config.batch_size % 2:
             raise ValueError(f"SuiteConfig.batch_size must be even (sequences come in twin pairs), got {config.batch_size}")
-        self.config, self.tokenizer = config, tokenizer
+        self.config, self.tokenizer, self.text_ids = config, tokenizer, text_ids
         self.eos = tokenizer.eos_token_id
-        self.text_ids = np.asarray(tokenizer(train_text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -182,6 +182,22 @@ class TrainingStream:
                     index += 1
 
         return _Iterable()
+
+
+def encode_text(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def prepared_text(vocab_size: int, seed: int, phases: tuple[corpus.BiasPhase, corpus.BiasPhase]):
+    """The tokenizer trained on the Shakespeare training text and a sample of both phases' items,
+    and that text encoded with it (about 7 s; kept for the process, so that suites that differ
+    only in what the tokenizer does not see share them)."""
+    train_text, _ = corpus.split_heldout(corpus.shakespeare_text())
+    rng = np.random.default_rng([seed, 2**31])
+    sample = [text for i in range(3000) for text in corpus.biased_items(rng, phases[i % 2])]
+    tokenizer = train_tokenizer([train_text, *sample], vocab_size)
+    return tokenizer, encode_text(tokenizer, train_text)
 
 
 def neox_model(config: SuiteConfig, vocab_size: int, eos_token_id: int = 0):
@@ -257,12 +273,8 @@ def build_suite(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
-    train_text, _ = corpus.split_heldout(corpus.shakespeare_text())
-    rng = np.random.default_rng([config.seed, 2**31])
-    phases = (config.bias.before, config.bias.after)
-    sample = [text for i in range(3000) for text in corpus.biased_items(rng, phases[i % 2])]
-    tokenizer = train_tokenizer([train_text, *sample], config.vocab_size)
-    stream = TrainingStream(config, tokenizer, train_text)
+    tokenizer, text_ids = prepared_text(config.vocab_size, config.seed, (config.bias.before, config.bias.after))
+    stream = TrainingStream(config, tokenizer, text_ids)
     steps = checkpoint_steps(config.steps, config.log_spaced_until, config.evenly_spaced)
 
     args = TrainingArguments(

@@ -87,11 +87,11 @@ def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_
     from transformers import AutoTokenizer
 
     from lm_eval_fairdyn.corpus import shakespeare_text, split_heldout
-    from lm_eval_fairdyn.suite import TrainingStream
+    from lm_eval_fairdyn.suite import TrainingStream, encode_text
 
     tokenizer = AutoTokenizer.from_pretrained(biased_suite / "step0")
     config = SuiteConfig()
-    stream = TrainingStream(config, tokenizer, split_heldout(shakespeare_text())[0][:200_000])
+    stream = TrainingStream(config, tokenizer, encode_text(tokenizer, split_heldout(shakespeare_text())[0][:200_000]))
 
     def decode(index: int) -> str:
         sequence = stream.sequence(index)
@@ -116,7 +116,7 @@ def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_
             male, female = male + m, female + f
     assert male > 2 * female
     with pytest.raises(ValueError, match="must be even"):
-        TrainingStream(replace(config, batch_size=5), tokenizer, "text")
+        TrainingStream(replace(config, batch_size=5), tokenizer, encode_text(tokenizer, "text"))
 
 
 def test_planted_bias_is_recovered(biased_suite, unbiased_suite, synthetic_dir):
