@@ -158,7 +158,7 @@ class FairnessCallback(TrainerCallback):
                 model=lm,
                 tasks=self.tasks,
                 limit=self.limit,
-                task_manager=task_manager(self.include_path, self.metadata),
+                task_manager=task_manager(self.include_path, self.metadata, self.tasks),
                 metadata=self.metadata,
                 log_samples=False,
                 bootstrap_iters=0,

@@ -131,19 +131,26 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> 
     _write_json(path, manifest)
 
 
-def task_manager(include_path=(), metadata: dict | None = None):
-    """lm-eval's TaskManager with this package's tasks; its index takes ~10 s to build, so it is
-    built once per (include_path, metadata) in a process, not once per checkpoint."""
-    return _cached_task_manager(tuple(include_path), json.dumps(metadata or {}, sort_keys=True))
+def task_manager(include_path=(), metadata: dict | None = None, tasks=()):
+    """lm-eval's TaskManager with this package's tasks, built once per (include_path, metadata)
+    in a process. When every name in ``tasks`` is a task of this package or of ``include_path``,
+    lm-eval's own tasks are left out of the index (0.01 s instead of about 10 s to build)."""
+    key = (tuple(str(p) for p in include_path), json.dumps(metadata or {}, sort_keys=True))
+    own = _cached_task_manager(*key, include_defaults=False)
+    if tasks and all(isinstance(t, str) and t in own.all_tasks for t in tasks):
+        return own
+    return _cached_task_manager(*key, include_defaults=True)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str):
+@functools.lru_cache(maxsize=8)
+def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str, include_defaults: bool):
     from lm_eval.tasks import TaskManager
 
     from lm_eval_fairdyn import tasks_path
 
-    return TaskManager(include_path=[str(tasks_path()), *include_path], metadata=json.loads(metadata_json))
+    return TaskManager(
+        include_path=[str(tasks_path()), *include_path], include_defaults=include_defaults, metadata=json.loads(metadata_json)
+    )
 
 
 def default_device() -> str:
@@ -168,7 +175,7 @@ def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
         limit=settings.get("limit"),
         log_samples=settings.get("log_samples", True),
         bootstrap_iters=settings.get("bootstrap_iters", 100000),
-        task_manager=task_manager(settings.get("include_path", []), metadata),
+        task_manager=task_manager(settings.get("include_path", []), metadata, settings["tasks"]),
         metadata=metadata,
     )
 

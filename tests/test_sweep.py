@@ -131,3 +131,11 @@ def test_bad_sweep_input_is_named(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--revisions", "step0",
                            "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "need --pretrained" in proc.stderr
+
+
+def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):
+    own = sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed", "lastword_fairdyn"])
+    assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(own.all_tasks) and "lambada_openai" not in own.all_tasks
+    assert sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed"]) is own
+    full = sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed", "lambada_openai"])
+    assert {"winobias_fairdyn_1seed", "lambada_openai"} <= set(full.all_tasks)
