@@ -17,7 +17,7 @@ from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL
 def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "FAIRDYN_WINOBIAS_DIR"}
     env.update(FAIRDYN_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    command = [sys.executable, "-m", "lm_eval_fairdyn", "demo", "--output_path", str(out), "--steps", "8",
+    command = [sys.executable, "-m", "lm_eval_fairdyn", "demo", "--output_path", str(out), "--steps", "4",
                "--limit", "48", "--no_download", *extra]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=True)
 
@@ -30,14 +30,14 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     steps = json.loads((suite / "suite.json").read_text())["checkpoints"]
     sweep = out / "sweep_synthetic" / suite.name
     assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoint.json").is_file()) == sorted(steps)
-    results = json.loads((sweep / "step8" / "results.json").read_text())
+    results = json.loads((sweep / "step4" / "results.json").read_text())
     assert results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == SYNTHETIC_LABEL
     assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(results["results"])
     report = out / "report_synthetic"
     assert SYNTHETIC_LABEL in (report / "report.html").read_text()
     assert SYNTHETIC_LABEL in (report / "summary.md").read_text()
     assert json.loads((report / "analysis.json").read_text())["runs"][suite.name]["data_source"] == SYNTHETIC_LABEL
-    stamps = {p: p.stat().st_mtime_ns for p in [suite / "suite.json", sweep / "step8" / "results.json"]}
+    stamps = {p: p.stat().st_mtime_ns for p in [suite / "suite.json", sweep / "step4" / "results.json"]}
 
     second = _demo(out, cache)
     assert "reusing the cached suite" in second.stdout and "reused from the cache" in second.stdout
@@ -47,7 +47,7 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     assert "reusing the cached suite" in with_winobias.stdout
     assert "fairness data: WinoBias Type 2" in with_winobias.stdout and "NOT WinoBias" not in with_winobias.stdout
     assert "WinoBias Type 2 (test split)" in (out / "report" / "summary.md").read_text()
-    winobias_results = json.loads((out / "sweep" / suite.name / "step8" / "results.json").read_text())
+    winobias_results = json.loads((out / "sweep" / suite.name / "step4" / "results.json").read_text())
     assert winobias_results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == "WinoBias Type 2 (test split)"
 
 
