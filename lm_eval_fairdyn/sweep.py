@@ -133,13 +133,14 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> 
 
 def task_manager(include_path=(), metadata: dict | None = None, tasks=()):
     """lm-eval's TaskManager with this package's tasks, built once per (include_path, metadata)
-    in a process. When every name in ``tasks`` is a task of this package or of ``include_path``,
-    lm-eval's own tasks are left out of the index (0.01 s instead of about 10 s to build)."""
-    key = (tuple(str(p) for p in include_path), json.dumps(metadata or {}, sort_keys=True))
-    own = _cached_task_manager(*key, include_defaults=False)
+    in a process. When every name in ``tasks`` is one of this package's own (self-contained)
+    tasks, only those are indexed: 0.01 s instead of about 10 s for lm-eval's full index, which
+    anything else (lm-eval's tasks, an ``include_path`` group that uses them) gets."""
+    metadata_json = json.dumps(metadata or {}, sort_keys=True)
+    own = _cached_task_manager((), metadata_json, include_defaults=False)
     if tasks and all(isinstance(t, str) and t in own.all_tasks for t in tasks):
         return own
-    return _cached_task_manager(*key, include_defaults=True)
+    return _cached_task_manager(tuple(str(p) for p in include_path), metadata_json, include_defaults=True)
 
 
 @functools.lru_cache(maxsize=8)

@@ -134,8 +134,11 @@ def test_bad_sweep_input_is_named(tmp_path):
 
 
 def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):
-    own = sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed", "lastword_fairdyn"])
+    metadata = {"winobias_dir": str(tmp_path)}
+    own = sweep.task_manager((), metadata, ["winobias_fairdyn_1seed", "lastword_fairdyn"])
     assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(own.all_tasks) and "lambada_openai" not in own.all_tasks
-    assert sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed"]) is own
-    full = sweep.task_manager((), {"winobias_dir": str(tmp_path)}, ["winobias_fairdyn_1seed", "lambada_openai"])
-    assert {"winobias_fairdyn_1seed", "lambada_openai"} <= set(full.all_tasks)
+    assert sweep.task_manager([str(tmp_path)], metadata, ["winobias_fairdyn_1seed"]) is own
+    (tmp_path / "mine.yaml").write_text("group: mine\ntask: [lambada_openai]\n")
+    for tasks in (["winobias_fairdyn_1seed", "lambada_openai"], ["mine"]):
+        full = sweep.task_manager([str(tmp_path)], metadata, tasks)
+        assert {"winobias_fairdyn_1seed", "lambada_openai", "mine"} <= set(full.all_tasks)
