@@ -122,6 +122,14 @@ class EarlyStop:
         )
 
 
+def relative_performance_cost(chosen: float, final: float) -> float:
+    """(final - chosen) / final: the share of the final performance given up by the chosen
+    checkpoint; 0 when both are 0 (nothing to give up), NaN when only the final one is 0."""
+    if final == 0:
+        return 0.0 if chosen == 0 else float("nan")
+    return float((final - chosen) / final)
+
+
 def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.02, relative: bool = True) -> EarlyStop:
     """Among checkpoints whose performance is within ``tolerance`` of the final checkpoint's
     (relative: perf >= (1 - tol) perf_final; absolute: perf >= perf_final - tol), the one with
@@ -143,9 +151,7 @@ def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.
         performance_final=float(final.performance),
         gap_chosen=float(chosen.gap),
         gap_final=float(final.gap),
-        performance_cost=float((final.performance - chosen.performance) / final.performance)
-        if final.performance != 0
-        else 0.0 if chosen.performance == 0 else float("nan"),
+        performance_cost=relative_performance_cost(chosen.performance, final.performance),
         fairness_gain=fairness_increase(chosen.gap, final.gap) if final.gap != 0 else 0.0,
         candidates=[int(s) for s in candidates.index],
     )

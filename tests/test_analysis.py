@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,16 @@ def test_early_stopping_on_real_pythia_lambada_equals_hand_computation(pythia_ev
     assert "gives up 0.8% performance for 75.0% fairness" in stop.sentence()
     absolute = analysis.early_stopping(pd.Series(acc), pd.Series(gap), tolerance=0.02, relative=False)
     assert absolute.chosen_step == 83000  # 0.6720 >= 0.6889 - 0.02, |gap| 0.002
+
+
+def test_early_stopping_when_the_final_performance_is_zero():
+    """A tiny model's last-word accuracy can be 0 at the end: nothing to give up, or undefined."""
+    gap = pd.Series({1: 0.01, 2: 0.2})
+    untrained = analysis.early_stopping(pd.Series({1: 0.0, 2: 0.0}), gap)
+    assert untrained.chosen_step == 1 and untrained.performance_cost == 0.0
+    assert untrained.fairness_gain == pytest.approx((0.2 - 0.01) / 0.2)
+    better_earlier = analysis.early_stopping(pd.Series({1: 0.1, 2: 0.0}), gap)
+    assert better_earlier.chosen_step == 1 and math.isnan(better_earlier.performance_cost)
 
 
 def test_pareto_front():
