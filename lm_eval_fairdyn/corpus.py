@@ -286,7 +286,7 @@ def synthetic_winobias_lines(polarity: str, n_lines: int = 396, seed: int = 0) -
         if polarity == "anti":
             gender = OTHER_GENDER[gender]
         pronoun_slot = next(s for s in ("subj", "obj", "poss") if "{" + s + "}" in template)
-        forms = {slot: word for slot, word in PRONOUNS[gender].items()}
+        forms = dict(PRONOUNS[gender])
         forms[pronoun_slot] = f"[{forms[pronoun_slot]}]"
         sentence = template.replace("The {a}", "[The {a}]").replace("the {a}", "[the {a}]")
         lines.append(f"{index} {sentence.format(a=referent, b=other, **forms)}")
