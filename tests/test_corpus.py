@@ -145,6 +145,16 @@ def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
     bad.write_text(json.dumps({"text": "fine passage here"}) + "\n" + json.dumps({"txt": "oops"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
         load_lastword_dataset(str(bad))
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "fine passage here"}) + "\n" + json.dumps({"text": "alone"}) + "\n")
+    with pytest.raises(ValueError, match=r"short.jsonl:2: a passage needs a context and a last word"):
+        load_lastword_dataset(str(short))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.jsonl: no passages"):
+        load_lastword_dataset(str(empty))
+    with pytest.raises(ValueError, match="no passage ends in a word"):
+        corpus.lastword_docs("")
 
 
 def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir):
