@@ -1,17 +1,27 @@
-"""``hf-fairdyn``: lm-eval's HF model plus the vocabulary rank of each answer's first token.
+"""``hf-fairdyn``: lm-eval's HF model plus the exact vocabulary rank of each answer's first token.
 
-Stock ``hf`` computes one log-softmax over the vocabulary per forward pass and keeps only the
-continuation tokens' log-probabilities. ``hf-fairdyn`` reads the rank of the continuation's first
-token from that same row (no extra forward pass) and returns, for every log-likelihood request,
-a ``RankedLoglikelihood``: a 2-tuple equal to stock ``hf``'s ``(loglikelihood, is_greedy)``
-that also carries ``rank``, ``first_logprob`` and ``n_tokens``. Other tasks in the same call
-unpack it as the usual pair; lm-eval's request cache (``--use_cache``) pickles it whole.
+For every log-likelihood request, ``hf-fairdyn`` returns a ``RankedLoglikelihood``: a 2-tuple
+equal to stock ``hf``'s ``(loglikelihood, is_greedy)`` that also carries ``rank``,
+``first_logprob`` and ``n_tokens``. Other tasks in the same call unpack it as the usual pair.
+lm-eval's request cache (``--use_cache``) pickles it whole.
 
-How the rank is taken: lm-eval selects each request group's continuation logits with
-``_select_cont_toks`` and then, for every request of that group, reports its answer to the
-model's ``cache_hook``. ``hf-fairdyn`` keeps the selected rows and computes the rank when the
-answer is reported, so requests that share one forward pass (the one-token-continuation
-cache) share one row, exactly as their log-likelihoods do.
+Exact by default: ``rank`` and ``first_logprob`` are computed from the model's own logits at the
+position that predicts the continuation's first token, in float64 (one row per request):
+
+    first_logprob = z_t - logsumexp(z)          (float64, z = that logits row, t = the token)
+    rank          = 1 + #{v : z_v > z_t}        (ties count in the model's favour)
+
+They are not read from lm-eval's float32 log-softmax, whose rounding turns near-ties into ties or
+flips them and moves log p by about 1e-5 on a large vocabulary. The rank compares logits exactly
+as the model produced them, so with bfloat16 (or float16) logits, tokens whose logits round to the
+same value tie, and ties count in the model's favour: a bf16 rank can be lower than the rank of
+the same model run in float32. ``(loglikelihood, is_greedy)`` stay exactly stock ``hf``'s.
+
+How the rows are found: ``_model_call`` keeps the batch's raw logits; lm-eval then calls
+``_select_cont_toks`` once per request of the batch, in order, and reports each answer to the
+model's ``cache_hook``. ``hf-fairdyn`` selects the same positions from the raw logits and computes
+rank and log-probability when the answer is reported, so requests that share one forward pass
+(lm-eval's one-token-continuation cache) share one row, exactly as their log-likelihoods do.
 """
 
 from __future__ import annotations
@@ -40,6 +50,16 @@ class RankedLoglikelihood(tuple):
         return f"RankedLoglikelihood({self[0]!r}, {self[1]!r}, rank={self.rank}, n_tokens={self.n_tokens})"
 
 
+def rank_and_logprob(logits: torch.Tensor, token: int) -> tuple[int, float]:
+    """(1 + #{v : z_v > z_t}, z_t - logsumexp(z)) of one logits row z, in float64.
+
+    Casting to float64 is exact and keeps the order, so the rank is that of the logits as the
+    model produced them; the log-probability is the float64 log-softmax of those logits.
+    """
+    row = logits.detach().to(torch.float64)
+    return vocab_rank(row, token), float(row[token] - torch.logsumexp(row, dim=0))
+
+
 class _RankingHook:
     """Stands in for the model's cache hook during one ``_loglikelihood_tokens`` call."""
 
@@ -50,21 +70,31 @@ class _RankingHook:
     def add_partial(self, attr, req, res) -> None:
         if attr == "loglikelihood" and req in self.continuations:
             cont = self.continuations[req]
-            row = self.model._selected_rows[-len(cont)]  # row that predicts the first token
-            res = RankedLoglikelihood(
-                res[0], res[1], rank=vocab_rank(row, cont[0]), first_logprob=float(row[cont[0]]), n_tokens=len(cont)
-            )
+            row = self.model._selected_logits[-len(cont)]  # raw logits predicting the first token
+            rank, first_logprob = rank_and_logprob(row, cont[0])
+            res = RankedLoglikelihood(res[0], res[1], rank=rank, first_logprob=first_logprob, n_tokens=len(cont))
             self.answers[req] = res
         self.inner.add_partial(attr, req, res)
 
 
 @register_model("hf-fairdyn")
 class HFLMWithRank(HFLM):
-    """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's vocabulary rank."""
+    """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's exact vocabulary rank."""
+
+    _batch_logits: torch.Tensor | None = None
+    _selected_logits: torch.Tensor | None = None
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        self._batch_logits, self._batch_row = logits, 0
+        return logits
 
     def _select_cont_toks(self, logits: torch.Tensor, contlen: int | None = None, inplen: int | None = None):
-        self._selected_rows = super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
-        return self._selected_rows
+        # Called once per request of the batch, in batch order, after _model_call.
+        raw = self._batch_logits[self._batch_row]
+        self._batch_row += 1
+        self._selected_logits = super()._select_cont_toks(raw, contlen=contlen, inplen=inplen)
+        return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         continuations = {req: cont for req, _, cont in requests if req is not None}
@@ -74,7 +104,7 @@ class HFLMWithRank(HFLM):
             answers = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:
             self.cache_hook = hook.inner
-            self._selected_rows = None
+            self._batch_logits = self._selected_logits = None
         missing = [req for req in continuations if req not in hook.answers]
         if missing:
             raise RuntimeError(

@@ -8,9 +8,10 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from scipy.spatial.distance import jensenshannon
+from scipy.special import logsumexp
 
 from lm_eval_fairdyn import metrics, task
-from lm_eval_fairdyn.model import HFLMWithRank, RankedLoglikelihood
+from lm_eval_fairdyn.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
 from lm_eval_fairdyn.prompts import answer_continuations
 
 
@@ -23,45 +24,120 @@ def instances(pairs):
     return [Instance("loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
 
 
-def brute_force(lm, pairs):
-    """Per request: full next-token distribution (float64) at the continuation's first token."""
+def request_tokens(lm, context, continuation):
+    ctx = lm.tok_encode(context)
+    return ctx, lm.tok_encode(context + continuation)[len(ctx) :]
+
+
+def capture_model_calls(lm) -> list:
+    """Record every batch the harness runs: (input ids, logits exactly as the model returned them)."""
+    calls = []
+    inner = lm._model_call
+
+    def recording(inps, *args, **kwargs):
+        logits = inner(inps, *args, **kwargs)
+        calls.append((inps.clone(), logits.detach().clone()))
+        return logits
+
+    lm._model_call = recording
+    return calls
+
+
+def harness_row(calls, ctx, cont) -> np.ndarray:
+    """The logits row the harness computed at the position predicting cont[0]: the one batch row
+    whose content (right-padded with zeros) is ctx + cont[:-1]."""
+    inp = torch.tensor(ctx + cont[:-1])
+    rows = [
+        logits[b, len(ctx) - 1]
+        for inps, logits in calls
+        for b in range(len(inps))
+        if len(inps[b]) >= len(inp) and torch.equal(inps[b, : len(inp)], inp) and not inps[b, len(inp) :].any()
+    ]
+    assert len(rows) == 1, f"{len(rows)} batch rows hold this request"
+    return rows[0].double().numpy()
+
+
+def unbatched_rows(lm, pairs) -> list[np.ndarray]:
+    """Per request: the logits row predicting the first continuation token, from a pass of that
+    request alone (no padding, no neighbours), as float64."""
     rows = []
     with torch.no_grad():
         for context, continuation in pairs:
-            ctx = lm.tok_encode(context)
-            cont = lm.tok_encode(context + continuation)[len(ctx) :]
-            logits = lm.model(torch.tensor([ctx + cont[:-1]])).logits[0, len(ctx) - 1]
-            rows.append((torch.softmax(logits.double(), -1).numpy(), cont[0], len(cont)))
+            ctx, cont = request_tokens(lm, context, continuation)
+            rows.append(lm.model(torch.tensor([ctx + cont[:-1]])).logits[0, len(ctx) - 1].double().numpy())
     return rows
 
 
-def rank_by_sorting(P, token):
-    ascending = np.sort(P)
-    return len(P) - np.searchsorted(ascending, P[token], side="right") + 1
+def float64_rank_and_logprob(z: np.ndarray, token: int) -> tuple[int, float]:
+    """Independent of the package: numpy comparisons and scipy's logsumexp."""
+    return 1 + int(np.count_nonzero(z > z[token])), float(z[token] - logsumexp(z))
 
 
-def check_against_brute_force(lm, docs, pairs, answers):
-    rows = brute_force(lm, pairs)
-    for (P, token, n_tokens), answer in zip(rows, answers):
+def rank_band(z: np.ndarray, token: int, delta: float) -> tuple[int, int]:
+    """Ranks possible when every logit may move by up to delta: a logit more than 2 delta above
+    the token's stays above it, one more than 2 delta below stays below; only those within
+    2 delta can swap. The band is a single rank when no logit lies that close."""
+    above_for_sure = np.count_nonzero(z > z[token] + 2 * delta)
+    possibly_above = np.count_nonzero(z >= z[token] - 2 * delta) - 1  # minus the token itself
+    return 1 + int(above_for_sure), 1 + int(possibly_above)
+
+
+def jsdp_part_from_full_softmax(P: np.ndarray, tokens: list[int], gold: int) -> np.ndarray:
+    """JSD(P, one-hot) term by term over the whole vocabulary, read at the option tokens."""
+    Q = np.zeros_like(P)
+    Q[tokens[gold]] = 1.0
+    M = (P + Q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = 0.5 * (np.where(P > 0, P * np.log2(P / M), 0) + np.where(Q > 0, Q * np.log2(Q / M), 0))
+    return terms[tokens]
+
+
+def check_equal_to_harness_logits(lm, pairs, answers, calls):
+    """Rank and first-token log-probability equal a float64 computation from the very logits the
+    harness produced: exact for the rank, float64 rounding for log p. Holds on any CPU."""
+    for (context, continuation), answer in zip(pairs, answers):
+        ctx, cont = request_tokens(lm, context, continuation)
+        rank, logprob = float64_rank_and_logprob(harness_row(calls, ctx, cont), cont[0])
         assert isinstance(answer, RankedLoglikelihood)
-        assert answer.rank == rank_by_sorting(P, token)
-        assert answer.n_tokens == n_tokens
-        assert np.exp(answer.first_logprob) == pytest.approx(P[token], abs=1e-6)
+        assert answer.n_tokens == len(cont)
+        assert answer.rank == rank
+        assert answer.first_logprob == pytest.approx(logprob, rel=1e-12, abs=1e-12)
+
+
+def check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) -> float:
+    """Against an unbatched float64 brute force from the full softmax. Batching and padding move
+    logits in their last bits (delta, measured per request as the largest logit difference),
+    so a rank may differ only where another logit lies within 2 delta of the answer's, and
+    log p_k by at most 2 delta. Returns the share of requests whose band is one rank: there a
+    rank wrong by one fails."""
+    exact_bands = 0
     for i, doc in enumerate(docs):
+        tokens, logprob_bounds = [], []
+        for k in range(3):
+            (context, continuation), answer = pairs[3 * i + k], answers[3 * i + k]
+            ctx, cont = request_tokens(lm, context, continuation)
+            z_unbatched = unbatched_rows(lm, [(context, continuation)])[0]
+            delta = float(np.abs(harness_row(calls, ctx, cont) - z_unbatched).max())
+            low, high = rank_band(z_unbatched, cont[0], delta)
+            assert low <= answer.rank <= high, (answer.rank, low, high, delta)
+            exact_bands += low == high
+            true_logprob = float64_rank_and_logprob(z_unbatched, cont[0])[1]
+            assert abs(answer.first_logprob - true_logprob) <= 2 * delta + 1e-12
+            tokens.append(cont[0])
+            logprob_bounds.append((true_logprob - 2 * delta, true_logprob + 2 * delta))
         gold = doc["label"]
-        prompt_rows = rows[3 * i : 3 * i + 3]
-        P, gold_token, _ = prompt_rows[gold]
-        Q = np.zeros_like(P)
-        Q[gold_token] = 1.0
-        M = (P + Q) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = 0.5 * (np.where(P > 0, P * np.log2(P / M), 0) + np.where(Q > 0, Q * np.log2(Q / M), 0))
-        option_tokens = [row[1] for row in prompt_rows]
+        z = unbatched_rows(lm, [pairs[3 * i + gold]])[0]
+        P = np.exp(z - logsumexp(z))
+        truth = jsdp_part_from_full_softmax(P, tokens, gold)
         ours = metrics.jsdp_parts([np.exp([a.first_logprob for a in answers[3 * i : 3 * i + 3]])], [gold])[0]
-        np.testing.assert_allclose(ours, terms[option_tokens], atol=1e-6)
-        assert ours[gold] + (1 - np.exp(answers[3 * i + gold].first_logprob)) / 2 == pytest.approx(
-            jensenshannon(P, Q, base=2) ** 2, abs=1e-6
-        )
+        for k in range(3):  # every part is monotone in p_k: its band is the parts at the bounds of log p_k
+            probs = np.exp(np.array([logprob_bounds[k]] * 3).T)
+            edges = [metrics.jsdp_parts([row], [gold])[0][k] for row in probs]
+            assert min(edges) - 1e-15 <= ours[k] <= max(edges) + 1e-15
+            assert min(edges) - 1e-15 <= truth[k] <= max(edges) + 1e-15
+        whole = ours[gold] + (1 - np.exp(answers[3 * i + gold].first_logprob)) / 2
+        assert whole == pytest.approx(jensenshannon(P, np.eye(len(P))[tokens[gold]], base=2) ** 2, abs=1e-6)
+    return exact_bands / len(answers)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +151,42 @@ def test_pythia_tokenizer_answer_tokens(neox_pair):
     assert [lm.tok_encode(" " + w) for w in answer_continuations()] == [[5086], [5343], [417]]
 
 
-def test_rank_and_jsdp_equal_brute_force_on_gpt_neox(neox_pair, winobias_dir):
+def test_rank_and_logprob_equal_float64_of_the_harness_logits_on_gpt_neox(neox_pair, winobias_dir):
     stock, ranked = neox_pair
     docs, pairs = winobias_requests(winobias_dir, 24)
-    answers = ranked.loglikelihood(instances(pairs))
-    check_against_brute_force(ranked, docs, pairs, answers)
+    calls = capture_model_calls(ranked)
+    try:
+        answers = ranked.loglikelihood(instances(pairs))
+    finally:
+        del ranked._model_call
+    check_equal_to_harness_logits(ranked, pairs, answers, calls)
     assert [a[1] for a in answers] == [a.rank == 1 for a in answers]  # one-token answers
+
+
+def test_rank_and_jsdp_within_float_precision_of_an_unbatched_pass_on_gpt_neox(neox_pair, winobias_dir):
+    stock, ranked = neox_pair
+    docs, pairs = winobias_requests(winobias_dir, 24)
+    calls = capture_model_calls(ranked)
+    try:
+        answers = ranked.loglikelihood(instances(pairs))
+    finally:
+        del ranked._model_call
+    # Most answers have no other logit within float precision: there the band is one rank and
+    # a rank wrong by one fails.
+    assert check_within_float_precision_of_unbatched(ranked, docs, pairs, answers, calls) >= 0.9
+
+
+def test_rank_counts_ties_in_the_models_favour_and_uses_float64():
+    logits = torch.tensor([2.0, 5.0, 5.0, 1.0, 7.0], dtype=torch.bfloat16)
+    assert rank_and_logprob(logits, 1) == (2, pytest.approx(5.0 - logsumexp([2.0, 5.0, 5.0, 1.0, 7.0]), abs=1e-12))
+    assert rank_and_logprob(logits, 2)[0] == 2 and rank_and_logprob(logits, 3)[0] == 5
+    # float32 logits one unit in the last place apart are told apart; bf16 rounds them to a tie
+    near = torch.tensor([1.0, np.nextafter(np.float32(1.0), np.float32(2.0))], dtype=torch.float32)
+    assert rank_and_logprob(near, 0)[0] == 2
+    assert rank_and_logprob(near.to(torch.bfloat16), 0)[0] == 1
+    # 60,000 equal logits: float64 keeps log p = -log(60000) where a float32 log-softmax is off
+    flat = torch.zeros(60_000)
+    assert rank_and_logprob(flat, 7) == (1, pytest.approx(-np.log(60_000), rel=1e-14))
 
 
 def test_same_answers_as_stock_hf_for_any_loglikelihood_request(neox_pair, winobias_dir):
@@ -127,13 +233,14 @@ def test_one_forward_pass_per_prompt(neox_dir, winobias_dir):
 
 
 @pytest.mark.slow
-def test_rank_and_jsdp_equal_brute_force_on_real_smollm2(smollm2_dir, winobias_dir):
-    # Summing 49,152 probabilities in float32 (lm-eval's default log-softmax) moves log p by
-    # ~1.5e-5 from the float64 truth; softmax_dtype=float64 removes that rounding.
-    lm = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=8, device="cpu", softmax_dtype="float64")
+def test_rank_and_jsdp_exact_on_real_smollm2_with_default_arguments(smollm2_dir, winobias_dir):
+    lm = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=8, device="cpu")
     assert all(len(lm.tok_encode(" " + w)) == 1 for w in answer_continuations())
     docs, pairs = winobias_requests(winobias_dir, 16)
-    check_against_brute_force(lm, docs, pairs, lm.loglikelihood(instances(pairs)))
-    batched = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=8, device="cpu")
+    calls = capture_model_calls(lm)
+    answers = lm.loglikelihood(instances(pairs))
+    del lm._model_call
+    check_equal_to_harness_logits(lm, pairs, answers, calls)
+    assert check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) >= 0.9
     stock = HFLM(pretrained=str(smollm2_dir), batch_size=8, device="cpu")
-    assert [tuple(a) for a in batched.loglikelihood(instances(pairs))] == stock.loglikelihood(instances(pairs))
+    assert [tuple(a) for a in answers] == stock.loglikelihood(instances(pairs))
