@@ -67,6 +67,15 @@ def significance(
     return frame
 
 
+def same_weights_as(fingerprints: pd.Series) -> pd.Series:
+    """Per step, the earliest step whose weights fingerprint is equal (bit-identical weights),
+    or NA when the step's weights are the first of their kind (or unknown)."""
+    fingerprints = fingerprints.dropna().sort_index()
+    first = fingerprints.groupby(fingerprints).transform(lambda steps: steps.index.min())
+    repeats = first[first != fingerprints.index]
+    return repeats.astype("Int64").reindex(fingerprints.index)
+
+
 def emergence_step(significant: pd.Series) -> int | None:
     """First step from which the gap is significant at every later checkpoint; None if the last is not."""
     flags = significant.sort_index()

@@ -5,8 +5,20 @@ Every ``every`` steps (and/or at the listed ``steps``) the callback evaluates lm
 ``fairdyn eval`` (``lm_eval.simple_evaluate`` with the ``hf-fairdyn`` model wrapped around the
 training model), and passes the aggregates to ``trainer.log``, so the log history, TensorBoard,
 Weights & Biases and every other ``report_to`` integration receive them as
-``fairdyn/<task>/<metric>``. Random number generator states are restored after each evaluation,
-so monitoring does not change the training run.
+``fairdyn/<task>/<metric>``.
+
+Fit for real training runs:
+
+- Monitoring does not change the run: lm-eval reseeds Python, NumPy and torch (every CUDA
+  device included), so every random state it touches (Python, NumPy, torch's CPU generator and
+  each CUDA, XPU and MPS device's) is restored after each evaluation.
+- Resumable: the callback's state (history, strikes, best performance) is stored in the
+  Trainer's state (``trainer_state.json`` of every checkpoint, under
+  ``stateful_callbacks["lm_eval_fairdyn.FairnessCallback"]``) and restored on
+  ``trainer.train(resume_from_checkpoint=...)``, whatever ``restore_callback_states_from_checkpoint`` says.
+- Distributed (DDP, one full replica per process): only the main process evaluates and logs;
+  its stop decision is broadcast, so every process stops at the same step. Sharded models (FSDP,
+  DeepSpeed ZeRO-3) need every process in a forward pass and are not supported.
 
 Usage (as TRL's callbacks, it needs the trainer to log through)::
 
@@ -17,6 +29,7 @@ Usage (as TRL's callbacks, it needs the trainer to log through)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -34,6 +47,41 @@ DEFAULT_METRICS = (
     "ar_male", "ar_female", "ar_unspecified", "acc_male", "acc_female", "assumption_rate",
 )  # fmt: skip
 PREFIX = "fairdyn/"
+STATE_KEY = "lm_eval_fairdyn.FairnessCallback"  # in TrainerState.stateful_callbacks
+
+
+@contextlib.contextmanager
+def preserved_random_states():
+    """Python's, NumPy's and torch's random states (CPU and every CUDA/XPU/MPS device) are
+    restored on exit: lm-eval's ``simple_evaluate`` reseeds them all."""
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cuda", "xpu"):
+            module = getattr(torch, device_type, None)
+            if module is not None and module.is_available():
+                stack.enter_context(torch.random.fork_rng(devices=range(module.device_count()), device_type=device_type))
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # the CPU generator
+        mps_state = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            if mps_state is not None:
+                torch.mps.set_rng_state(mps_state)
+
+
+def _same_decision_everywhere(stop: bool) -> bool:
+    """The main process's decision, on every process of an initialised torch.distributed group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop
+    decision = [stop]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 @dataclass(frozen=True)
@@ -111,6 +159,8 @@ class FairnessCallback(TrainerCallback):
         stop_rule: a :class:`StopRule`, or None to never stop training.
         results_dir: if given, each evaluation's full lm-eval results JSON is written there
             as ``step<N>.json``.
+        use_cache: lm-eval's request cache prefix; each state of the weights gets a database of
+            its own (``fingerprint.CheckpointCachingLM``), so answers are never reused across steps.
     """
 
     def __init__(
@@ -126,6 +176,7 @@ class FairnessCallback(TrainerCallback):
         metrics: Sequence[str] | None = None,
         stop_rule: StopRule | None = None,
         results_dir: str | Path | None = None,
+        use_cache: str | None = None,
     ):
         self.trainer = trainer
         self.tasks, self.every, self.steps = list(tasks), every, set(steps)
@@ -134,6 +185,7 @@ class FairnessCallback(TrainerCallback):
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
         self.stop_rule = stop_rule
         self.results_dir = Path(results_dir) if results_dir else None
+        self.use_cache = use_cache
         self.history: list[dict] = []  # {"step": N, **values} per evaluation
         self._best_performance: float | None = None
         self._strikes = 0
@@ -143,67 +195,84 @@ class FairnessCallback(TrainerCallback):
 
     def evaluate(self, model, tokenizer) -> dict:
         """The lm-eval results dict for the model as it is now (training mode and RNGs restored)."""
-        import torch
         from lm_eval import simple_evaluate
 
+        from lm_eval_fairdyn.fingerprint import keyed_request_cache
         from lm_eval_fairdyn.model import HFLMWithRank
         from lm_eval_fairdyn.sweep import task_manager
 
-        rng_states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         was_training = model.training
-        try:
-            model.eval()
-            lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
-            return simple_evaluate(
-                model=lm,
-                tasks=self.tasks,
-                limit=self.limit,
-                task_manager=task_manager(self.include_path, self.metadata, self.tasks),
-                metadata=self.metadata,
-                log_samples=False,
-                bootstrap_iters=0,
-            )
-        finally:
-            model.train(was_training)
-            random.setstate(rng_states[0])
-            np.random.set_state(rng_states[1])
-            torch.random.set_rng_state(rng_states[2])
+        with preserved_random_states(), keyed_request_cache():
+            try:
+                model.eval()
+                lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+                return simple_evaluate(
+                    model=lm,
+                    use_cache=self.use_cache,
+                    tasks=self.tasks,
+                    limit=self.limit,
+                    task_manager=task_manager(self.include_path, self.metadata, self.tasks),
+                    metadata=self.metadata,
+                    log_samples=False,
+                    bootstrap_iters=0,
+                )
+            finally:
+                model.train(was_training)
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the history, the strikes and the best performance so far."""
+        return {"history": self.history, "strikes": self._strikes, "best_performance": self._best_performance}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+        self._strikes = int(state["strikes"])
+        self._best_performance = state["best_performance"]
 
     def _run(self, state, control, model, tokenizer):
         step = state.global_step
-        results = self.evaluate(model, tokenizer)
-        values = flatten_results(results, self.metrics)
-        if self.results_dir is not None:
-            from lm_eval.utils import handle_non_serializable
+        stop = False
+        if state.is_world_process_zero:
+            results = self.evaluate(model, tokenizer)
+            values = flatten_results(results, self.metrics)
+            if self.results_dir is not None:
+                from lm_eval.utils import handle_non_serializable
 
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            (self.results_dir / f"step{step}.json").write_text(
-                json.dumps(results, indent=2, default=handle_non_serializable)
-            )
-        self.history.append({"step": step, **values})
-        self.trainer.log({PREFIX + k: v for k, v in values.items()})
-        if self.stop_rule is not None:
-            self._apply_stop_rule(step, values, control)
+                self.results_dir.mkdir(parents=True, exist_ok=True)
+                (self.results_dir / f"step{step}.json").write_text(
+                    json.dumps(results, indent=2, default=handle_non_serializable)
+                )
+            self.history.append({"step": step, **values})
+            self.trainer.log({PREFIX + k: v for k, v in values.items()})
+            if self.stop_rule is not None:
+                stop = self._apply_stop_rule(step, values)
+        if self.stop_rule is not None and _same_decision_everywhere(stop):
+            control.should_training_stop = True
+        state.stateful_callbacks[STATE_KEY] = self.state_dict()
 
-    def _apply_stop_rule(self, step: int, values: dict, control) -> None:
+    def _apply_stop_rule(self, step: int, values: dict) -> bool:
+        """Update strikes and best performance; True when training should stop."""
         rule = self.stop_rule
         performance_ok = rule.performance_ok(values, self._best_performance)
         if rule.performance is not None:
             current = values[rule.performance]
             self._best_performance = current if self._best_performance is None else max(self._best_performance, current)
         self._strikes = self._strikes + 1 if rule.violated(values) and performance_ok else 0
-        if self._strikes >= rule.patience:
-            control.should_training_stop = True
-            logger.warning(
-                "FairnessCallback: stopping at step %d: |%s| = %.4f > %.4f%s",
-                step, rule.gap, abs(values[rule.gap]), rule.max_abs_gap,
-                f" (p = {values.get(rule.gap + '_pvalue'):.2g})" if rule.significant_only else "",
-            )  # fmt: skip
+        if self._strikes < rule.patience:
+            return False
+        logger.warning(
+            "FairnessCallback: stopping at step %d: |%s| = %.4f > %.4f%s",
+            step, rule.gap, abs(values[rule.gap]), rule.max_abs_gap,
+            f" (p = {values.get(rule.gap + '_pvalue'):.2g})" if rule.significant_only else "",
+        )  # fmt: skip
+        return True
 
     def _tokenizer(self, kwargs):
         return kwargs.get("processing_class") or kwargs.get("tokenizer") or self.trainer.processing_class
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        saved = state.stateful_callbacks.get(STATE_KEY)
+        if saved is not None and state.global_step > 0:  # resume_from_checkpoint
+            self.load_state_dict(saved)
         if 0 in self.steps and state.global_step == 0:
             self._run(state, control, model, self._tokenizer(kwargs))
 

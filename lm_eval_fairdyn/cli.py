@@ -29,9 +29,11 @@ example:
 """
 
 
-def run_lm_eval(argv: list[str]) -> None:
-    """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered."""
+def run_lm_eval(argv: list[str]) -> int:
+    """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered;
+    ``--use_cache`` gets one database per checkpoint (see ``fingerprint``)."""
     import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
+    from lm_eval_fairdyn.fingerprint import CacheNotKeyable, keyed_request_cache
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
@@ -45,7 +47,13 @@ def run_lm_eval(argv: list[str]) -> None:
         sys.argv = saved_argv
     ours = str(tasks_path())
     args.include_path = ours if not getattr(args, "include_path", None) else [args.include_path, ours]
-    harness.execute(args)
+    try:
+        with keyed_request_cache():
+            harness.execute(args)
+    except CacheNotKeyable as err:
+        print(f"fairdyn eval: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _tasks_path(args: argparse.Namespace) -> int:
@@ -97,6 +105,8 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--limit", type=float, default=None, help="only the first N docs per task (testing)")
     sweep.add_argument("--include_path", action="append", default=[], help="more task folders")
     sweep.add_argument("--metadata", default=None, help="JSON passed to tasks, e.g. {\"winobias_dir\": ...}")
+    sweep.add_argument("--use_cache", default=None, metavar="PATH",
+                       help="lm-eval's request cache, one database per checkpoint (keyed by its weights)")
     sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
     sweep.add_argument("--no_log_samples", action="store_true", help="do not write per-prompt samples")
     sweep.set_defaults(handler=_sweep)
@@ -129,6 +139,7 @@ def _sweep(args) -> int:
         "include_path": args.include_path,
         "metadata": json.loads(args.metadata) if args.metadata else None,
         "log_samples": not args.no_log_samples,
+        "use_cache": args.use_cache,
     }
     sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     mine = sweep.shard(checkpoints, args.shard)
@@ -279,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_check(commands)
 
     if argv[:1] == ["eval"]:
-        run_lm_eval(argv[1:])
-        return 0
+        return run_lm_eval(argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from lm_eval_fairdyn import analysis  # noqa: E402
 from lm_eval_fairdyn.prompts import GROUPS  # noqa: E402
-from lm_eval_fairdyn.results import ResultsError, check_consistent, n_samples, read_run, tidy  # noqa: E402
+from lm_eval_fairdyn.results import ResultsError, check_consistent, n_samples, read_run, tidy, weights_fingerprints  # noqa: E402
 
 WINOBIAS_SOURCE = "WinoBias Type 2"  # the report's label when a result records no data source
 
@@ -44,6 +44,25 @@ class RunAnalysis:
     performance: pd.Series
     data_source: str = WINOBIAS_SOURCE
     plots: dict = field(default_factory=dict)
+
+    def duplicate_weights(self) -> dict[int, int]:
+        """step -> the earlier step holding bit-identical weights (from the sweep's fingerprints)."""
+        column = self.significance.get("same_weights_as")
+        return {} if column is None else {int(s): int(e) for s, e in column.dropna().items()}
+
+    def duplicates_sentence(self) -> str:
+        duplicates = self.duplicate_weights()
+        if not duplicates:
+            return "no two checkpoints hold the same weights" if "same_weights_as" in self.significance else (
+                "weights not fingerprinted (results not written by fairdyn sweep)")
+        by_origin: dict[int, list[int]] = {}
+        for step, origin in duplicates.items():
+            by_origin.setdefault(origin, []).append(step)
+        return "; ".join(
+            f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))} hold{'' if len(steps) > 1 else 's'} "
+            f"the same weights as step {origin}: one model's results, not separate checkpoints"
+            for origin, steps in sorted(by_origin.items())
+        )
 
 
 def _fairness_task(table: pd.DataFrame, run: str, wanted: str | None) -> str:
@@ -209,6 +228,7 @@ def _write_html(out: Path, results: list[RunAnalysis], comparison: pd.DataFrame,
             f"<h2>{html.escape(r.run)} ({html.escape(r.fairness_task)})</h2>",
             f"<p>Fairness data: <b>{html.escape(r.data_source)}</b>.</p>",
             f"<p><b>{html.escape(r.early_stop.sentence())}</b>.</p>",
+            f"<p>Same weights: {html.escape(r.duplicates_sentence())}.</p>",
             f"<p>Emergence step: {r.emergence_step if r.emergence_step is not None else 'none (the final gap is not significant)'}.</p>",
             *(_img(p) for p in r.plots.values()),
             "<h3>Per checkpoint</h3>",
@@ -237,6 +257,7 @@ def _write_markdown(out: Path, results: list[RunAnalysis], comparison: pd.DataFr
             f"{r.early_stop.chosen_step}: {r.early_stop.gap_chosen:+.4f}.",
             f"- Significant ({settings.correction}, alpha {settings.alpha}) at {int(sig.significant.sum())} of {len(sig)} checkpoints; "
             f"emergence step: {r.emergence_step if r.emergence_step is not None else 'none'}.",
+            f"- Same weights: {r.duplicates_sentence()}.",
             "- Largest jumps: " + "; ".join(f"{int(j.from_step)}->{int(j.to_step)}: {j.change:+.4f}" for j in r.jumps.itertuples()),
             "",
             *(f"![{name}]({p.name})" for name, p in r.plots.items()),
@@ -265,7 +286,11 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
     table = tidy(files)
     table.to_csv(out / "tidy.csv", index=False)
     results = [analyze_run(table, run, settings) for run in sorted(names)]
+    fingerprints = weights_fingerprints(files)
     for r in results:
+        recorded = fingerprints[fingerprints.run == r.run].set_index("step")["weights_fingerprint"]
+        if not recorded.empty:
+            r.significance["same_weights_as"] = analysis.same_weights_as(recorded).reindex(r.significance.index)
         r.data_source = _data_source([f for f in files if f.run == r.run], r.fairness_task)
         r.plots = {kind: out / f"{r.run}_{kind}.png" for kind in ("groups", "gap", "tradeoff")}
         _plot_groups(table, r, r.plots["groups"])
@@ -280,7 +305,8 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
     if not comparison.empty:
         comparison.to_csv(out / "model_comparison.csv", index=False)
     summary = {
-        r.run: {"fairness_task": r.fairness_task, "data_source": r.data_source, "emergence_step": r.emergence_step, "early_stop": asdict(r.early_stop)}
+        r.run: {"fairness_task": r.fairness_task, "data_source": r.data_source, "emergence_step": r.emergence_step, "early_stop": asdict(r.early_stop),
+              "same_weights_as": r.duplicate_weights()}
         for r in results
     }
     (out / "analysis.json").write_text(json.dumps({"settings": asdict(settings), "runs": summary}, indent=2))

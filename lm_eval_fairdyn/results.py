@@ -37,6 +37,7 @@ class ResultFile:
     versions: dict = field(default_factory=dict)  # task -> version
     settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template)
     n_samples: dict = field(default_factory=dict)  # task -> number of docs evaluated
+    weights_fingerprint: str | None = None  # from fairdyn sweep's checkpoint.json, when there
 
 
 def step_from_text(text: str) -> int | None:
@@ -54,10 +55,16 @@ def _model_args(config) -> str:
     return str(args)
 
 
-def _step_of(path: Path, data: dict) -> int | None:
+def _checkpoint_marker(path: Path) -> dict | None:
+    """``checkpoint.json`` written by ``fairdyn sweep`` beside a results file, if any."""
     marker = path.parent / "checkpoint.json"
-    if marker.is_file():
-        return int(json.loads(marker.read_text())["step"])
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _step_of(path: Path, data: dict) -> int | None:
+    marker = _checkpoint_marker(path)
+    if marker is not None:
+        return int(marker["step"])
     args = _model_args(data.get("config"))
     revision = re.search(r"revision=([^,]+)", args)
     if revision and (step := step_from_text(revision.group(1))) is not None:
@@ -95,6 +102,7 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
             "arguments, no stepN or checkpoint-N in the model path or file name)"
         )
     out = ResultFile(path=path, run=run, step=step)
+    out.weights_fingerprint = (_checkpoint_marker(path) or {}).get("weights_fingerprint")
     for task, metrics in data["results"].items():
         for key, value in metrics.items():
             metric, _, filter_name = key.partition(",")
@@ -186,6 +194,12 @@ def tidy(files: list[ResultFile]) -> pd.DataFrame:
             "keep one result per checkpoint and task"
         )
     return table.sort_values(["run", "step", "task", "metric"], ignore_index=True)
+
+
+def weights_fingerprints(files: list[ResultFile]) -> pd.DataFrame:
+    """run, step, weights_fingerprint of every file that records one (fairdyn sweep's)."""
+    rows = {(f.run, f.step): f.weights_fingerprint for f in files if f.weights_fingerprint}
+    return pd.DataFrame([(run, step, fp) for (run, step), fp in rows.items()], columns=["run", "step", "weights_fingerprint"])
 
 
 def n_samples(files: list[ResultFile]) -> pd.DataFrame:

@@ -2,22 +2,31 @@
 
 Output folder layout::
 
-    OUT/manifest.json                 sweep settings and the full checkpoint list
+    OUT/manifest.json                 sweep settings and the full checkpoint list, with each
+                                      finished checkpoint's weights fingerprint
     OUT/<label>/results.json          lm-eval results JSON of that checkpoint
     OUT/<label>/samples_<task>.jsonl  per-prompt samples (unless --no_log_samples)
-    OUT/<label>/checkpoint.json       label, step, model arguments: written last
+    OUT/<label>/checkpoint.json       label, step, model arguments, weights fingerprint: written last
 
 A checkpoint's folder appears in one atomic rename once everything in it is written, so a
 folder that exists is complete; work in progress lives in ``OUT/.partial/`` and is redone
 after an interruption. Shards (``--shard i/n``) take every n-th checkpoint and may run at the
-same time on other machines sharing OUT: their outputs merge by sharing the folder.
+same time on other machines sharing OUT: their outputs merge by sharing the folder, and they
+update the manifest under a file lock.
+
+Duplicate checkpoints: the fingerprint (``fingerprint.weights_fingerprint``) of each evaluated
+checkpoint is recorded, and a checkpoint whose weights are bit-identical to another's is
+warned about (Pythia serves the same weights at step0, step1 and step2, and for some models
+the final weights under early branch names); ``fairdyn analyze`` marks them in the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -27,6 +36,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lm_eval_fairdyn.results import step_from_text
+
+logger = logging.getLogger("lm_eval_fairdyn")
+# Settings that do not change any result: a rerun may change them without being "another sweep".
+RESULT_NEUTRAL_SETTINGS = ("use_cache",)
 
 
 @dataclass(frozen=True)
@@ -114,21 +127,57 @@ def _write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
+@contextlib.contextmanager
+def _manifest_lock(out: Path):
+    """Exclusive lock on OUT/.manifest.lock (shards may update the manifest at the same time)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): shards must not share a folder there
+        yield
+        return
+    with (out / ".manifest.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _result_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
+
+
 def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: dict) -> None:
     """Create or confirm OUT/manifest.json; a folder holding another sweep's settings is an error."""
-    manifest = {"settings": settings, "checkpoints": [asdict(c) for c in checkpoints]}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if existing["settings"] != settings:
-            raise ValueError(
-                f"{path} holds a sweep with other settings ({existing['settings']}); use a new --output_path"
-            )
-        known = {c["label"]: c for c in existing["checkpoints"]}
-        known.update({c["label"]: c for c in manifest["checkpoints"]})
-        manifest["checkpoints"] = sorted(known.values(), key=lambda c: (c["step"], c["label"]))
-    _write_json(path, manifest)
+    settings = _result_settings(settings)
+    with _manifest_lock(out):
+        known = {}
+        if path.is_file():
+            existing = json.loads(path.read_text())
+            if existing["settings"] != settings:
+                raise ValueError(
+                    f"{path} holds a sweep with other settings ({existing['settings']}); use a new --output_path"
+                )
+            known = {c["label"]: c for c in existing["checkpoints"]}
+        for checkpoint in checkpoints:  # keeps fingerprints recorded earlier
+            known[checkpoint.label] = {**known.get(checkpoint.label, {}), **asdict(checkpoint)}
+        entries = sorted(known.values(), key=lambda c: (c["step"], c["label"]))
+        _write_json(path, {"settings": settings, "checkpoints": entries})
+
+
+def record_fingerprint(out: Path, label: str, fingerprint: str) -> list[str]:
+    """Store a finished checkpoint's weights fingerprint in the manifest; return the labels of
+    the other checkpoints recorded with the same weights."""
+    path = out / "manifest.json"
+    with _manifest_lock(out):
+        manifest = json.loads(path.read_text())
+        for entry in manifest["checkpoints"]:
+            if entry["label"] == label:
+                entry["weights_fingerprint"] = fingerprint
+        _write_json(path, manifest)
+    return [c["label"] for c in manifest["checkpoints"] if c["label"] != label and c.get("weights_fingerprint") == fingerprint]
 
 
 def task_manager(include_path=(), metadata: dict | None = None, tasks=()):
@@ -162,23 +211,38 @@ def default_device() -> str:
 
 
 def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
-    """One lm-eval evaluation (its Python API), the plugin's tasks on the include path."""
+    """One lm-eval evaluation (its Python API), the plugin's tasks on the include path.
+
+    The model is built here so that its weights can be fingerprinted before the evaluation
+    (``results["config"]["weights_fingerprint"]``; None for a model without PyTorch weights)
+    and ``settings["use_cache"]`` gets one database per checkpoint."""
     import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
     from lm_eval import simple_evaluate
+    from lm_eval.api.registry import get_model
+
+    from lm_eval_fairdyn.fingerprint import keyed_request_cache, torch_model, weights_fingerprint
 
     metadata = settings.get("metadata") or {}
-    return simple_evaluate(
-        model=model,
-        model_args=model_args,
-        tasks=settings["tasks"],
-        batch_size=settings.get("batch_size", 1),
-        device=settings.get("device") or default_device(),
-        limit=settings.get("limit"),
-        log_samples=settings.get("log_samples", True),
-        bootstrap_iters=settings.get("bootstrap_iters", 100000),
-        task_manager=task_manager(settings.get("include_path", []), metadata, settings["tasks"]),
-        metadata=metadata,
-    )
+    batch_size, device = settings.get("batch_size", 1), settings.get("device") or default_device()
+    lm = get_model(model).create_from_arg_string(model_args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
+    weights = torch_model(lm)
+    fingerprint = weights_fingerprint(weights) if weights is not None else None
+    with keyed_request_cache():
+        results = simple_evaluate(
+            model=lm,
+            model_args=model_args,
+            tasks=settings["tasks"],
+            batch_size=batch_size,
+            device=device,
+            use_cache=settings.get("use_cache"),
+            limit=settings.get("limit"),
+            log_samples=settings.get("log_samples", True),
+            bootstrap_iters=settings.get("bootstrap_iters", 100000),
+            task_manager=task_manager(settings.get("include_path", []), metadata, settings["tasks"]),
+            metadata=metadata,
+        )
+    results["config"].update(model=model, weights_fingerprint=fingerprint)
+    return results
 
 
 def run_sweep(
@@ -199,7 +263,10 @@ def run_sweep(
     for checkpoint in progress:
         final = out / checkpoint.label
         progress.set_postfix_str(checkpoint.label)
-        if (final / "checkpoint.json").is_file():
+        if (final / "checkpoint.json").is_file():  # finished; its fingerprint may predate the manifest's
+            fingerprint = json.loads((final / "checkpoint.json").read_text()).get("weights_fingerprint")
+            if fingerprint is not None:
+                record_fingerprint(out, checkpoint.label, fingerprint)
             done.append(final)
             continue
         for stale in partial_root.glob(f"{checkpoint.label}.*"):
@@ -216,9 +283,18 @@ def run_sweep(
             with (partial / f"samples_{task}.jsonl").open("w") as handle:
                 for row in rows:
                     handle.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
-        (partial / "checkpoint.json").write_text(json.dumps({**asdict(checkpoint), "model": settings["model"]}, indent=2))
+        fingerprint = (results.get("config") or {}).get("weights_fingerprint")
+        marker = {**asdict(checkpoint), "model": settings["model"], "weights_fingerprint": fingerprint}
+        (partial / "checkpoint.json").write_text(json.dumps(marker, indent=2))
         if final.exists():  # only a folder without checkpoint.json can be here: never complete
             shutil.rmtree(final)
         partial.replace(final)
         done.append(final)
+        if fingerprint is not None:
+            same = record_fingerprint(out, checkpoint.label, fingerprint)
+            if same:
+                logger.warning(
+                    "%s holds the same weights as %s (fingerprint %s): their results are one model's; "
+                    "fairdyn analyze marks them", checkpoint.label, ", ".join(same), fingerprint[:16],
+                )  # fmt: skip
     return done

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,3 +143,32 @@ def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):
     for tasks in (["winobias_fairdyn_1seed", "lambada_openai"], ["mine"]):
         full = sweep.task_manager([str(tmp_path)], metadata, tasks)
         assert {"winobias_fairdyn_1seed", "lambada_openai", "mine"} <= set(full.all_tasks)
+
+
+def test_identical_weights_are_fingerprinted_warned_about_and_marked(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    """step1 is a copy of step0 (as Pythia serves step0, step1 and step2); the sweep runs with a
+    request cache, which must not hand step0's answers to step10."""
+    import csv
+
+    folders = tmp_path / "checkpoints"
+    for source, label in (("step0", "step0"), ("step0", "step1"), ("step10", "step10")):
+        shutil.copytree(tiny_checkpoints / source, folders / label)
+    out = tmp_path / "sweep"
+    proc = subprocess.run(sweep_command(folders, out, "--use_cache", str(tmp_path / "cache" / "answers")),
+                          env=environment(winobias_dir), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step1 holds the same weights as step0" in proc.stderr
+    manifest = {c["label"]: c for c in json.loads((out / "manifest.json").read_text())["checkpoints"]}
+    fingerprints = {label: json.loads((out / label / "checkpoint.json").read_text())["weights_fingerprint"] for label in manifest}
+    assert fingerprints == {label: entry["weights_fingerprint"] for label, entry in manifest.items()}
+    assert fingerprints["step0"] == fingerprints["step1"] != fingerprints["step10"]
+    assert snapshot(out)["step10/samples_winobias_fairdyn_1seed.jsonl"] == snapshot(uninterrupted)["step10/samples_winobias_fairdyn_1seed.jsonl"]
+
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "analyze", str(out), "--output_path", str(report),
+                           "--performance", "winobias_fairdyn_1seed/option_acc_male"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {int(r["step"]): r["same_weights_as"] for r in csv.DictReader((report / "significance.csv").open())}
+    assert rows == {0: "", 1: "0", 10: ""}
+    assert "step 1 holds the same weights as step 0" in (report / "summary.md").read_text()
+    assert json.loads((report / "analysis.json").read_text())["runs"]["sweep"]["same_weights_as"] == {"1": 0}
