@@ -1,0 +1,107 @@
+"""FairnessCallback in real training: random states, resume_from_checkpoint, distributed runs."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lm_eval_fairdyn import corpus
+from lm_eval_fairdyn.callback import FairnessCallback, StopRule, preserved_random_states
+from lm_eval_fairdyn.demo import FAIRNESS_TASK
+from lm_eval_fairdyn.suite import SuiteConfig, TrainingStream, neox_model, prepared_text
+
+TINY = SuiteConfig(steps=8, batch_size=4, block_size=128, hidden_size=32, layers=1)
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return corpus.write_synthetic_winobias(tmp_path_factory.mktemp("synthetic"))
+
+
+def test_every_random_state_is_restored_cuda_included(monkeypatch):
+    """lm-eval reseeds Python, NumPy, torch and every CUDA device (torch.manual_seed). This
+    machine has no GPU, so one CUDA device is simulated at the torch.cuda functions that
+    torch.manual_seed and torch.random.fork_rng call."""
+    device_states = {0: torch.tensor([7, 7, 7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=0: device_states[int(device)].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=0: device_states.__setitem__(int(device), state.clone()))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: device_states.__setitem__(0, torch.tensor([seed % 256] * 3, dtype=torch.uint8)))
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    device_states[0] = torch.tensor([7, 7, 7], dtype=torch.uint8)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    device_states[0] = torch.tensor([7, 7, 7], dtype=torch.uint8)
+    with preserved_random_states():
+        random.seed(0), np.random.seed(1234), torch.manual_seed(1234)  # what simple_evaluate does
+        assert device_states[0].tolist() == [1234 % 256] * 3
+    assert device_states[0].tolist() == [7, 7, 7]
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def trainer_with_callback(output_dir: Path, synthetic_dir: Path):
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    tokenizer, text_ids = prepared_text(TINY.vocab_size, TINY.seed, (TINY.bias.before, TINY.bias.after))
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=TINY.steps, per_device_train_batch_size=TINY.batch_size,
+        save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        dataloader_num_workers=0,
+    )  # fmt: skip
+    model = neox_model(TINY, len(tokenizer), tokenizer.eos_token_id)
+    trainer = Trainer(model=model, args=args, train_dataset=TrainingStream(TINY, tokenizer, text_ids).dataset(),
+                      data_collator=default_data_collator, processing_class=tokenizer)  # fmt: skip
+    # Strikes build up at every evaluation; the third in a row stops training.
+    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, significant_only=False, patience=3)
+    callback = FairnessCallback(trainer, tasks=[FAIRNESS_TASK], every=2, limit=24, stop_rule=rule,
+                                metadata={"winobias_dir": str(synthetic_dir)})  # fmt: skip
+    trainer.add_callback(callback)
+    return trainer, callback
+
+
+def test_state_survives_resume_from_checkpoint(tmp_path, synthetic_dir):
+    trainer, callback = trainer_with_callback(tmp_path, synthetic_dir)
+    trainer.train()
+    assert trainer.state.global_step == 6 and [e["step"] for e in callback.history] == [2, 4, 6]
+    saved = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["lm_eval_fairdyn.FairnessCallback"]["strikes"] == 2
+
+    resumed, resumed_callback = trainer_with_callback(tmp_path, synthetic_dir)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    # Without the restored strikes (2 at step 4), the resumed run would count 1 at step 6 and 2 at
+    # step 8, and train to the end.
+    assert resumed.state.global_step == 6
+    assert resumed_callback.history[:2] == callback.history[:2]
+    assert [e["step"] for e in resumed_callback.history] == [2, 4, 6] and resumed_callback._strikes == 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_distributed_only_the_main_process_evaluates_and_all_stop_together(neox_dir, synthetic_dir, tmp_path):
+    port = str(free_port())
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), str(rank), "2", port, str(neox_dir),
+                          str(synthetic_dir), str(tmp_path / f"rank{rank}.json")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2))
+    assert main == {"evaluations": 1, "logged": 1, "stop": True}
+    assert other == {"evaluations": 0, "logged": 0, "stop": True}  # the main process's decision
