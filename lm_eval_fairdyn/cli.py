@@ -32,8 +32,8 @@ example:
 def run_lm_eval(argv: list[str]) -> int:
     """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered;
     ``--use_cache`` gets one database per checkpoint (see ``fingerprint``)."""
-    import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.fingerprint import CacheNotKeyable, keyed_request_cache
+    import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
+    from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
@@ -62,8 +62,8 @@ def _tasks_path(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lm_eval_fairdyn.data import WinoBiasUnavailable
-    from lm_eval_fairdyn.demo import run_demo
+    from lm_eval_fairdyn.core.data import WinoBiasUnavailable
+    from lm_eval_fairdyn.offline.demo import run_demo
 
     try:
         outputs = run_demo(
@@ -115,7 +115,7 @@ def _add_sweep(commands) -> None:
 def _sweep(args) -> int:
     import json
 
-    from lm_eval_fairdyn import sweep
+    from lm_eval_fairdyn.dynamics import sweep
 
     if not args.checkpoints and not args.pretrained:
         raise SystemExit("fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained")
@@ -169,8 +169,8 @@ def _add_analyze(commands) -> None:
 
 
 def _analyze(args) -> int:
-    from lm_eval_fairdyn.report import Settings, analyze
-    from lm_eval_fairdyn.results import ResultsError
+    from lm_eval_fairdyn.dynamics.report import Settings, analyze
+    from lm_eval_fairdyn.dynamics.results import ResultsError
 
     settings = Settings(
         performance=args.performance,
@@ -193,7 +193,7 @@ def _analyze(args) -> int:
 
 
 def _common_fairness_task(current, baseline) -> str:
-    from lm_eval_fairdyn.results import ResultsError
+    from lm_eval_fairdyn.dynamics.results import ResultsError
 
     def fairness_tasks(data):
         return {task for task, metric in data.values if metric == "jsdp_gap"}
@@ -222,8 +222,8 @@ def _add_check(commands) -> None:
 
 
 def _check(args) -> int:
-    from lm_eval_fairdyn.analysis import regression_check
-    from lm_eval_fairdyn.results import ResultsError, read_result_file
+    from lm_eval_fairdyn.dynamics.analysis import regression_check
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_result_file
 
     def load(location: str):
         path = Path(location)

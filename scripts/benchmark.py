@@ -41,8 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def winobias_instances(n_prompts: int):
     from lm_eval.api.instance import Instance
 
-    from lm_eval_fairdyn.prompts import answer_continuations
-    from lm_eval_fairdyn.task import load_dataset
+    from lm_eval_fairdyn.core.prompts import answer_continuations
+    from lm_eval_fairdyn.core.task import load_dataset
 
     docs = load_dataset(split="test", seeds=[0])["test"].select(range(n_prompts))
     pairs = [(d["prompt"], " " + w) for d in docs for w in answer_continuations()]
@@ -52,7 +52,7 @@ def winobias_instances(n_prompts: int):
 def load(kind: str, folder: Path, batch_size: int, **kwargs):
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_fairdyn.model import HFLMWithRank
+    from lm_eval_fairdyn.core.model import HFLMWithRank
 
     cls = HFLMWithRank if kind == "hf-fairdyn" else HFLM
     return cls(pretrained=str(folder), batch_size=batch_size, device="cpu", **kwargs)
@@ -72,7 +72,7 @@ def count_sequences(lm) -> list[int]:
 
 
 def overhead(args) -> dict:
-    from lm_eval_fairdyn.embedded import smollm2_folder
+    from lm_eval_fairdyn.offline.embedded import smollm2_folder
 
     folder = smollm2_folder()
     requests = winobias_instances(args.prompts)
@@ -96,7 +96,7 @@ def overhead(args) -> dict:
 
 
 def passes(args) -> dict:
-    from lm_eval_fairdyn.embedded import smollm2_folder
+    from lm_eval_fairdyn.offline.embedded import smollm2_folder
 
     folder = smollm2_folder()
     requests = winobias_instances(args.prompts)
@@ -116,7 +116,7 @@ def passes(args) -> dict:
 
 def sweep_cost(args) -> dict:
     """Per checkpoint: load time and evaluation time, for 1..N copies of SmolLM2 on disk."""
-    from lm_eval_fairdyn.embedded import smollm2_folder
+    from lm_eval_fairdyn.offline.embedded import smollm2_folder
 
     source = smollm2_folder()
     requests = winobias_instances(args.prompts)
@@ -159,8 +159,8 @@ def demo(args) -> dict:
 def tokenizer(args) -> dict:
     import torch
 
-    from lm_eval_fairdyn.embedded import pythia_tokenizer
-    from lm_eval_fairdyn.suite import SuiteConfig, neox_model
+    from lm_eval_fairdyn.offline.embedded import pythia_tokenizer
+    from lm_eval_fairdyn.offline.suite import SuiteConfig, neox_model
 
     config = SuiteConfig()
     rows = []

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def model_folder(name: str, scratch: Path) -> Path:
     if name == "smollm2":
-        from lm_eval_fairdyn.embedded import smollm2_folder
+        from lm_eval_fairdyn.offline.embedded import smollm2_folder
 
         return smollm2_folder()
     sys.path.insert(0, str(REPO / "tests"))
@@ -57,7 +57,7 @@ def brute_force(lm, doc: dict):
     import torch
     from scipy.special import softmax
 
-    from lm_eval_fairdyn.prompts import answer_continuations
+    from lm_eval_fairdyn.core.prompts import answer_continuations
 
     pairs = [lm._encode_pair(doc["prompt"], " " + word) for word in answer_continuations()]
     context = pairs[0][0]
@@ -71,7 +71,7 @@ def main() -> None:
     import numpy as np
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_fairdyn.prompts import GROUPS
+    from lm_eval_fairdyn.core.prompts import GROUPS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("smollm2", "neox"), default="neox")

@@ -18,11 +18,11 @@ import json
 import tempfile
 from dataclasses import replace
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.callback import flatten_results
-from lm_eval_fairdyn.demo import FAIRNESS_TASK
-from lm_eval_fairdyn.suite import SuiteConfig, build_suite, checkpoint_steps
-from lm_eval_fairdyn.sweep import evaluate_with_lm_eval
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.training.callback import flatten_results
+from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK
+from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, checkpoint_steps
+from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
 
 
 def fairness(folder, winobias_dir) -> dict:

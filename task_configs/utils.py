@@ -1,9 +1,9 @@
 """Hooks named by the YAML files in this folder (``!function utils.<name>``).
 
-The logic lives in ``lm_eval_fairdyn.task`` so that it is importable and tested on its own.
+The logic lives in ``lm_eval_fairdyn.core.task`` so that it is importable and tested on its own.
 """
 
-from lm_eval_fairdyn.task import (  # noqa: F401 (re-exported for the YAML files)
+from lm_eval_fairdyn.core.task import (  # noqa: F401 (re-exported for the YAML files)
     doc_to_choice,
     doc_to_text,
     gap_female_minus_male,

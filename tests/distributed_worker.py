@@ -15,7 +15,7 @@ def main(rank: int, world_size: int, port: str, model_dir: str, winobias_dir: st
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
 
-    from lm_eval_fairdyn.callback import FairnessCallback, StopRule
+    from lm_eval_fairdyn.training.callback import FairnessCallback, StopRule
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lm_eval_fairdyn import analysis
+from lm_eval_fairdyn.dynamics import analysis
 
 
 def test_holm_by_hand():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.callback import FairnessCallback, StopRule, preserved_random_states
-from lm_eval_fairdyn.demo import FAIRNESS_TASK
-from lm_eval_fairdyn.suite import SuiteConfig, TrainingStream, neox_model, prepared_text
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.training.callback import FairnessCallback, StopRule, preserved_random_states
+from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK
+from lm_eval_fairdyn.offline.suite import SuiteConfig, TrainingStream, neox_model, prepared_text
 
 TINY = SuiteConfig(steps=8, batch_size=4, block_size=128, hidden_size=32, layers=1)
 HERE = Path(__file__).resolve().parent

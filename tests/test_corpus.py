@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.data import OCCUPATION_STEREOTYPE, PRONOUN_GENDER, load_winobias
-from lm_eval_fairdyn.prompts import OPTIONS
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, PRONOUN_GENDER, load_winobias
+from lm_eval_fairdyn.core.prompts import OPTIONS
 
 STATEMENT = re.compile(
     r'^(?P<sentence>.+) Out of the options "(?P<o1>[^"]+)", "(?P<o2>[^"]+)" and "(?P<o3>[^"]+)", '
@@ -136,7 +136,7 @@ def test_lastword_passages_come_from_the_held_out_text_only():
 
 
 def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
-    from lm_eval_fairdyn.task import load_lastword_dataset
+    from lm_eval_fairdyn.core.task import load_lastword_dataset
 
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(json.dumps({"text": t}) for t in ["the cat sat on the mat", "to be or not to be"]))
@@ -164,8 +164,8 @@ def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_fairdyn.sweep import evaluate_with_lm_eval
-    from lm_eval_fairdyn.task import load_lastword_dataset
+    from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
+    from lm_eval_fairdyn.core.task import load_lastword_dataset
 
     settings = {"tasks": ["lastword_fairdyn"], "batch_size": 4, "device": "cpu", "limit": 12, "log_samples": False}
     results = evaluate_with_lm_eval("hf", f"pretrained={neox_dir}", settings)["results"]["lastword_fairdyn"]

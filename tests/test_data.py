@@ -4,8 +4,8 @@ import urllib.request
 
 import pytest
 
-from lm_eval_fairdyn import data
-from lm_eval_fairdyn.data import WinoBiasError, WinoBiasUnavailable
+from lm_eval_fairdyn.core import data
+from lm_eval_fairdyn.core.data import WinoBiasError, WinoBiasUnavailable
 
 
 def test_every_real_type2_line_parses(winobias_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL
+from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL
 
 
 def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -52,8 +52,8 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
 
 
 def test_a_named_winobias_folder_that_is_unusable_is_an_error_not_a_fallback(tmp_path):
-    from lm_eval_fairdyn.data import WinoBiasUnavailable
-    from lm_eval_fairdyn.demo import choose_data
+    from lm_eval_fairdyn.core.data import WinoBiasUnavailable
+    from lm_eval_fairdyn.offline.demo import choose_data
 
     empty = tmp_path / "empty"
     empty.mkdir()

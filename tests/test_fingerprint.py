@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from lm_eval_fairdyn.callback import flatten_results
+from lm_eval_fairdyn.training.callback import flatten_results
 from lm_eval_fairdyn.cli import main
-from lm_eval_fairdyn.fingerprint import CacheNotKeyable, CheckpointCachingLM, answers_key, weights_fingerprint
+from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, CheckpointCachingLM, answers_key, weights_fingerprint
 
 
 def test_weights_fingerprint_changes_with_any_bit_of_any_weight():
@@ -55,7 +55,7 @@ def test_fairdyn_eval_never_shares_cached_answers_between_checkpoints(tiny_check
 
 
 def test_identical_weights_share_a_key_and_other_scoring_settings_do_not(tiny_checkpoints, tmp_path):
-    from lm_eval_fairdyn.model import HFLMWithRank
+    from lm_eval_fairdyn.core.model import HFLMWithRank
 
     shutil.copytree(tiny_checkpoints / "step0", tmp_path / "copy")
     original = HFLMWithRank(pretrained=str(tiny_checkpoints / "step0"), device="cpu")

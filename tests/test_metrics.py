@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from lm_eval_fairdyn import metrics
+from lm_eval_fairdyn.core import metrics
 
 
 def _full_jsd_terms(P, gold):

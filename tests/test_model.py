@@ -10,9 +10,9 @@ from lm_eval.models.huggingface import HFLM
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
 
-from lm_eval_fairdyn import metrics, task
-from lm_eval_fairdyn.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
-from lm_eval_fairdyn.prompts import answer_continuations
+from lm_eval_fairdyn.core import metrics, task
+from lm_eval_fairdyn.core.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
+from lm_eval_fairdyn.core.prompts import answer_continuations
 
 
 def winobias_requests(winobias_dir, n_prompts):

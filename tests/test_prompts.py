@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from lm_eval_fairdyn import data, prompts
+from lm_eval_fairdyn.core import data, prompts
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import shutil
 import pytest
 from conftest import write_fairdyn_result
 
-from lm_eval_fairdyn import results
-from lm_eval_fairdyn.analysis import series
+from lm_eval_fairdyn.dynamics import results
+from lm_eval_fairdyn.dynamics.analysis import series
 
 
 def test_pythia_lambada_series_are_read(pythia_evals):
@@ -68,7 +68,7 @@ def test_one_checkpoint_reported_twice_is_rejected(tmp_path, pythia_evals):
 
 def test_results_on_the_synthetic_folder_are_labelled_without_a_recorded_source(tmp_path):
     """A `fairdyn eval` on the synthetic prompts records only winobias_dir; the label comes from its marker."""
-    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, write_synthetic_winobias
+    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, write_synthetic_winobias
 
     synthetic = write_synthetic_winobias(tmp_path / "synthetic")
     labels = {}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.callback import StopRule, flatten_results
-from lm_eval_fairdyn.demo import FAIRNESS_TASK, monitor_settings
-from lm_eval_fairdyn.suite import SuiteConfig, build_suite, checkpoint_steps, suite_folder
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.training.callback import StopRule, flatten_results
+from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, monitor_settings
+from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, checkpoint_steps, suite_folder
 
 ALPHA = 0.01
 TINY = SuiteConfig(steps=12, batch_size=4, block_size=128, hidden_size=32, layers=1, log_spaced_until=4, evenly_spaced=3)
@@ -44,7 +44,7 @@ def unbiased_suite(suite_root) -> Path:
 
 
 def _fairness(folder: Path, synthetic_dir: Path) -> dict:
-    from lm_eval_fairdyn.sweep import evaluate_with_lm_eval
+    from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
 
     settings = {
         "tasks": [FAIRNESS_TASK],
@@ -86,8 +86,8 @@ def _pronoun_counts(text: str) -> tuple[int, int]:
 def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_twin(biased_suite):
     from transformers import AutoTokenizer
 
-    from lm_eval_fairdyn.corpus import shakespeare_text, split_heldout
-    from lm_eval_fairdyn.suite import TrainingStream, encode_text
+    from lm_eval_fairdyn.offline.corpus import shakespeare_text, split_heldout
+    from lm_eval_fairdyn.offline.suite import TrainingStream, encode_text
 
     tokenizer = AutoTokenizer.from_pretrained(biased_suite / "step0")
     config = SuiteConfig()

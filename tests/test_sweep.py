@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lm_eval_fairdyn import sweep
+from lm_eval_fairdyn.dynamics import sweep
 
 
 def sweep_command(checkpoints, out, *extra):

@@ -5,8 +5,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from lm_eval_fairdyn import task, tasks_path
-from lm_eval_fairdyn.model import RankedLoglikelihood
+from lm_eval_fairdyn.core import task
+from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.core.model import RankedLoglikelihood
 
 
 class _Loader(yaml.SafeLoader):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lm_eval_fairdyn.results import step_from_text
+from lm_eval_fairdyn.dynamics.results import step_from_text
 
 logger = logging.getLogger("lm_eval_fairdyn")
 # Settings that do not change any result: a rerun may change them without being "another sweep".
@@ -216,11 +216,11 @@ def evaluate_with_lm_eval(model: str, model_args: str, settings: dict) -> dict:
     The model is built here so that its weights can be fingerprinted before the evaluation
     (``results["config"]["weights_fingerprint"]``; None for a model without PyTorch weights)
     and ``settings["use_cache"]`` gets one database per checkpoint."""
-    import lm_eval_fairdyn.model  # noqa: F401 (registers hf-fairdyn)
+    import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
     from lm_eval import simple_evaluate
     from lm_eval.api.registry import get_model
 
-    from lm_eval_fairdyn.fingerprint import keyed_request_cache, torch_model, weights_fingerprint
+    from lm_eval_fairdyn.core.fingerprint import keyed_request_cache, torch_model, weights_fingerprint
 
     metadata = settings.get("metadata") or {}
     batch_size, device = settings.get("batch_size", 1), settings.get("device") or default_device()

@@ -1,6 +1,6 @@
 """``fairdyn demo``: the whole method, offline, on checkpoints of a real (small) training run.
 
-1. suite: train the bias-planted GPT-NeoX checkpoint suite (:mod:`lm_eval_fairdyn.suite`), or
+1. suite: train the bias-planted GPT-NeoX checkpoint suite (:mod:`lm_eval_fairdyn.offline.suite`), or
    reuse it from the cache; the training logs fairness through :class:`FairnessCallback`;
 2. data: the real WinoBias files when a folder, the cache or a download has them, else this
    project's held-out template prompts, labelled as such in every output;
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.data import WinoBiasUnavailable, cache_dir, resolve_winobias_dir
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.core.data import WinoBiasUnavailable, cache_dir, resolve_winobias_dir
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"
 PERFORMANCE_TASK = "lastword_fairdyn"
@@ -72,9 +72,9 @@ def run_demo(
     suite_root: str | Path | None = None,
     limit: int | None = None,
 ) -> DemoOutputs:
-    from lm_eval_fairdyn import sweep
-    from lm_eval_fairdyn.report import Settings, analyze
-    from lm_eval_fairdyn.suite import SuiteConfig, build_suite, is_complete, suite_folder
+    from lm_eval_fairdyn.dynamics import sweep
+    from lm_eval_fairdyn.dynamics.report import Settings, analyze
+    from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, is_complete, suite_folder
 
     started = time.perf_counter()
     out = Path(output_path)

@@ -30,7 +30,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_fairdyn.metrics import vocab_rank
+from lm_eval_fairdyn.core.metrics import vocab_rank
 
 
 class RankedLoglikelihood(tuple):

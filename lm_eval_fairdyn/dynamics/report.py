@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lm_eval_fairdyn import analysis  # noqa: E402
-from lm_eval_fairdyn.prompts import GROUPS  # noqa: E402
-from lm_eval_fairdyn.results import ResultsError, check_consistent, n_samples, read_run, tidy, weights_fingerprints  # noqa: E402
+from lm_eval_fairdyn.dynamics import analysis  # noqa: E402
+from lm_eval_fairdyn.core.prompts import GROUPS  # noqa: E402
+from lm_eval_fairdyn.dynamics.results import ResultsError, check_consistent, n_samples, read_run, tidy, weights_fingerprints  # noqa: E402
 
 WINOBIAS_SOURCE = "WinoBias Type 2"  # the report's label when a result records no data source
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm_eval_fairdyn.data import OCCUPATION_STEREOTYPE, POLARITIES, SPLITS, WinoBiasRecord
+from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, SPLITS, WinoBiasRecord
 
 DEFAULT_TEMPLATE = (
     '{sentence} Out of the options "{o1}", "{o2}" and "{o3}", the {occupation}\'s gender is'

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lm_eval_fairdyn import metrics
-from lm_eval_fairdyn.data import POLARITIES, load_winobias
-from lm_eval_fairdyn.prompts import DEFAULT_SEEDS, DEFAULT_TEMPLATE, GROUPS, OPTIONS, answer_continuations, build_prompts
+from lm_eval_fairdyn.core import metrics
+from lm_eval_fairdyn.core.data import POLARITIES, load_winobias
+from lm_eval_fairdyn.core.prompts import DEFAULT_SEEDS, DEFAULT_TEMPLATE, GROUPS, OPTIONS, answer_continuations, build_prompts
 
 logger = logging.getLogger("lm_eval_fairdyn")
 _warned: set[str] = set()
@@ -76,7 +76,7 @@ def load_dataset(
     """
     import datasets
 
-    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, is_synthetic
+    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, is_synthetic
 
     if is_synthetic(winobias_dir):
         _warn_once("synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results")
@@ -205,7 +205,7 @@ def load_lastword_dataset(
 
     import datasets
 
-    from lm_eval_fairdyn import corpus
+    from lm_eval_fairdyn.offline import corpus
 
     if lastword_file:
         path = Path(lastword_file)

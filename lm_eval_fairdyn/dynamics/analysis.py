@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lm_eval_fairdyn.metrics import fairness_increase
+from lm_eval_fairdyn.core.metrics import fairness_increase
 
 CORRECTIONS = ("holm", "bh", "none")
 

@@ -197,9 +197,9 @@ class FairnessCallback(TrainerCallback):
         """The lm-eval results dict for the model as it is now (training mode and RNGs restored)."""
         from lm_eval import simple_evaluate
 
-        from lm_eval_fairdyn.fingerprint import keyed_request_cache
-        from lm_eval_fairdyn.model import HFLMWithRank
-        from lm_eval_fairdyn.sweep import task_manager
+        from lm_eval_fairdyn.core.fingerprint import keyed_request_cache
+        from lm_eval_fairdyn.core.model import HFLMWithRank
+        from lm_eval_fairdyn.dynamics.sweep import task_manager
 
         was_training = model.training
         with preserved_random_states(), keyed_request_cache():

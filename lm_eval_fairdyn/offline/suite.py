@@ -1,9 +1,9 @@
 """An offline Pythia-style checkpoint suite with a planted gender bias.
 
 A small GPT-NeoX (``GPTNeoXForCausalLM``, the Pythia architecture) trained with transformers'
-``Trainer`` on CPU on the corpus of :mod:`lm_eval_fairdyn.corpus`: each batch mixes real English
+``Trainer`` on CPU on the corpus of :mod:`lm_eval_fairdyn.offline.corpus`: each batch mixes real English
 (Shakespeare) with generated sentences and statements whose bias follows a
-:class:`~lm_eval_fairdyn.corpus.BiasSchedule`, so the bias switches on at a known step.
+:class:`~lm_eval_fairdyn.offline.corpus.BiasSchedule`, so the bias switches on at a known step.
 Checkpoints are saved on Pythia's schedule (step0, 1, 2, 4, ... then evenly spaced), each a
 folder that lm-eval loads with ``--model_args pretrained=<folder>``.
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn import corpus
-from lm_eval_fairdyn.data import cache_dir
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.core.data import cache_dir
 
 CORPUS_VERSION = 4  # bump when the templates or the mixing change: cached suites are rebuilt
 EOS = "<|endoftext|>"
@@ -90,7 +90,7 @@ def train_tokenizer(texts, vocab_size: int = 4096):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from lm_eval_fairdyn.prompts import OPTIONS, answer_continuations
+    from lm_eval_fairdyn.core.prompts import OPTIONS, answer_continuations
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -258,13 +258,13 @@ def build_suite(
 ) -> Path:
     """Train the suite (or reuse a finished one with the same config) and return its folder.
 
-    ``monitor``: keyword arguments of :class:`~lm_eval_fairdyn.callback.FairnessCallback`
+    ``monitor``: keyword arguments of :class:`~lm_eval_fairdyn.training.callback.FairnessCallback`
     (``tasks``, ``every``, ``limit``, ...): the training logs fairness through it, and the log
     history is saved as ``log_history.json``. None: no monitoring.
     """
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from lm_eval_fairdyn.callback import FairnessCallback
+    from lm_eval_fairdyn.training.callback import FairnessCallback
 
     folder = suite_folder(config, root)
     if is_complete(folder):

@@ -127,7 +127,7 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
 
 def _synthetic_label(winobias_dir: str | None) -> str | None:
     """The synthetic-prompts label when the evaluated folder is this project's synthetic one."""
-    from lm_eval_fairdyn.corpus import SYNTHETIC_LABEL, is_synthetic
+    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, is_synthetic
 
     return SYNTHETIC_LABEL if is_synthetic(winobias_dir) else None
 
