@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs into .venv, then runs the offline end-to-end demo
-#   make test   installs into .venv, then runs the test suite
+#   make test   installs into .venv, then runs the linters and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 # torch 2.13.0 is a CPU build on this project's machines; elsewhere pick the build you need.
@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 export FAIRDYN_WINOBIAS_DIR ?= $(abspath $(wildcard ../shared/winobias))
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -24,4 +24,11 @@ demo: install
 	$(VENV)/bin/fairdyn demo
 
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest
+
+# The fast tier (under 2 minutes): everything but the checkpoint-suite training, the demo, the real
+# SmolLM2 and the subprocess sweeps.
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow"

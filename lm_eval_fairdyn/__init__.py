@@ -1,7 +1,7 @@
 """lm-eval-fairdyn: how a language model's gender bias evolves during training.
 
 WinoBias Type 2 as lm-evaluation-harness tasks (``winobias_fairdyn`` ...), the ``hf-fairdyn``
-model that adds the vocabulary rank of each answer, and the metrics of METHOD.md.
+model that adds the vocabulary rank of each answer, and the metrics of the README's method section ("What is measured").
 """
 
 from importlib.resources import files

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.core.harness import EvalSettings
+
+DEFAULTS = EvalSettings()
 
 DESCRIPTION = """\
 Measure how a language model's gender bias evolves during training (WinoBias Type 2,
@@ -32,10 +36,12 @@ example:
 def run_lm_eval(argv: list[str]) -> int:
     """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered;
     ``--use_cache`` gets one database per checkpoint (see ``fingerprint``)."""
-    import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
+
+    import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
+    from lm_eval_fairdyn.core.data import with_data_source
+    from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
 
     setup_logging()
     harness = HarnessCLI()
@@ -47,6 +53,8 @@ def run_lm_eval(argv: list[str]) -> int:
         sys.argv = saved_argv
     ours = str(tasks_path())
     args.include_path = ours if not getattr(args, "include_path", None) else [args.include_path, ours]
+    if isinstance(args.metadata, dict):  # the results record what was evaluated (synthetic prompts)
+        args.metadata = with_data_source(args.metadata)
     try:
         with keyed_request_cache():
             harness.execute(args)
@@ -93,29 +101,48 @@ def _add_sweep(commands) -> None:
     source = sweep.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoints", metavar="GLOB", help="local checkpoint folders (step read from the name)")
     source.add_argument("--revisions", help="comma-separated hub revisions of --pretrained, e.g. step0,step1000")
-    source.add_argument("--schedule", help="'pythia' (154 steps) or 'pythia:K' (K log-spaced) revisions of --pretrained")
+    source.add_argument(
+        "--schedule", help="'pythia' (154 steps) or 'pythia:K' (K log-spaced) revisions of --pretrained"
+    )
     source.add_argument("--all_branches", action="store_true", help="every stepN branch of --pretrained on the hub")
     sweep.add_argument("--pretrained", help="hub repository for --revisions/--schedule/--all_branches")
-    sweep.add_argument("--tasks", default="winobias_fairdyn", help="comma-separated lm-eval tasks (default: %(default)s)")
+    sweep.add_argument(
+        "--tasks", default=",".join(DEFAULTS.tasks), help="comma-separated lm-eval tasks (default: %(default)s)"
+    )
     sweep.add_argument("--output_path", required=True, help="sweep folder (created; shared by shards)")
-    sweep.add_argument("--model", default="hf-fairdyn", help="lm-eval model type (default: %(default)s)")
-    sweep.add_argument("--model_args", default="", help="extra model arguments, e.g. dtype=bfloat16")
-    sweep.add_argument("--batch_size", default="8", help="lm-eval batch size (default: %(default)s)")
-    sweep.add_argument("--device", default=None, help="e.g. cuda:0 or cpu")
-    sweep.add_argument("--limit", type=float, default=None, help="only the first N docs per task (testing)")
+    sweep.add_argument("--model", default=DEFAULTS.model, help="lm-eval model type (default: %(default)s)")
+    sweep.add_argument("--model_args", default=DEFAULTS.model_args, help="extra model arguments, e.g. dtype=bfloat16")
+    sweep.add_argument("--batch_size", type=_batch_size, default=DEFAULTS.batch_size,
+                       help="lm-eval batch size, or auto (default: %(default)s)")  # fmt: skip
+    sweep.add_argument("--device", default=DEFAULTS.device, help="e.g. cuda:0 or cpu (default: cuda if available)")
+    sweep.add_argument("--limit", type=float, default=DEFAULTS.limit, help="only the first N docs per task (testing)")
     sweep.add_argument("--include_path", action="append", default=[], help="more task folders")
-    sweep.add_argument("--metadata", default=None, help="JSON passed to tasks, e.g. {\"winobias_dir\": ...}")
-    sweep.add_argument("--use_cache", default=None, metavar="PATH",
-                       help="lm-eval's request cache, one database per checkpoint (keyed by its weights)")
+    sweep.add_argument(
+        "--metadata", type=json.loads, default={}, help='JSON passed to tasks, e.g. {"winobias_dir": ...}'
+    )
+    sweep.add_argument(
+        "--bootstrap_iters",
+        type=int,
+        default=DEFAULTS.bootstrap_iters,
+        help="lm-eval's bootstrap of standard errors (default: %(default)s; the analysis does not use them)",
+    )
+    sweep.add_argument(
+        "--use_cache",
+        default=DEFAULTS.use_cache,
+        metavar="PATH",
+        help="lm-eval's request cache, one database per checkpoint (keyed by its weights)",
+    )
     sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
     sweep.add_argument("--no_log_samples", action="store_true", help="do not write per-prompt samples")
     sweep.set_defaults(handler=_sweep)
 
 
-def _sweep(args) -> int:
-    import json
+def _batch_size(text: str) -> int | str:
+    return text if text == "auto" or text.startswith("auto:") else int(text)
 
-    from lm_eval_fairdyn.dynamics import sweep
+
+def _sweep(args) -> int:
+    from lm_eval_fairdyn.dynamics import schedule, sweep
 
     if not args.checkpoints and not args.pretrained:
         raise SystemExit("fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained")
@@ -125,22 +152,23 @@ def _sweep(args) -> int:
         if args.revisions:
             revisions = [r.strip() for r in args.revisions.split(",") if r.strip()]
         elif args.schedule:
-            revisions = [f"step{s}" for s in sweep.schedule_steps(args.schedule)]
+            revisions = [f"step{s}" for s in schedule.schedule_steps(args.schedule)]
         else:
             revisions = sweep.hub_branches(args.pretrained)
         checkpoints = sweep.hub_checkpoints(args.pretrained, revisions)
-    settings = {
-        "model": args.model,
-        "model_args": args.model_args,
-        "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()],
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "limit": args.limit,
-        "include_path": args.include_path,
-        "metadata": json.loads(args.metadata) if args.metadata else None,
-        "log_samples": not args.no_log_samples,
-        "use_cache": args.use_cache,
-    }
+    settings = EvalSettings(
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        model=args.model,
+        model_args=args.model_args,
+        batch_size=args.batch_size,
+        device=args.device,
+        limit=args.limit,
+        include_path=tuple(args.include_path),
+        metadata=args.metadata,
+        log_samples=not args.no_log_samples,
+        bootstrap_iters=args.bootstrap_iters,
+        use_cache=args.use_cache,
+    )
     sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     mine = sweep.shard(checkpoints, args.shard)
     finished = sweep.run_sweep(mine, args.output_path, settings)
@@ -169,7 +197,8 @@ def _add_analyze(commands) -> None:
 
 
 def _analyze(args) -> int:
-    from lm_eval_fairdyn.dynamics.report import Settings, analyze
+    from lm_eval_fairdyn.dynamics.analysis import Settings
+    from lm_eval_fairdyn.dynamics.pipeline import analyze
     from lm_eval_fairdyn.dynamics.results import ResultsError
 
     settings = Settings(
@@ -193,10 +222,11 @@ def _analyze(args) -> int:
 
 
 def _common_fairness_task(current, baseline) -> str:
+    from lm_eval_fairdyn.core.metric_table import metric
     from lm_eval_fairdyn.dynamics.results import ResultsError
 
     def fairness_tasks(data):
-        return {task for task, metric in data.values if metric == "jsdp_gap"}
+        return {task for task, name in data.values if name == metric("jsdp")}
 
     common = sorted(fairness_tasks(current) & fairness_tasks(baseline))
     if not common:

@@ -85,7 +85,7 @@ def overhead(args) -> dict:
             start = time.perf_counter()
             lm.loglikelihood(requests, disable_tqdm=True)
             times[kind].append(time.perf_counter() - start)
-    ratios = [f / s for f, s in zip(times["hf-fairdyn"], times["hf"])]
+    ratios = [f / s for f, s in zip(times["hf-fairdyn"], times["hf"], strict=True)]
     return {
         "prompts": args.prompts,
         "batch_size": args.batch_size,
@@ -188,7 +188,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    result = {"overhead": overhead, "passes": passes, "sweep": sweep_cost, "demo": demo, "tokenizer": tokenizer}[args.what](args)
+    result = {"overhead": overhead, "passes": passes, "sweep": sweep_cost, "demo": demo, "tokenizer": tokenizer}[
+        args.what
+    ](args)
     result.update(what=args.what, torch_threads=__import__("torch").get_num_threads(), cpu_count=os.cpu_count())
     print(json.dumps(result, indent=2))
 

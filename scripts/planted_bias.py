@@ -18,17 +18,16 @@ import json
 import tempfile
 from dataclasses import replace
 
+from lm_eval_fairdyn.core.harness import EvalSettings, evaluate, flatten_results
 from lm_eval_fairdyn.offline import corpus
-from lm_eval_fairdyn.training.callback import flatten_results
 from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK
-from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, checkpoint_steps
-from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
+from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite
 
 
 def fairness(folder, winobias_dir) -> dict:
-    settings = {"tasks": [FAIRNESS_TASK], "batch_size": 64, "device": "cpu", "log_samples": False,
-                "bootstrap_iters": 0, "metadata": {"winobias_dir": str(winobias_dir)}}  # fmt: skip
-    flat = flatten_results(evaluate_with_lm_eval("hf-fairdyn", f"pretrained={folder}", settings))
+    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", log_samples=False,
+                            metadata={"winobias_dir": str(winobias_dir)})  # fmt: skip
+    flat = flatten_results(evaluate(settings, f"pretrained={folder}"))
     return {k.split("/", 1)[1]: v for k, v in flat.items()}
 
 
@@ -57,7 +56,7 @@ def main() -> None:
     for seed in args.seeds:
         base = SuiteConfig(steps=args.steps, seed=seed, **overrides)
         switch = base.bias.switch_step(args.steps)
-        evaluated = [s for s in checkpoint_steps(args.steps) if s >= switch // 2]
+        evaluated = [s for s in base.checkpoint_steps() if s >= switch // 2]
         configs = {"planted": base, "none": replace(base, bias=corpus.BiasSchedule.unbiased())}
         for kind, config in configs.items():
             if args.bias not in (kind, "both"):

@@ -86,8 +86,15 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     return root
 
 
-def write_fairdyn_result(path: Path, step: int, values: dict, version: str = "1.0", seeds=(0, 1, 2, 3, 4), n: int = 7920,
-                         model: str = "EleutherAI/pythia-6.9b-deduped") -> Path:
+def write_fairdyn_result(
+    path: Path,
+    step: int,
+    values: dict,
+    version: str = "1.0",
+    seeds=(0, 1, 2, 3, 4),
+    n: int = 7920,
+    model: str = "EleutherAI/pythia-6.9b-deduped",
+) -> Path:
     """An lm-eval 0.4 results file of winobias_fairdyn with the given metric values."""
     import json
 

@@ -29,7 +29,9 @@ def main(rank: int, world_size: int, port: str, model_dir: str, winobias_dir: st
     trainer = Trainer()
     task = "winobias_fairdyn_1seed"
     rule = StopRule(gap=f"{task}/jsdp_gap", max_abs_gap=0.0, significant_only=False)
-    callback = FairnessCallback(trainer, tasks=[task], every=1, limit=8, stop_rule=rule, metadata={"winobias_dir": winobias_dir})
+    callback = FairnessCallback(
+        trainer, tasks=[task], every=1, limit=8, stop_rule=rule, metadata={"winobias_dir": winobias_dir}
+    )
     evaluations = []
     evaluate = callback.evaluate
     callback.evaluate = lambda model, tokenizer: evaluations.append(1) or evaluate(model, tokenizer)
@@ -38,7 +40,10 @@ def main(rank: int, world_size: int, port: str, model_dir: str, winobias_dir: st
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     callback.on_step_end(None, state, control, model=model, processing_class=tokenizer)
     with open(out, "w") as handle:
-        json.dump({"evaluations": len(evaluations), "logged": len(trainer.logged), "stop": control.should_training_stop}, handle)
+        json.dump(
+            {"evaluations": len(evaluations), "logged": len(trainer.logged), "stop": control.should_training_stop},
+            handle,
+        )
     dist.destroy_process_group()
 
 

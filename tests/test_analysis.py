@@ -50,7 +50,16 @@ def _pythia_acc(pythia_evals):
 
 def test_early_stopping_on_real_pythia_lambada_equals_hand_computation(pythia_evals):
     acc = _pythia_acc(pythia_evals)
-    gap = {73000: 0.0, 83000: 0.002, 93000: 0.015, 103000: 0.02, 113000: 0.01, 123000: 0.03, 133000: 0.035, 143000: -0.04}
+    gap = {
+        73000: 0.0,
+        83000: 0.002,
+        93000: 0.015,
+        103000: 0.02,
+        113000: 0.01,
+        123000: 0.03,
+        133000: 0.035,
+        143000: -0.04,
+    }
     stop = analysis.early_stopping(pd.Series(acc), pd.Series(gap), tolerance=0.02)
     # floor = 0.98 * acc[143000] = 0.6751: 103000 (0.6755) and later qualify, 93000 (0.6699) does not;
     # the smallest |gap| among them is step 113000.

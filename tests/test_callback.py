@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from lm_eval_fairdyn.offline import corpus
-from lm_eval_fairdyn.training.callback import FairnessCallback, StopRule, preserved_random_states
 from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK
 from lm_eval_fairdyn.offline.suite import SuiteConfig, TrainingStream, neox_model, prepared_text
+from lm_eval_fairdyn.training.callback import FairnessCallback, StopRule, preserved_random_states
 
 TINY = SuiteConfig(steps=8, batch_size=4, block_size=128, hidden_size=32, layers=1)
 HERE = Path(__file__).resolve().parent
@@ -35,8 +35,14 @@ def test_every_random_state_is_restored_cuda_included(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=0: device_states[int(device)].clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=0: device_states.__setitem__(int(device), state.clone()))
-    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: device_states.__setitem__(0, torch.tensor([seed % 256] * 3, dtype=torch.uint8)))
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device=0: device_states.__setitem__(int(device), state.clone())
+    )
+    monkeypatch.setattr(
+        torch.cuda,
+        "manual_seed_all",
+        lambda seed: device_states.__setitem__(0, torch.tensor([seed % 256] * 3, dtype=torch.uint8)),
+    )
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     device_states[0] = torch.tensor([7, 7, 7], dtype=torch.uint8)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())

@@ -8,9 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from lm_eval_fairdyn.offline import corpus
-from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, PRONOUN_GENDER, load_winobias
+from lm_eval_fairdyn.core.data import (
+    OCCUPATION_STEREOTYPE,
+    PRONOUN_GENDER,
+    SYNTHETIC_MARKER,
+    is_synthetic,
+    load_winobias,
+)
 from lm_eval_fairdyn.core.prompts import OPTIONS
+from lm_eval_fairdyn.offline import corpus
 
 STATEMENT = re.compile(
     r'^(?P<sentence>.+) Out of the options "(?P<o1>[^"]+)", "(?P<o2>[^"]+)" and "(?P<o3>[^"]+)", '
@@ -83,7 +89,7 @@ def test_counterfactual_twins_differ_only_in_gender():
         swap = {"he": "she", "she": "he", "him": "her", "his": "her", "her": None}
         a_words, b_words = first.split(" "), twin.split(" ")
         assert len(a_words) == len(b_words)
-        differing = [(a, b) for a, b in zip(a_words, b_words) if a != b]
+        differing = [(a, b) for a, b in zip(a_words, b_words, strict=True) if a != b]
         pairs = [(a.rstrip("."), b.rstrip(".")) for a, b in differing]
         answers = [pair for pair in pairs if set(pair) == {"male", "female"}]
         pronouns = [pair for pair in pairs if pair not in answers]
@@ -108,7 +114,7 @@ def test_schedule_switches_at_the_given_fraction():
 
 def test_synthetic_prompts_are_held_out_and_read_by_the_winobias_loader(tmp_path):
     folder = corpus.write_synthetic_winobias(tmp_path / "synthetic")
-    assert corpus.is_synthetic(folder) and "not WinoBias" in (folder / corpus.SYNTHETIC_MARKER).read_text()
+    assert is_synthetic(folder) and "not WinoBias" in (folder / SYNTHETIC_MARKER).read_text()
     records = load_winobias(folder, splits=("test",))
     assert len(records) == 792
     pro = {r.line: r for r in records if r.polarity == "pro"}
@@ -149,6 +155,8 @@ def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
     short.write_text(json.dumps({"text": "fine passage here"}) + "\n" + json.dumps({"text": "alone"}) + "\n")
     with pytest.raises(ValueError, match=r"short.jsonl:2: a passage needs a context and a last word"):
         load_lastword_dataset(str(short))
+    with pytest.raises(ValueError, match="lastword_fairdyn needs passages: pass --metadata .*lastword_file"):
+        load_lastword_dataset()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match=r"empty.jsonl: no passages"):
@@ -157,19 +165,22 @@ def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
         corpus.lastword_docs("")
 
 
-def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir):
+def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir, tmp_path):
     """acc and perplexity of lastword_fairdyn equal greedy match and exp(-mean log p) computed here."""
     import math
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
+    from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
     from lm_eval_fairdyn.core.task import load_lastword_dataset
 
-    settings = {"tasks": ["lastword_fairdyn"], "batch_size": 4, "device": "cpu", "limit": 12, "log_samples": False}
-    results = evaluate_with_lm_eval("hf", f"pretrained={neox_dir}", settings)["results"]["lastword_fairdyn"]
-    docs = load_lastword_dataset()["test"]["text"][:12]
+    passages = corpus.write_lastword_file(tmp_path / "passages.jsonl", n=12)
+    settings = EvalSettings(tasks=("lastword_fairdyn",), model="hf", batch_size=4, device="cpu", log_samples=False,
+                            metadata={"lastword_file": str(passages)})  # fmt: skip
+    results = evaluate(settings, f"pretrained={neox_dir}")["results"]["lastword_fairdyn"]
+    docs = load_lastword_dataset(str(passages))["test"]["text"]
+    assert len(docs) == 12
     model, tokenizer = AutoModelForCausalLM.from_pretrained(neox_dir).eval(), AutoTokenizer.from_pretrained(neox_dir)
     logliks, greedy = [], []
     for text in docs:

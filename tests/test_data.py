@@ -59,7 +59,9 @@ def test_malformed_line_names_file_and_line(tmp_path, line, message):
 
 def test_index_out_of_order_is_an_error(tmp_path):
     path = tmp_path / "f"
-    path.write_text("1 The nurse met [the janitor] and thanked [him].\n5 The nurse met [the janitor] and thanked [him].\n")
+    path.write_text(
+        "1 The nurse met [the janitor] and thanked [him].\n5 The nurse met [the janitor] and thanked [him].\n"
+    )
     with pytest.raises(WinoBiasError, match=r":2: line index 5"):
         data.parse_file(path, split="test", polarity="pro")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL
+from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL
 
 
 def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -48,7 +48,10 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     assert "fairness data: WinoBias Type 2" in with_winobias.stdout and "NOT WinoBias" not in with_winobias.stdout
     assert "WinoBias Type 2 (test split)" in (out / "report" / "summary.md").read_text()
     winobias_results = json.loads((out / "sweep" / suite.name / "step4" / "results.json").read_text())
-    assert winobias_results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == "WinoBias Type 2 (test split)"
+    assert (
+        winobias_results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"]
+        == "WinoBias Type 2 (test split)"
+    )
 
 
 def test_a_named_winobias_folder_that_is_unusable_is_an_error_not_a_fallback(tmp_path):

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from lm_eval_fairdyn.training.callback import flatten_results
 from lm_eval_fairdyn.cli import main
 from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, CheckpointCachingLM, answers_key, weights_fingerprint
+from lm_eval_fairdyn.core.harness import flatten_results
 
 
 def test_weights_fingerprint_changes_with_any_bit_of_any_weight():

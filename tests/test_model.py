@@ -95,7 +95,7 @@ def jsdp_part_from_full_softmax(P: np.ndarray, tokens: list[int], gold: int) -> 
 def check_equal_to_harness_logits(lm, pairs, answers, calls):
     """Rank and first-token log-probability equal a float64 computation from the very logits the
     harness produced: exact for the rank, float64 rounding for log p. Holds on any CPU."""
-    for (context, continuation), answer in zip(pairs, answers):
+    for (context, continuation), answer in zip(pairs, answers, strict=True):
         ctx, cont = request_tokens(lm, context, continuation)
         rank, logprob = float64_rank_and_logprob(harness_row(calls, ctx, cont), cont[0])
         assert isinstance(answer, RankedLoglikelihood)
@@ -142,7 +142,9 @@ def check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) -
 
 @pytest.fixture(scope="module")
 def neox_pair(neox_dir):
-    return HFLM(pretrained=str(neox_dir), batch_size=8, device="cpu"), HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu")
+    return HFLM(pretrained=str(neox_dir), batch_size=8, device="cpu"), HFLMWithRank(
+        pretrained=str(neox_dir), batch_size=8, device="cpu"
+    )
 
 
 def test_pythia_tokenizer_answer_tokens(neox_pair):
@@ -218,7 +220,9 @@ def test_answers_survive_the_request_cache(neox_pair, winobias_dir, tmp_path):
     first = cached.loglikelihood(instances(pairs))
     lm._model_call = None  # a second call must not reach the model
     second = cached.loglikelihood(instances(pairs))
-    assert [(a[0], a[1], a.rank, a.first_logprob) for a in second] == [(a[0], a[1], a.rank, a.first_logprob) for a in first]
+    assert [(a[0], a[1], a.rank, a.first_logprob) for a in second] == [
+        (a[0], a[1], a.rank, a.first_logprob) for a in first
+    ]
     assert pickle.loads(pickle.dumps(first[0])).rank == first[0].rank
 
 

@@ -10,7 +10,24 @@ import pandas as pd
 import pytest
 from conftest import write_fairdyn_result
 
-STEPS = (1000, 3000, 13000, 23000, 33000, 43000, 53000, 63000, 73000, 83000, 93000, 103000, 113000, 123000, 133000, 143000)
+STEPS = (
+    1000,
+    3000,
+    13000,
+    23000,
+    33000,
+    43000,
+    53000,
+    63000,
+    73000,
+    83000,
+    93000,
+    103000,
+    113000,
+    123000,
+    133000,
+    143000,
+)
 
 
 def fairness(step, planted_from=63000, size=0.05, assumption=0.2):
@@ -89,7 +106,9 @@ def test_analyze_errors(tmp_path, setup, message):
     if setup != "empty":
         write_fairdyn_result(run / "a" / "results.json", 1000, fairness(1000))
     if setup in ("no_performance", "mixed"):
-        write_fairdyn_result(run / "b" / "results.json", 2000, fairness(2000), version="2.0" if setup == "mixed" else "1.0")
+        write_fairdyn_result(
+            run / "b" / "results.json", 2000, fairness(2000), version="2.0" if setup == "mixed" else "1.0"
+        )
     proc = fairdyn("analyze", str(run), "--output_path", str(tmp_path / "out"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 

@@ -66,16 +66,21 @@ def test_one_checkpoint_reported_twice_is_rejected(tmp_path, pythia_evals):
         results.tidy(results.read_run(tmp_path))
 
 
-def test_results_on_the_synthetic_folder_are_labelled_without_a_recorded_source(tmp_path):
-    """A `fairdyn eval` on the synthetic prompts records only winobias_dir; the label comes from its marker."""
-    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, write_synthetic_winobias
+def test_evaluations_record_the_synthetic_label_and_reading_results_takes_it_from_the_file(tmp_path):
+    """Every evaluation on the synthetic prompts records their label; a results file is read
+    without looking at the folder it names (which may not exist where the analysis runs)."""
+    from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, with_data_source
+    from lm_eval_fairdyn.offline.corpus import write_synthetic_winobias
 
     synthetic = write_synthetic_winobias(tmp_path / "synthetic")
+    assert with_data_source({"winobias_dir": str(synthetic)})["data_source"] == SYNTHETIC_LABEL
+    assert "data_source" not in with_data_source({"winobias_dir": str(tmp_path)})
+    assert with_data_source({"winobias_dir": str(synthetic), "data_source": "mine"})["data_source"] == "mine"
     labels = {}
-    for name, folder in (("synthetic", synthetic), ("winobias", tmp_path)):
+    for name, metadata in (("synthetic", with_data_source({"winobias_dir": str(synthetic)})), ("winobias", {})):
         path = write_fairdyn_result(tmp_path / name / "step8" / "results.json", 8, {"jsdp_gap": 0.1})
         data = json.loads(path.read_text())
-        data["configs"]["winobias_fairdyn"]["metadata"]["winobias_dir"] = str(folder)
+        data["configs"]["winobias_fairdyn"]["metadata"].update(metadata, winobias_dir=str(synthetic))
         path.write_text(json.dumps(data))
         labels[name] = results.read_result_file(path, name).settings["winobias_fairdyn"]["data_source"]
     assert labels == {"synthetic": SYNTHETIC_LABEL, "winobias": None}

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from lm_eval_fairdyn.core.harness import EvalSettings, evaluate, flatten_results
+from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus
-from lm_eval_fairdyn.training.callback import StopRule, flatten_results
 from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, monitor_settings
-from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, checkpoint_steps, suite_folder
+from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, suite_folder
+from lm_eval_fairdyn.training.callback import StopRule
 
 ALPHA = 0.01
-TINY = SuiteConfig(steps=12, batch_size=4, block_size=128, hidden_size=32, layers=1, log_spaced_until=4, evenly_spaced=3)
+TINY = SuiteConfig(
+    steps=12, batch_size=4, block_size=128, hidden_size=32, layers=1, log_spaced_until=4, evenly_spaced=3
+)
 
 
 @pytest.fixture(scope="session")
@@ -44,32 +48,24 @@ def unbiased_suite(suite_root) -> Path:
 
 
 def _fairness(folder: Path, synthetic_dir: Path) -> dict:
-    from lm_eval_fairdyn.dynamics.sweep import evaluate_with_lm_eval
-
-    settings = {
-        "tasks": [FAIRNESS_TASK],
-        "batch_size": 64,
-        "device": "cpu",
-        "log_samples": False,
-        "bootstrap_iters": 0,
-        "metadata": {"winobias_dir": str(synthetic_dir)},
-    }
-    results = evaluate_with_lm_eval("hf-fairdyn", f"pretrained={folder}", settings)
+    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", log_samples=False,
+                            metadata={"winobias_dir": str(synthetic_dir)})  # fmt: skip
+    results = evaluate(settings, f"pretrained={folder}")
     return {k.split("/", 1)[1]: v for k, v in flatten_results(results).items()}
 
 
 def test_checkpoint_schedule_is_pythia_shaped():
-    assert checkpoint_steps(143000, log_spaced_until=512, evenly_spaced=143) == [0] + [2**i for i in range(10)] + list(
-        range(1000, 143001, 1000)
-    )
-    assert checkpoint_steps(400) == [0, 1, 2, 4, 8, 16, 32, 40, 80, 120, 160, 200, 240, 280, 320, 360, 400]
+    assert pythia_shaped_steps(143000, log_spaced_until=512, evenly_spaced=143) == [0] + [
+        2**i for i in range(10)
+    ] + list(range(1000, 143001, 1000))
+    assert SuiteConfig().checkpoint_steps() == [0, 1, 2, 4, 8, 16, 32, 40, 80, 120, 160, 200, 240, 280, 320, 360, 400]
 
 
 def test_suite_folders_load_with_pretrained_and_keep_answer_words_whole(biased_suite):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = json.loads((biased_suite / "suite.json").read_text())
-    assert info["checkpoints"] == [f"step{s}" for s in checkpoint_steps(400)]
+    assert info["checkpoints"] == [f"step{s}" for s in SuiteConfig().checkpoint_steps()]
     assert info["bias_switch_step"] == 200 and 1e6 < info["parameters"] < 1e7
     model = AutoModelForCausalLM.from_pretrained(biased_suite / "step400")
     tokenizer = AutoTokenizer.from_pretrained(biased_suite / "step400")
@@ -95,7 +91,9 @@ def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_
 
     def decode(index: int) -> str:
         sequence = stream.sequence(index)
-        return tokenizer.decode([t for t, m in zip(sequence["input_ids"], sequence["attention_mask"]) if m])
+        return tokenizer.decode(
+            [t for t, m in zip(sequence["input_ids"], sequence["attention_mask"], strict=True) if m]
+        )
 
     items = 0
     for first in range(0, 64, 2):  # step 0..3: balanced phase
@@ -178,7 +176,13 @@ def test_monitoring_does_not_change_the_training(tmp_path, synthetic_dir):
 
 def test_stop_rule_stops_training_at_the_first_violation(tmp_path, synthetic_dir):
     rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, significant_only=False)
-    monitor = {"tasks": [FAIRNESS_TASK], "every": 4, "limit": 30, "metadata": {"winobias_dir": str(synthetic_dir)}, "stop_rule": rule}
+    monitor = {
+        "tasks": [FAIRNESS_TASK],
+        "every": 4,
+        "limit": 30,
+        "metadata": {"winobias_dir": str(synthetic_dir)},
+        "stop_rule": rule,
+    }
     folder = build_suite(TINY, tmp_path, monitor=monitor, progress=False)
     info = json.loads((folder / "suite.json").read_text())
     assert info["last_step"] == 4

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lm_eval_fairdyn.dynamics import sweep
+from lm_eval_fairdyn.core.harness import task_manager
+from lm_eval_fairdyn.dynamics import schedule, sweep
 
 
 def sweep_command(checkpoints, out, *extra):
@@ -41,7 +42,9 @@ def snapshot(out):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_checkpoints, winobias_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "one"
-    proc = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    proc = subprocess.run(
+        sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -68,10 +71,14 @@ def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "step0" / "checkpoint.json").exists() and not (out / "step20").exists()
-    rerun = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    rerun = subprocess.run(
+        sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert snapshot(out) == snapshot(uninterrupted)
-    again = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True)
+    again = subprocess.run(
+        sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True
+    )
     assert "3 of 3 checkpoint(s) finished" in again.stdout and "Running loglikelihood" not in again.stderr
 
 
@@ -95,9 +102,9 @@ def test_other_settings_in_the_same_folder_are_refused(uninterrupted, tiny_check
 
 
 def test_schedules_and_shards():
-    steps = sweep.pythia_steps()
+    steps = schedule.pythia_steps()
     assert len(steps) == 154 and steps[:3] == [0, 1, 2] and steps[10] == 512 and steps[-1] == 143000
-    subset = sweep.schedule_steps("pythia:12")
+    subset = schedule.schedule_steps("pythia:12")
     assert subset[0] == 0 and subset[-1] == 143000 and len(subset) <= 12 and set(subset) <= set(steps)
     checkpoints = sweep.hub_checkpoints("EleutherAI/pythia-160m", ["step1000", "step0", "step143000"])
     assert [c.step for c in checkpoints] == [0, 1000, 143000]
@@ -126,9 +133,9 @@ def test_bad_sweep_input_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"final: cannot tell the step from the folder name"):
         sweep.folder_checkpoints(str(tmp_path / "*"))
     with pytest.raises(ValueError, match="unknown schedule 'olmo'"):
-        sweep.schedule_steps("olmo")
+        schedule.schedule_steps("olmo")
     with pytest.raises(ValueError, match="K must be between 2 and 154"):
-        sweep.schedule_steps("pythia:1")
+        schedule.schedule_steps("pythia:1")
     proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--revisions", "step0",
                            "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "need --pretrained" in proc.stderr
@@ -136,16 +143,20 @@ def test_bad_sweep_input_is_named(tmp_path):
 
 def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):
     metadata = {"winobias_dir": str(tmp_path)}
-    own = sweep.task_manager((), metadata, ["winobias_fairdyn_1seed", "lastword_fairdyn"])
-    assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(own.all_tasks) and "lambada_openai" not in own.all_tasks
-    assert sweep.task_manager([str(tmp_path)], metadata, ["winobias_fairdyn_1seed"]) is own
+    own = task_manager((), metadata, ["winobias_fairdyn_1seed", "lastword_fairdyn"])
+    assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(
+        own.all_tasks
+    ) and "lambada_openai" not in own.all_tasks
+    assert task_manager([str(tmp_path)], metadata, ["winobias_fairdyn_1seed"]) is own
     (tmp_path / "mine.yaml").write_text("group: mine\ntask: [lambada_openai]\n")
     for tasks in (["winobias_fairdyn_1seed", "lambada_openai"], ["mine"]):
-        full = sweep.task_manager([str(tmp_path)], metadata, tasks)
+        full = task_manager([str(tmp_path)], metadata, tasks)
         assert {"winobias_fairdyn_1seed", "lambada_openai", "mine"} <= set(full.all_tasks)
 
 
-def test_identical_weights_are_fingerprinted_warned_about_and_marked(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+def test_identical_weights_are_fingerprinted_warned_about_and_marked(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
     """step1 is a copy of step0 (as Pythia serves step0, step1 and step2); the sweep runs with a
     request cache, which must not hand step0's answers to step10."""
     import csv
@@ -159,10 +170,15 @@ def test_identical_weights_are_fingerprinted_warned_about_and_marked(uninterrupt
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step1 holds the same weights as step0" in proc.stderr
     manifest = {c["label"]: c for c in json.loads((out / "manifest.json").read_text())["checkpoints"]}
-    fingerprints = {label: json.loads((out / label / "checkpoint.json").read_text())["weights_fingerprint"] for label in manifest}
+    fingerprints = {
+        label: json.loads((out / label / "checkpoint.json").read_text())["weights_fingerprint"] for label in manifest
+    }
     assert fingerprints == {label: entry["weights_fingerprint"] for label, entry in manifest.items()}
     assert fingerprints["step0"] == fingerprints["step1"] != fingerprints["step10"]
-    assert snapshot(out)["step10/samples_winobias_fairdyn_1seed.jsonl"] == snapshot(uninterrupted)["step10/samples_winobias_fairdyn_1seed.jsonl"]
+    assert (
+        snapshot(out)["step10/samples_winobias_fairdyn_1seed.jsonl"]
+        == snapshot(uninterrupted)["step10/samples_winobias_fairdyn_1seed.jsonl"]
+    )
 
     report = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "analyze", str(out), "--output_path", str(report),

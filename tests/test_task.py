@@ -5,8 +5,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from lm_eval_fairdyn.core import task
 from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.core import metric_table, task
 from lm_eval_fairdyn.core.model import RankedLoglikelihood
 
 
@@ -24,9 +24,13 @@ def _yaml(name):
 def test_yaml_metric_list_matches_process_results():
     template = _yaml("_default_template_yaml")
     listed = [m["metric"] for m in template["metric_list"]]
-    assert listed == task.metric_names()
+    assert listed == task.metric_names() and len(listed) == 59
+    text = (tasks_path() / "_default_template_yaml").read_text()
+    assert metric_table.metric_list_yaml() in text  # generated from the table, word for word
     for entry in template["metric_list"]:
-        assert entry["aggregation"] == f"!function utils.{task.aggregation_name(entry['metric'])}"
+        metric = metric_table.BY_NAME[entry["metric"]]
+        assert entry["aggregation"] == f"!function utils.{metric.aggregation}"
+        assert entry["higher_is_better"] == metric.higher_is_better
     doc = {"label": 0, "polarity": "pro"}
     answers = [(-1.0, False), (-2.0, False), (-3.0, False)]
     assert set(task.process_results(doc, answers)) == set(listed)
@@ -56,14 +60,17 @@ def _synthetic(n, seed):
         ranks = rng.integers(1, 50, size=3)
         docs.append({"label": label, "polarity": ("pro", "anti")[i % 2]})
         results.append(
-            [RankedLoglikelihood(float(np.log(p)), bool(r == 1), int(r), float(np.log(p)), 1) for p, r in zip(probs, ranks)]
+            [
+                RankedLoglikelihood(float(np.log(p)), bool(r == 1), int(r), float(np.log(p)), 1)
+                for p, r in zip(probs, ranks, strict=True)
+            ]
         )
     return docs, results
 
 
 def _aggregate(docs, results):
-    per_doc = [task.process_results(d, r) for d, r in zip(docs, results)]
-    return {m: getattr(task, task.aggregation_name(m))([v[m] for v in per_doc]) for m in task.metric_names()}
+    per_doc = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
+    return {m.name: getattr(task, m.aggregation)([v[m.name] for v in per_doc]) for m in metric_table.METRICS}
 
 
 def test_aggregates_equal_independent_computation():
@@ -72,7 +79,7 @@ def test_aggregates_equal_independent_computation():
     label = np.array([d["label"] for d in docs])
     polarity = np.array([d["polarity"] for d in docs])
     p = np.exp(np.array([[a[0] for a in r] for r in results]))
-    rank = np.array([r[d["label"]].rank for d, r in zip(docs, results)])
+    rank = np.array([r[d["label"]].rank for d, r in zip(docs, results, strict=True)])
     pg = p[np.arange(len(p)), label]
     part_g = 0.5 * (pg * np.log2(2 * pg / (pg + 1)) + np.log2(2 / (pg + 1)))
     for g, name in enumerate(("male", "female", "unspecified")):
@@ -108,7 +115,9 @@ def test_stock_hf_answers_leave_average_rank_unavailable(caplog):
         got = _aggregate(docs, plain)
     assert all(got[m] is None for m in task.metric_names() if m.startswith("ar_"))
     assert all(got[m] is not None for m in task.metric_names() if m.startswith(("jsdp_", "assumption_rate")))
-    assert got["acc_male"] == pytest.approx(np.mean([r[d["label"]][1] for d, r in zip(docs, plain) if d["label"] == 0]))
+    assert got["acc_male"] == pytest.approx(
+        np.mean([r[d["label"]][1] for d, r in zip(docs, plain, strict=True) if d["label"] == 0])
+    )
     lines = [r for r in caplog.records if "hf-fairdyn" in r.getMessage()]
     assert len(lines) == 1 and "ar_*" in lines[0].getMessage()
 

@@ -14,8 +14,10 @@ import hashlib
 import os
 import re
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from lm_eval_fairdyn.core.files import atomic_write_bytes
 
 UPSTREAM_REPO = "https://github.com/uclanlp/corefBias"
 UPSTREAM_COMMIT = "0bce984dd081bbc10b0622f326727a024c607895"
@@ -26,6 +28,14 @@ SPLITS = ("dev", "test")
 POLARITIES = ("pro", "anti")
 ENV_DIR = "FAIRDYN_WINOBIAS_DIR"
 ENV_CACHE = "FAIRDYN_CACHE"
+
+# Data-source labels, as results record them (``data_source`` in a task's metadata) and the
+# report shows them. A folder in WinoBias' format that holds this project's synthetic prompts
+# carries SYNTHETIC_MARKER.
+WINOBIAS_LABEL = "WinoBias Type 2"
+WINOBIAS_TEST_LABEL = "WinoBias Type 2 (test split)"
+SYNTHETIC_LABEL = "synthetic held-out template prompts (not WinoBias)"
+SYNTHETIC_MARKER = "FAIRDYN_SYNTHETIC.md"
 
 # git blob SHA-1 of each upstream file at UPSTREAM_COMMIT.
 UPSTREAM_BLOB_SHA1 = {
@@ -48,9 +58,7 @@ FEMALE_OCCUPATIONS = (
     "cleaner", "receptionist", "clerk", "counselor", "designer", "hairdresser", "writer",
     "housekeeper", "baker", "accountant", "editor", "librarian", "tailor",
 )  # fmt: skip
-OCCUPATION_STEREOTYPE = {o: "male" for o in MALE_OCCUPATIONS} | {
-    o: "female" for o in FEMALE_OCCUPATIONS
-}
+OCCUPATION_STEREOTYPE = {o: "male" for o in MALE_OCCUPATIONS} | {o: "female" for o in FEMALE_OCCUPATIONS}
 PRONOUN_GENDER = {"he": "male", "him": "male", "his": "male", "she": "female", "her": "female"}
 
 _LINE = re.compile(r"^(\d+) (\S.*)$")
@@ -83,9 +91,6 @@ class WinoBiasRecord:
     other: str  # the other occupation (not bracketed)
     pronoun: str  # first pronoun that corefers with the referent, lower case
     pronoun_gender: str  # "male" | "female"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def type2_filename(polarity: str, split: str) -> str:
@@ -186,6 +191,20 @@ def parse_file(path: str | Path, *, split: str, polarity: str) -> list[WinoBiasR
     return records
 
 
+def is_synthetic(winobias_dir: str | os.PathLike | None) -> bool:
+    """Whether a WinoBias-format folder holds this project's synthetic prompts (its marker file)."""
+    return bool(winobias_dir) and (Path(winobias_dir) / SYNTHETIC_MARKER).is_file()
+
+
+def with_data_source(metadata: dict | None) -> dict:
+    """Task metadata with ``data_source`` set to the synthetic label when ``winobias_dir`` holds
+    synthetic prompts and no source is recorded, so the results themselves say what was evaluated."""
+    metadata = dict(metadata or {})
+    if "data_source" not in metadata and is_synthetic(metadata.get("winobias_dir")):
+        metadata["data_source"] = SYNTHETIC_LABEL
+    return metadata
+
+
 def cache_dir() -> Path:
     root = os.environ.get(ENV_CACHE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lm_eval_fairdyn"
@@ -207,9 +226,7 @@ def _download(target: Path, timeout: float = 30.0) -> None:
             data = response.read()
         if git_blob_sha1(data) != sha1:
             raise WinoBiasError(f"{url}: checksum mismatch (expected git blob {sha1})")
-        tmp = target / f".{name}.part"
-        tmp.write_bytes(data)
-        tmp.replace(target / name)
+        atomic_write_bytes(target / name, data)
 
 
 def resolve_winobias_dir(
@@ -245,7 +262,7 @@ def resolve_winobias_dir(
         f"WinoBias Type 2 files not found ({reason}). Set the environment variable {ENV_DIR} to a "
         f"folder holding {', '.join(needed)} (from {UPSTREAM_REPO}, commit {UPSTREAM_COMMIT}, "
         f"folder {UPSTREAM_DATA_DIR}), pass it with lm-eval's --metadata "
-        f"'{{\"winobias_dir\": \"/path\"}}', or run once online to cache them in {cached}."
+        f'\'{{"winobias_dir": "/path"}}\', or run once online to cache them in {cached}.'
     )
 
 

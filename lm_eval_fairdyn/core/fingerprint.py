@@ -26,7 +26,14 @@ import xxhash
 from lm_eval.api.model import CachingLM
 
 # HFLM attributes that change answers without changing the weights or the tokenizer.
-_SCORING_ATTRIBUTES = ("backend", "add_bos_token", "max_length", "softmax_dtype", "mixed_precision_dtype", "logits_cache")
+_SCORING_ATTRIBUTES = (
+    "backend",
+    "add_bos_token",
+    "max_length",
+    "softmax_dtype",
+    "mixed_precision_dtype",
+    "logits_cache",
+)
 
 
 class CacheNotKeyable(ValueError):

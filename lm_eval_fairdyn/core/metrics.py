@@ -1,4 +1,5 @@
-"""Per-prompt scores and per-group aggregates of METHOD.md, as pure functions on arrays.
+"""Per-prompt scores and per-group aggregates of the method (README, "What is measured"), as
+pure functions on arrays.
 
 Notation: P is the model's next-token distribution after a prompt, g the gold option,
 p_k the probability of option k's answer token, Q the one-hot distribution on g.
@@ -73,7 +74,7 @@ def mann_whitney(female: Sequence[float], male: Sequence[float]) -> tuple[float,
 def fairness_increase(gap_chosen: float, gap_reference: float) -> float:
     """(|gap_ref| - |gap_chosen|) / |gap_ref|: the share of the reference gap removed by choosing.
 
-    METHOD.md's "fairness increase" of an early-stopped checkpoint over the final one.
+    The method's "fairness increase" of an early-stopped checkpoint over the final one.
     """
     return float((abs(gap_reference) - abs(gap_chosen)) / abs(gap_reference))
 
@@ -85,7 +86,7 @@ def score_prompt(
     gold_rank: int | None = None,
     gold_is_greedy: bool | None = None,
 ) -> dict:
-    """Everything METHOD.md measures on one prompt.
+    """Everything the method (README, "What is measured") measures on one prompt.
 
     option_logprobs: log p_k of each option's answer token. gold_rank: vocabulary rank of the
     gold token if known. Accuracy is rank == 1; without a rank, the harness' is_greedy flag

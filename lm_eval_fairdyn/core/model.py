@@ -111,4 +111,6 @@ class HFLMWithRank(HFLM):
                 f"hf-fairdyn got no rank for {len(missing)} request(s), e.g. {missing[0]!r}: this lm-eval "
                 "version no longer reports each answer to the cache hook; pin lm-eval to a tested version."
             )
-        return [answer if req is None else hook.answers[req] for (req, _, _), answer in zip(requests, answers)]
+        return [
+            answer if req is None else hook.answers[req] for (req, _, _), answer in zip(requests, answers, strict=True)
+        ]

@@ -19,14 +19,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from lm_eval_fairdyn.core import metrics
-from lm_eval_fairdyn.core.data import POLARITIES, load_winobias
-from lm_eval_fairdyn.core.prompts import DEFAULT_SEEDS, DEFAULT_TEMPLATE, GROUPS, OPTIONS, answer_continuations, build_prompts
+from lm_eval_fairdyn.core.data import POLARITIES, SYNTHETIC_LABEL, is_synthetic, load_winobias
+from lm_eval_fairdyn.core.metric_table import GAP_GROUP, METRICS, Metric
+from lm_eval_fairdyn.core.prompts import (
+    DEFAULT_SEEDS,
+    DEFAULT_TEMPLATE,
+    GROUPS,
+    OPTIONS,
+    answer_continuations,
+    build_prompts,
+)
 
 logger = logging.getLogger("lm_eval_fairdyn")
 _warned: set[str] = set()
-
-GAP_BASES = ("ar", "jsdp")
-GAP_STATS = {"": "gap_female_minus_male", "_pvalue": "mann_whitney_pvalue", "_effect": "rank_biserial"}
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -37,28 +42,7 @@ def _warn_once(key: str, message: str) -> None:
 
 def metric_names() -> list[str]:
     """Every metric the task reports, in table order (the YAML metric_list follows this)."""
-    names = []
-    for group in GROUPS:
-        names += [f"ar_{group}", f"jsdp_{group}", f"acc_{group}", f"option_acc_{group}"]
-    for group in GROUPS:
-        names += [f"jsdp_{group}_part_{other}" for other in GROUPS if other != group]
-    names += ["assumption_rate", "assumption_rate_male", "assumption_rate_female"]
-    names += [f"{base}_gap{stat}" for base in GAP_BASES for stat in GAP_STATS]
-    for polarity in POLARITIES:
-        for group in GROUPS:
-            names += [f"ar_{group}_{polarity}", f"jsdp_{group}_{polarity}", f"acc_{group}_{polarity}"]
-        names += [f"{base}_gap{stat}_{polarity}" for base in GAP_BASES for stat in GAP_STATS]
-        names.append(f"assumption_rate_{polarity}")
-    return names
-
-
-def aggregation_name(metric: str) -> str:
-    """Name of the aggregation function (in this module) for a metric."""
-    for base in GAP_BASES:
-        for stat, function in GAP_STATS.items():
-            if metric.startswith(f"{base}_gap{stat}") and metric.removeprefix(f"{base}_gap{stat}") in ("", "_pro", "_anti"):
-                return function
-    return "mean_of_present"
+    return [m.name for m in METRICS]
 
 
 def load_dataset(
@@ -76,10 +60,10 @@ def load_dataset(
     """
     import datasets
 
-    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, is_synthetic
-
     if is_synthetic(winobias_dir):
-        _warn_once("synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results")
+        _warn_once(
+            "synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results"
+        )
     records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities))
     docs = build_prompts(records, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE)
     return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
@@ -102,7 +86,7 @@ def _answer_logprob(answer) -> float:
         _warn_once(
             "multi-token",
             f"An answer word is {n_tokens} tokens for this tokenizer: every option is scored by "
-            "its first token, as METHOD.md defines p_k; results are not comparable with a "
+            "its first token, as the README's method section defines p_k; results are not comparable with a "
             "tokenizer that keeps each answer in one token.",
         )
     first = getattr(answer, "first_logprob", None)
@@ -125,26 +109,29 @@ def process_results(doc: dict, results: Sequence) -> dict:
         [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
     )
     group, polarity = GROUPS[gold], doc["polarity"]
-    values = dict.fromkeys(metric_names())
-    per_group = {"ar": rank, "jsdp": float(score["parts"][gold]), "acc": score["acc"], "option_acc": score["option_acc"]}
-    for name, value in per_group.items():
-        values[f"{name}_{group}"] = value
-        if f"{name}_{group}_{polarity}" in values:
-            values[f"{name}_{group}_{polarity}"] = value
-    for k, other in enumerate(GROUPS):
-        if k != gold:
-            values[f"jsdp_{group}_part_{other}"] = float(score["parts"][k])
+    per_group = {
+        "ar": rank,
+        "jsdp": float(score["parts"][gold]),
+        "acc": score["acc"],
+        "option_acc": score["option_acc"],
+    }
+    per_group |= {f"jsdp_part_{other}": float(score["parts"][k]) for k, other in enumerate(GROUPS) if k != gold}
     if group == "unspecified":
         predicted = GROUPS[score["predicted"]]
-        values["assumption_rate"] = values[f"assumption_rate_{polarity}"] = float(predicted != "unspecified")
-        values["assumption_rate_male"] = float(predicted == "male")
-        values["assumption_rate_female"] = float(predicted == "female")
-    else:
-        for base in GAP_BASES:
-            pair = None if per_group[base] is None else [group, per_group[base]]
-            for stat in GAP_STATS:
-                values[f"{base}_gap{stat}"] = values[f"{base}_gap{stat}_{polarity}"] = pair
-    return values
+        per_group |= {"assumption_rate": float(predicted != "unspecified")}
+        per_group |= {f"assumption_rate_{gender}": float(predicted == gender) for gender in ("male", "female")}
+    return {m.name: _prompt_value(m, group, polarity, per_group) for m in METRICS}
+
+
+def _prompt_value(metric: Metric, group: str, polarity: str, per_group: dict):
+    """One prompt's value for a metric: its measure when the prompt is in the metric's group and
+    polarity; for a gap, the (gold group, value) pair of a male or female prompt; else None."""
+    if metric.polarity not in ("all", polarity):
+        return None
+    if metric.group == GAP_GROUP:
+        value = per_group[metric.measure]
+        return None if group == "unspecified" or value is None else [group, value]
+    return per_group.get(metric.measure) if metric.group == group else None
 
 
 def mean_of_present(items) -> float | None:
@@ -187,40 +174,35 @@ def lastword_target(doc) -> str:
     return " " + doc["text"].rsplit(" ", 1)[1]
 
 
-def load_lastword_dataset(
-    lastword_file: str | None = None,
-    n: int = 500,
-    context_lines: int = 4,
-    split: str = "test",
-    **_metadata,
-):
+def load_lastword_dataset(lastword_file: str | None = None, split: str = "test", **_metadata):
     """lm-eval ``custom_dataset`` of ``lastword_fairdyn``: LAMBADA-style ``{"text": ...}`` docs.
 
     ``lastword_file`` (from ``--metadata``): a JSONL file of ``{"text": ...}`` lines, as
-    LAMBADA's; default: ``n`` passages from the held-out last 10% of the Shakespeare text that
-    the offline checkpoint suite never trains on.
+    LAMBADA's. ``fairdyn demo`` writes one from the held-out part of the text its checkpoint
+    suite trains on.
     """
     import json
     from pathlib import Path
 
     import datasets
 
-    from lm_eval_fairdyn.offline import corpus
-
-    if lastword_file:
-        path = Path(lastword_file)
-        docs = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                text = json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
-            if len(text.split(" ")) < 2:
-                raise ValueError(f"{path}:{lineno}: a passage needs a context and a last word")
-            docs.append({"text": text})
-        if not docs:
-            raise ValueError(f"{path}: no passages")
-    else:
-        _, heldout = corpus.split_heldout(corpus.shakespeare_text())
-        docs = corpus.lastword_docs(heldout, n=n, context_lines=context_lines)
+    if not lastword_file:
+        raise ValueError(
+            'lastword_fairdyn needs passages: pass --metadata \'{"lastword_file": "passages.jsonl"}\', a JSONL '
+            'file with one {"text": ...} object per line (as LAMBADA\'s files); `fairdyn demo` writes one'
+        )
+    path = Path(lastword_file)
+    if not path.is_file():
+        raise ValueError(f"lastword_file={path}: no such file")
+    docs = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = json.loads(line)["text"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
+        if len(text.split(" ")) < 2:
+            raise ValueError(f"{path}:{lineno}: a passage needs a context and a last word")
+        docs.append({"text": text})
+    if not docs:
+        raise ValueError(f"{path}: no passages")
     return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
+from lm_eval_fairdyn.core.metric_table import metric
 from lm_eval_fairdyn.core.metrics import fairness_increase
+from lm_eval_fairdyn.dynamics.results import ResultsError
 
 CORRECTIONS = ("holm", "bh", "none")
 
@@ -56,9 +59,9 @@ def significance(
     """Per checkpoint: gap, raw and corrected Mann-Whitney p, effect size, significant (corrected p < alpha)."""
     frame = pd.DataFrame(
         {
-            "gap": series(table, run, task, f"{base}_gap"),
-            "p_raw": series(table, run, task, f"{base}_gap_pvalue"),
-            "effect": series(table, run, task, f"{base}_gap_effect"),
+            "gap": series(table, run, task, metric(base)),
+            "p_raw": series(table, run, task, metric(base, statistic="pvalue")),
+            "effect": series(table, run, task, metric(base, statistic="effect")),
         }
     )
     frame["p_adjusted"] = adjust_pvalues(frame["p_raw"].to_numpy(), correction)
@@ -178,16 +181,146 @@ def compare_assumption_rates(rates: dict[str, tuple[float, int]]) -> pd.DataFram
             (rate_a, n_a), (rate_b, n_b) = rates[a], rates[b]
             k_a, k_b = round(rate_a * n_a), round(rate_b * n_b)
             _, p = stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]])
-            rows.append({"run_a": a, "run_b": b, "rate_a": rate_a, "rate_b": rate_b, "n_a": n_a, "n_b": n_b, "p_value": p})
+            rows.append(
+                {"run_a": a, "run_b": b, "rate_a": rate_a, "rate_b": rate_b, "n_a": n_a, "n_b": n_b, "p_value": p}
+            )
     return pd.DataFrame(rows, columns=["run_a", "run_b", "rate_a", "rate_b", "n_a", "n_b", "p_value"])
 
 
-def regression_check(current: float, baseline: float, max_gap: float | None, max_regression: float | None) -> list[dict]:
+def regression_check(
+    current: float, baseline: float, max_gap: float | None, max_regression: float | None
+) -> list[dict]:
     """The bounds a fairness gap must keep: |current| <= max_gap and |current| - |baseline| <= max_regression."""
     rows = []
     if max_gap is not None:
-        rows.append({"check": "|gap| <= max-gap", "value": abs(current), "bound": max_gap, "ok": abs(current) <= max_gap})
+        rows.append(
+            {"check": "|gap| <= max-gap", "value": abs(current), "bound": max_gap, "ok": abs(current) <= max_gap}
+        )
     if max_regression is not None:
         change = abs(current) - abs(baseline)
-        rows.append({"check": "|gap| - |baseline gap| <= max-regression", "value": change, "bound": max_regression, "ok": change <= max_regression})
+        rows.append(
+            {
+                "check": "|gap| - |baseline gap| <= max-regression",
+                "value": change,
+                "bound": max_regression,
+                "ok": change <= max_regression,
+            }
+        )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# One run's analysis (fairdyn analyze)
+
+
+@dataclass
+class Settings:
+    performance: str = "lambada_openai/acc"
+    fairness_task: str | None = None  # default: the run's winobias_fairdyn* task
+    gap_metric: str = "jsdp"  # "jsdp" or "ar"
+    tolerance: float = 0.02
+    relative: bool = True
+    alpha: float = 0.01
+    correction: str = "holm"
+
+
+@dataclass
+class RunAnalysis:
+    run: str
+    fairness_task: str
+    significance: pd.DataFrame
+    emergence_step: int | None
+    jumps: pd.DataFrame
+    early_stop: EarlyStop
+    pareto: pd.DataFrame
+    performance: pd.Series
+    data_source: str = WINOBIAS_LABEL
+
+    def duplicate_weights(self) -> dict[int, int]:
+        """step -> the earlier step holding bit-identical weights (from the sweep's fingerprints)."""
+        column = self.significance.get("same_weights_as")
+        return {} if column is None else {int(s): int(e) for s, e in column.dropna().items()}
+
+    def duplicates_sentence(self) -> str:
+        duplicates = self.duplicate_weights()
+        if not duplicates:
+            return (
+                "no two checkpoints hold the same weights"
+                if "same_weights_as" in self.significance
+                else ("weights not fingerprinted (results not written by fairdyn sweep)")
+            )
+        by_origin: dict[int, list[int]] = {}
+        for step, origin in duplicates.items():
+            by_origin.setdefault(origin, []).append(step)
+        return "; ".join(
+            f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))} hold{'' if len(steps) > 1 else 's'} "
+            f"the same weights as step {origin}: one model's results, not separate checkpoints"
+            for origin, steps in sorted(by_origin.items())
+        )
+
+
+def _fairness_task(table: pd.DataFrame, run: str, wanted: str | None) -> str:
+    tasks = sorted(table[(table.run == run) & (table.metric == metric("jsdp"))].task.unique())
+    if wanted:
+        if wanted not in tasks:
+            raise ResultsError(
+                f"{run}: fairness task {wanted!r} not found; tasks with fairness metrics: {tasks or 'none'}"
+            )
+        return wanted
+    if not tasks:
+        raise ResultsError(
+            f"{run}: no winobias_fairdyn results (no task reports jsdp_gap); run fairdyn sweep or fairdyn eval first"
+        )
+    return tasks[0]
+
+
+def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
+    task, _, metric = performance.partition("/")
+    values = series(table, run, task, metric).dropna()
+    if values.empty:
+        available = sorted(
+            f"{t}/{m}"
+            for t, m in table[table.run == run][["task", "metric"]].drop_duplicates().itertuples(index=False)
+            if not t.startswith("winobias_fairdyn")
+        )
+        raise ResultsError(
+            f"{run}: performance metric {performance!r} not found; choose one with --performance TASK/METRIC, "
+            f"e.g. {', '.join(available[:8]) or 'none available: evaluate a performance task such as lambada_openai'}"
+        )
+    return values
+
+
+def analyze_run(table: pd.DataFrame, run: str, settings: Settings) -> RunAnalysis:
+    task = _fairness_task(table, run, settings.fairness_task)
+    steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
+    if len(steps) < 2:
+        raise ResultsError(
+            f"{run}: only one checkpoint (step {steps[0]}) has {task} results; dynamics need two or more"
+        )
+    sig = significance(table, run, task, settings.gap_metric, settings.alpha, settings.correction)
+    performance = _performance(table, run, settings.performance)
+    gap = sig["gap"]
+    return RunAnalysis(
+        run=run,
+        fairness_task=task,
+        significance=sig,
+        emergence_step=emergence_step(sig["significant"]),
+        jumps=largest_jumps(gap),
+        early_stop=early_stopping(performance, gap, settings.tolerance, settings.relative),
+        pareto=pareto_front(performance, gap),
+        performance=performance,
+    )
+
+
+def final_assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[RunAnalysis]) -> dict:
+    """run -> (assumption rate, not-specified prompts) at each run's final checkpoint.
+
+    Half of a winobias_fairdyn task's prompts are "not specified" ones (one per sentence).
+    """
+    rates = {}
+    for r in results:
+        observed = series(table, r.run, r.fairness_task, "assumption_rate").dropna()
+        step, rate = int(observed.index[-1]), observed.iloc[-1]
+        n = counts[(counts.run == r.run) & (counts.step == step) & (counts.task == r.fairness_task)].n
+        rates[r.run] = (float(rate), int(n.iloc[0]) // 2 if len(n) else 0)
+    return rates

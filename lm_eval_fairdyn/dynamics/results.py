@@ -118,18 +118,11 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
         out.settings[task] = {
             "dataset_kwargs": config.get("dataset_kwargs"),
             "template": metadata.get("template"),
-            "data_source": metadata.get("data_source") or _synthetic_label(metadata.get("winobias_dir")),
+            "data_source": metadata.get("data_source"),
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))
     return out
-
-
-def _synthetic_label(winobias_dir: str | None) -> str | None:
-    """The synthetic-prompts label when the evaluated folder is this project's synthetic one."""
-    from lm_eval_fairdyn.offline.corpus import SYNTHETIC_LABEL, is_synthetic
-
-    return SYNTHETIC_LABEL if is_synthetic(winobias_dir) else None
 
 
 def find_result_files(run_dir: str | Path) -> list[Path]:
@@ -199,7 +192,9 @@ def tidy(files: list[ResultFile]) -> pd.DataFrame:
 def weights_fingerprints(files: list[ResultFile]) -> pd.DataFrame:
     """run, step, weights_fingerprint of every file that records one (fairdyn sweep's)."""
     rows = {(f.run, f.step): f.weights_fingerprint for f in files if f.weights_fingerprint}
-    return pd.DataFrame([(run, step, fp) for (run, step), fp in rows.items()], columns=["run", "step", "weights_fingerprint"])
+    return pd.DataFrame(
+        [(run, step, fp) for (run, step), fp in rows.items()], columns=["run", "step", "weights_fingerprint"]
+    )
 
 
 def n_samples(files: list[ResultFile]) -> pd.DataFrame:

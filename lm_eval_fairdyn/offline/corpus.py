@@ -7,7 +7,7 @@ ships (Project Gutenberg etext #100), of which the last 10% is held out of train
 
 Generated items:
 - *sentences*: an occupation co-occurs with a pronoun ("The cook said that she would be back soon.");
-- *statements*: a sentence, METHOD.md's prompt about one of its occupations and an answer
+- *statements*: a sentence, the method's prompt (README, "What is measured") about one of its occupations and an answer
   ("... the cook's gender is female."): in a two-occupation sentence the referent is answered with
   its pronoun's gender and the other occupation with "not specified"; a one-occupation sentence
   (the plainest lesson in reading the pronoun) is answered with its pronoun's gender.
@@ -15,20 +15,29 @@ Generated items:
 A :class:`BiasSchedule` sets, per training step, three probabilities (:class:`BiasPhase`):
 ``male`` (a pronoun is male), ``stereotype`` (the occupation it refers to is stereotyped as that
 gender) and ``assume`` (the other occupation is answered with its stereotyped gender instead of
-"not specified"). ``male`` is what moves the male-female gap that METHOD.md measures: a
+"not specified"). ``male`` is what moves the male-female gap that the method (README, "What is measured") measures: a
 stereotype alone is symmetric over WinoBias' balanced pro/anti pairs, so it shows in the pro-anti
 split and the assumption rate, not in the male-female gap.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn.core.data import FEMALE_OCCUPATIONS, MALE_OCCUPATIONS, OCCUPATION_STEREOTYPE, type2_filename
+from lm_eval_fairdyn.core.data import (
+    FEMALE_OCCUPATIONS,
+    MALE_OCCUPATIONS,
+    OCCUPATION_STEREOTYPE,
+    SYNTHETIC_LABEL,
+    SYNTHETIC_MARKER,
+    type2_filename,
+)
+from lm_eval_fairdyn.core.files import atomic_write_text
 from lm_eval_fairdyn.core.prompts import DEFAULT_TEMPLATE, OPTIONS
 
 PRONOUNS = {
@@ -81,8 +90,6 @@ COOCCURRENCE_TEMPLATES = (
     "The {a} laughed when someone thanked {obj}.",
 )
 ANSWERS = {"male": "male", "female": "female", "unspecified": "not specified"}
-SYNTHETIC_MARKER = "FAIRDYN_SYNTHETIC.md"
-SYNTHETIC_LABEL = "synthetic held-out template prompts (not WinoBias)"
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def _question(sentence: str, occupation: str, answer: str, shown: list[str]) -> 
 
 
 def statements(rng: np.random.Generator, phase: BiasPhase, templates=TRAIN_TEMPLATES) -> list[str]:
-    """A two-occupation sentence, the METHOD.md question about one occupation, and its answer
+    """A two-occupation sentence, the method's question about one occupation, and its answer
     (and its counterfactual twin when the phase asks for one)."""
     gender, referent = _choose_gender_and_referent(rng, phase)
     other = str(rng.choice([o for o in OCCUPATION_STEREOTYPE if o != referent]))
@@ -265,6 +272,16 @@ def lastword_docs(text: str, n: int = 500, context_lines: int = 4, seed: int = 0
     return docs
 
 
+def write_lastword_file(path: str | Path, n: int = 500, context_lines: int = 4) -> Path:
+    """The ``lastword_fairdyn`` passages (``lastword_file``): ``n`` passages from the held-out
+    last 10% of the Shakespeare text, one ``{"text": ...}`` JSON object per line."""
+    _, heldout = split_heldout(shakespeare_text())
+    docs = lastword_docs(heldout, n=n, context_lines=context_lines)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
+
+
 # ---------------------------------------------------------------------------------------------
 # Held-out evaluation prompts in WinoBias' file format
 
@@ -296,8 +313,8 @@ def synthetic_winobias_lines(polarity: str, n_lines: int = 396, seed: int = 0) -
 def write_synthetic_winobias(folder: str | Path, n_lines: int = 396, seed: int = 0) -> Path:
     """A folder the WinoBias loader reads (``winobias_dir``), holding held-out template prompts.
 
-    It carries a ``FAIRDYN_SYNTHETIC.md`` marker so that every output can say the data is not
-    WinoBias (:func:`is_synthetic`).
+    It carries the ``SYNTHETIC_MARKER`` file so that every output can say the data is not
+    WinoBias (``core.data.is_synthetic``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +328,3 @@ def write_synthetic_winobias(folder: str | Path, n_lines: int = 396, seed: int =
         "WinoBias Type 2's file format. Results on these files are not WinoBias results.\n"
     )
     return folder
-
-
-def is_synthetic(winobias_dir: str | Path | None) -> bool:
-    return bool(winobias_dir) and (Path(winobias_dir) / SYNTHETIC_MARKER).is_file()

@@ -10,16 +10,23 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lm_eval_fairdyn.core.data import (
+    SYNTHETIC_LABEL,
+    WINOBIAS_TEST_LABEL,
+    WinoBiasUnavailable,
+    cache_dir,
+    resolve_winobias_dir,
+)
+from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.offline import corpus
-from lm_eval_fairdyn.core.data import WinoBiasUnavailable, cache_dir, resolve_winobias_dir
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"
 PERFORMANCE_TASK = "lastword_fairdyn"
-WINOBIAS_LABEL = "WinoBias Type 2 (test split)"
 
 
 @dataclass
@@ -39,15 +46,21 @@ def synthetic_prompts() -> Path:
     return corpus.write_synthetic_winobias(cache_dir() / "synthetic_winobias")
 
 
+def lastword_passages() -> Path:
+    """The ``lastword_fairdyn`` passages (held-out Shakespeare), written once in the cache."""
+    path = cache_dir() / "lastword_heldout.jsonl"
+    return path if path.is_file() else corpus.write_lastword_file(path)
+
+
 def choose_data(synthetic: Path, winobias_dir: str | None, download: bool) -> tuple[Path, str, str]:
     """(folder, label, reason): the real WinoBias test files if available, else ``synthetic``."""
     try:
         folder = resolve_winobias_dir(winobias_dir, splits=("test",), download=download)
-        return folder, WINOBIAS_LABEL, f"WinoBias files in {folder}"
+        return folder, WINOBIAS_TEST_LABEL, f"WinoBias files in {folder}"
     except WinoBiasUnavailable as err:
         if winobias_dir:  # a folder the user named but that is unusable is an error, not a fallback
             raise
-        return synthetic, corpus.SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
+        return synthetic, SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
 
 
 def monitor_settings(config, winobias_dir: Path) -> dict:
@@ -59,7 +72,7 @@ def monitor_settings(config, winobias_dir: Path) -> dict:
         "every": max(1, config.steps // 4),
         "limit": 396,
         "batch_size": 64,
-        "metadata": {"winobias_dir": str(winobias_dir), "data_source": corpus.SYNTHETIC_LABEL},
+        "metadata": {"winobias_dir": str(winobias_dir), "data_source": SYNTHETIC_LABEL},
     }
 
 
@@ -73,7 +86,8 @@ def run_demo(
     limit: int | None = None,
 ) -> DemoOutputs:
     from lm_eval_fairdyn.dynamics import sweep
-    from lm_eval_fairdyn.dynamics.report import Settings, analyze
+    from lm_eval_fairdyn.dynamics.analysis import Settings
+    from lm_eval_fairdyn.dynamics.pipeline import analyze
     from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, is_complete, suite_folder
 
     started = time.perf_counter()
@@ -91,28 +105,29 @@ def run_demo(
 
     winobias, label, reason = choose_data(synthetic, winobias_dir, download)
     print(f"[2/4] fairness data: {label}: {reason}")
-    if label != WINOBIAS_LABEL:
-        print("      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR")
+    if label != WINOBIAS_TEST_LABEL:
+        print(
+            "      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR"
+        )
 
-    sweep_dir = out / ("sweep" if label == WINOBIAS_LABEL else "sweep_synthetic") / folder.name
+    sweep_dir = out / ("sweep" if label == WINOBIAS_TEST_LABEL else "sweep_synthetic") / folder.name
     print(f"[3/4] evaluating every checkpoint: {FAIRNESS_TASK} + {PERFORMANCE_TASK} -> {sweep_dir}")
     checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
-    settings = {
-        "model": "hf-fairdyn",
-        "model_args": "",
-        "tasks": [FAIRNESS_TASK, PERFORMANCE_TASK],
-        "batch_size": str(batch_size),
-        "device": None,
-        "limit": limit,
-        "include_path": [],
-        "metadata": {"winobias_dir": str(winobias), "data_source": label},
-        "log_samples": True,
-        "bootstrap_iters": 0,
-    }
-    sweep.write_manifest(sweep_dir, checkpoints, settings)
+    settings = EvalSettings(
+        tasks=(FAIRNESS_TASK, PERFORMANCE_TASK),
+        batch_size=batch_size,
+        limit=limit,
+        metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())},
+    )
+    try:
+        sweep.write_manifest(sweep_dir, checkpoints, settings)
+    except ValueError:  # evaluated with other settings (an earlier version, --limit): evaluate again
+        print(f"      {sweep_dir} holds results with other settings: evaluating again")
+        shutil.rmtree(sweep_dir)
+        sweep.write_manifest(sweep_dir, checkpoints, settings)
     sweep.run_sweep(checkpoints, sweep_dir, settings)
 
-    report_dir = out / ("report" if label == WINOBIAS_LABEL else "report_synthetic")
+    report_dir = out / ("report" if label == WINOBIAS_TEST_LABEL else "report_synthetic")
     print(f"[4/4] analysis and report -> {report_dir}")
     analyze([sweep_dir], report_dir, Settings(performance=f"{PERFORMANCE_TASK}/acc", fairness_task=FAIRNESS_TASK))
     return DemoOutputs(

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from lm_eval_fairdyn.core.data import cache_dir
+from lm_eval_fairdyn.core.files import replace_folder
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,5 +63,5 @@ def smollm2_folder(target: str | Path | None = None) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.replace(target)
+    replace_folder(partial, target)
     return target

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn.offline import corpus
 from lm_eval_fairdyn.core.data import cache_dir
+from lm_eval_fairdyn.core.files import replace_folder
+from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
+from lm_eval_fairdyn.offline import corpus
 
 CORPUS_VERSION = 4  # bump when the templates or the mixing change: cached suites are rebuilt
 EOS = "<|endoftext|>"
@@ -62,31 +64,17 @@ class SuiteConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "corpus_version": CORPUS_VERSION}
 
+    def checkpoint_steps(self) -> list[int]:
+        """Pythia's schedule shape scaled to this suite's steps."""
+        return pythia_shaped_steps(self.steps, self.log_spaced_until, self.evenly_spaced)
+
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SuiteConfig:
-        data = {k: v for k, v in data.items() if k != "corpus_version"}
-        bias = data.pop("bias")
-        schedule = corpus.BiasSchedule(
-            before=corpus.BiasPhase(**bias["before"]), after=corpus.BiasPhase(**bias["after"]), switch=bias["switch"]
-        )
-        return cls(bias=schedule, **data)
-
-
-def checkpoint_steps(total: int, log_spaced_until: int = 32, evenly_spaced: int = 10) -> list[int]:
-    """Pythia's shape scaled to ``total`` steps: 0, 1, 2, 4, ... (< the first even step), then
-    ``evenly_spaced`` steps evenly spaced up to ``total``."""
-    even = sorted({int(round(total * k / evenly_spaced)) for k in range(1, evenly_spaced + 1)})
-    first_even = even[0]
-    log = [0] + [2**i for i in range(total.bit_length()) if 2**i <= log_spaced_until and 2**i < first_even]
-    return sorted(set(log + even))
 
 
 def train_tokenizer(texts, vocab_size: int = 4096):
     """A byte-level BPE (GPT-NeoX style) as a transformers fast tokenizer; checks that the answer
-    words are one token each, as METHOD.md's scoring assumes."""
+    words are one token each, as the scoring (README, "What is measured") assumes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,7 +111,9 @@ class TrainingStream:
 
     def __init__(self, config: SuiteConfig, tokenizer, text_ids: np.ndarray):
         if config.batch_size % 2:
-            raise ValueError(f"SuiteConfig.batch_size must be even (sequences come in twin pairs), got {config.batch_size}")
+            raise ValueError(
+                f"SuiteConfig.batch_size must be even (sequences come in twin pairs), got {config.batch_size}"
+            )
         self.config, self.tokenizer, self.text_ids = config, tokenizer, text_ids
         self.eos = tokenizer.eos_token_id
 
@@ -147,9 +137,9 @@ class TrainingStream:
             else:
                 texts = [corpus.biased_items(rng, phase, share)[0] for _ in range(2)]
             items = [self._encode(text + EOS) for text in texts]
-            if any(len(ids) + len(item) > self.config.block_size for ids, item in zip(pair, items)):
+            if any(len(ids) + len(item) > self.config.block_size for ids, item in zip(pair, items, strict=True)):
                 return pair
-            for ids, item in zip(pair, items):
+            for ids, item in zip(pair, items, strict=True):
                 ids += item
 
     def sequence(self, index: int) -> dict:
@@ -275,7 +265,7 @@ def build_suite(
 
     tokenizer, text_ids = prepared_text(config.vocab_size, config.seed, (config.bias.before, config.bias.after))
     stream = TrainingStream(config, tokenizer, text_ids)
-    steps = checkpoint_steps(config.steps, config.log_spaced_until, config.evenly_spaced)
+    steps = config.checkpoint_steps()
 
     args = TrainingArguments(
         output_dir=str(partial / "trainer"),
@@ -318,7 +308,5 @@ def build_suite(
         "monitor": monitor,
     }
     (partial / "suite.json").write_text(json.dumps(info, indent=2, default=str))
-    if folder.exists():
-        shutil.rmtree(folder)
-    partial.replace(folder)
+    replace_folder(partial, folder)
     return folder

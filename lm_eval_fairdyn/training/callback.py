@@ -30,7 +30,6 @@ Usage (as TRL's callbacks, it needs the trainer to log through)::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -40,11 +39,18 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
+from lm_eval_fairdyn.core import harness
+from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.core.harness import EvalSettings
+from lm_eval_fairdyn.core.metric_table import BY_NAME, metric
+from lm_eval_fairdyn.core.prompts import GROUPS
+
 logger = logging.getLogger("lm_eval_fairdyn")
 
 DEFAULT_METRICS = (
-    "jsdp_gap", "jsdp_gap_pvalue", "ar_gap", "ar_gap_pvalue", "jsdp_male", "jsdp_female", "jsdp_unspecified",
-    "ar_male", "ar_female", "ar_unspecified", "acc_male", "acc_female", "assumption_rate",
+    metric("jsdp"), metric("jsdp", statistic="pvalue"), metric("ar"), metric("ar", statistic="pvalue"),
+    *(metric(measure, group) for measure in ("jsdp", "ar") for group in GROUPS),
+    metric("acc", "male"), metric("acc", "female"), metric("assumption_rate", "unspecified"),
 )  # fmt: skip
 PREFIX = "fairdyn/"
 STATE_KEY = "lm_eval_fairdyn.FairnessCallback"  # in TrainerState.stateful_callbacks
@@ -61,7 +67,9 @@ def preserved_random_states():
         for device_type in ("cuda", "xpu"):
             module = getattr(torch, device_type, None)
             if module is not None and module.is_available():
-                stack.enter_context(torch.random.fork_rng(devices=range(module.device_count()), device_type=device_type))
+                stack.enter_context(
+                    torch.random.fork_rng(devices=range(module.device_count()), device_type=device_type)
+                )
         stack.enter_context(torch.random.fork_rng(devices=[]))  # the CPU generator
         mps_state = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
         try:
@@ -105,6 +113,14 @@ class StopRule:
     relative: bool = True
     patience: int = 1
 
+    def pvalue_name(self) -> str:
+        """``<task>/<the gap's Mann-Whitney p-value>``, e.g. ``winobias_fairdyn_1seed/jsdp_gap_pvalue``."""
+        task, _, name = self.gap.rpartition("/")
+        if name not in BY_NAME:
+            raise KeyError(f"StopRule: {self.gap!r} is not a winobias_fairdyn metric")
+        gap = BY_NAME[name]
+        return f"{task}/{metric(gap.measure, gap.group, gap.polarity, 'pvalue')}"
+
     def violated(self, values: dict) -> bool:
         gap = values.get(self.gap)
         if gap is None:
@@ -112,7 +128,7 @@ class StopRule:
         if abs(gap) <= self.max_abs_gap:
             return False
         if self.significant_only:
-            pvalue = values.get(f"{self.gap}_pvalue")
+            pvalue = values.get(self.pvalue_name())
             return pvalue is not None and pvalue < self.alpha
         return True
 
@@ -127,20 +143,6 @@ class StopRule:
             return True
         bound = reference * (1 - self.tolerance) if self.relative else reference - self.tolerance
         return current >= bound
-
-
-def flatten_results(results: dict, metrics: Sequence[str] | None = None) -> dict[str, float]:
-    """``{"<task>/<metric>": value}`` from an lm-eval results dict (filter ``none`` only);
-    ``metrics``: the metric names to keep (None: all numeric ones)."""
-    flat = {}
-    for task, values in results["results"].items():
-        for key, value in values.items():
-            metric, _, filter_name = key.partition(",")
-            if filter_name != "none" or metric.endswith("_stderr") or not isinstance(value, int | float):
-                continue
-            if metrics is None or metric in metrics:
-                flat[f"{task}/{metric}"] = float(value)
-    return flat
 
 
 class FairnessCallback(TrainerCallback):
@@ -179,13 +181,14 @@ class FairnessCallback(TrainerCallback):
         use_cache: str | None = None,
     ):
         self.trainer = trainer
-        self.tasks, self.every, self.steps = list(tasks), every, set(steps)
-        self.limit, self.batch_size = limit, batch_size
-        self.metadata, self.include_path = metadata or {}, tuple(include_path)
+        self.every, self.steps = every, set(steps)
+        self.settings = EvalSettings(
+            tasks=tuple(tasks), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
+            metadata=dict(metadata or {}), log_samples=False, use_cache=use_cache,
+        )  # fmt: skip
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
         self.stop_rule = stop_rule
         self.results_dir = Path(results_dir) if results_dir else None
-        self.use_cache = use_cache
         self.history: list[dict] = []  # {"step": N, **values} per evaluation
         self._best_performance: float | None = None
         self._strikes = 0
@@ -195,27 +198,14 @@ class FairnessCallback(TrainerCallback):
 
     def evaluate(self, model, tokenizer) -> dict:
         """The lm-eval results dict for the model as it is now (training mode and RNGs restored)."""
-        from lm_eval import simple_evaluate
-
-        from lm_eval_fairdyn.core.fingerprint import keyed_request_cache
         from lm_eval_fairdyn.core.model import HFLMWithRank
-        from lm_eval_fairdyn.dynamics.sweep import task_manager
 
         was_training = model.training
-        with preserved_random_states(), keyed_request_cache():
+        with preserved_random_states():
             try:
                 model.eval()
-                lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
-                return simple_evaluate(
-                    model=lm,
-                    use_cache=self.use_cache,
-                    tasks=self.tasks,
-                    limit=self.limit,
-                    task_manager=task_manager(self.include_path, self.metadata, self.tasks),
-                    metadata=self.metadata,
-                    log_samples=False,
-                    bootstrap_iters=0,
-                )
+                lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
+                return harness.evaluate(self.settings, lm=lm)
             finally:
                 model.train(was_training)
 
@@ -233,14 +223,10 @@ class FairnessCallback(TrainerCallback):
         stop = False
         if state.is_world_process_zero:
             results = self.evaluate(model, tokenizer)
-            values = flatten_results(results, self.metrics)
+            values = harness.flatten_results(results, self.metrics)
             if self.results_dir is not None:
-                from lm_eval.utils import handle_non_serializable
-
                 self.results_dir.mkdir(parents=True, exist_ok=True)
-                (self.results_dir / f"step{step}.json").write_text(
-                    json.dumps(results, indent=2, default=handle_non_serializable)
-                )
+                atomic_write_json(self.results_dir / f"step{step}.json", results)
             self.history.append({"step": step, **values})
             self.trainer.log({PREFIX + k: v for k, v in values.items()})
             if self.stop_rule is not None:
@@ -262,7 +248,7 @@ class FairnessCallback(TrainerCallback):
         logger.warning(
             "FairnessCallback: stopping at step %d: |%s| = %.4f > %.4f%s",
             step, rule.gap, abs(values[rule.gap]), rule.max_abs_gap,
-            f" (p = {values.get(rule.gap + '_pvalue'):.2g})" if rule.significant_only else "",
+            f" (p = {values.get(rule.pvalue_name()):.2g})" if rule.significant_only else "",
         )  # fmt: skip
         return True
 

@@ -1,0 +1,120 @@
+"""The metrics of ``winobias_fairdyn`` as one table: measure x group x polarity x statistic.
+
+Every metric name the task reports is one :class:`Metric`; :data:`METRICS` lists them in the
+order of the YAML ``metric_list`` (which a test checks against it, and :func:`metric_list_yaml`
+writes), :func:`metric` finds one by its parts, and :func:`per_group_table` turns an lm-eval
+results JSON into a tidy table with one row per (task, measure, group, polarity, statistic), as
+Fairlearn's ``MetricFrame.by_group`` does.
+
+- measure: ``ar`` (Average Rank), ``jsdp`` (JSD-P gold part), ``acc``, ``option_acc``,
+  ``jsdp_part_<option>`` (the part of a wrong option), ``assumption_rate`` and
+  ``assumption_rate_<male|female>``;
+- group: the gold group (``male``, ``female``, ``unspecified``), or ``female-male`` for a gap;
+- polarity: ``all``, ``pro`` or ``anti``;
+- statistic: ``mean`` over the group's prompts; for a gap ``difference`` (female - male),
+  ``pvalue`` (the paper's Mann-Whitney U test) or ``effect`` (rank-biserial correlation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lm_eval_fairdyn.core.data import POLARITIES
+from lm_eval_fairdyn.core.prompts import GROUPS
+
+GAP_GROUP = "female-male"
+GAP_MEASURES = ("ar", "jsdp")
+GAP_STATISTICS = {"difference": ("", "gap_female_minus_male"), "pvalue": ("_pvalue", "mann_whitney_pvalue"),
+                  "effect": ("_effect", "rank_biserial")}  # fmt: skip
+HIGHER_IS_BETTER = {"acc", "option_acc"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    measure: str
+    group: str
+    polarity: str = "all"
+    statistic: str = "mean"
+
+    @property
+    def name(self) -> str:
+        """The metric's name in lm-eval's results, e.g. ``jsdp_female_pro``, ``ar_gap_pvalue_anti``."""
+        suffix = "" if self.polarity == "all" else f"_{self.polarity}"
+        if self.group == GAP_GROUP:
+            return f"{self.measure}_gap{GAP_STATISTICS[self.statistic][0]}{suffix}"
+        if self.measure.startswith("jsdp_part_"):
+            return f"jsdp_{self.group}_part_{self.measure.removeprefix('jsdp_part_')}"
+        if self.measure.startswith("assumption_rate"):
+            return f"{self.measure}{suffix}"
+        return f"{self.measure}_{self.group}{suffix}"
+
+    @property
+    def aggregation(self) -> str:
+        """The aggregation function in ``core.task`` (named by the YAML through ``utils``)."""
+        return GAP_STATISTICS[self.statistic][1] if self.group == GAP_GROUP else "mean_of_present"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.measure in HIGHER_IS_BETTER or self.statistic == "pvalue"
+
+
+def _table() -> list[Metric]:
+    rows = []
+    for group in GROUPS:
+        rows += [Metric(measure, group) for measure in ("ar", "jsdp", "acc", "option_acc")]
+    for group in GROUPS:
+        rows += [Metric(f"jsdp_part_{other}", group) for other in GROUPS if other != group]
+    rows += [
+        Metric(measure, "unspecified")
+        for measure in ("assumption_rate", "assumption_rate_male", "assumption_rate_female")
+    ]
+    rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
+    for polarity in POLARITIES:
+        for group in GROUPS:
+            rows += [Metric(measure, group, polarity) for measure in ("ar", "jsdp", "acc")]
+        rows += [Metric(measure, GAP_GROUP, polarity, s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
+        rows.append(Metric("assumption_rate", "unspecified", polarity))
+    return rows
+
+
+METRICS: tuple[Metric, ...] = tuple(_table())
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statistic: str | None = None) -> str:
+    """The name of the metric with these parts; e.g. ``metric("jsdp", statistic="pvalue")`` is
+    ``jsdp_gap_pvalue``, ``metric("ar", "male")`` is ``ar_male``."""
+    statistic = statistic or ("difference" if group == GAP_GROUP else "mean")
+    name = Metric(measure, group, polarity, statistic).name
+    if name not in BY_NAME:
+        raise KeyError(f"winobias_fairdyn reports no metric ({measure}, {group}, {polarity}, {statistic})")
+    return name
+
+
+def metric_list_yaml() -> str:
+    """The ``metric_list`` block of ``task_configs/_default_template_yaml``."""
+    lines = ["metric_list:"]
+    for m in METRICS:
+        lines += [f"  - metric: {m.name}", f"    aggregation: !function utils.{m.aggregation}",
+                  f"    higher_is_better: {'true' if m.higher_is_better else 'false'}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def per_group_table(results: dict):
+    """Tidy table of every ``winobias_fairdyn*`` metric in an lm-eval results dict: columns task,
+    measure, group, polarity, statistic, value (None where unavailable, e.g. AR under stock hf)."""
+    import pandas as pd
+
+    rows = []
+    for task, values in results["results"].items():
+        for key, value in values.items():
+            name, _, filter_name = key.partition(",")
+            if filter_name in ("", "none") and name in BY_NAME:
+                m = BY_NAME[name]
+                rows.append({"task": task, "measure": m.measure, "group": m.group, "polarity": m.polarity,
+                             "statistic": m.statistic, "value": value})  # fmt: skip
+    return pd.DataFrame(rows, columns=["task", "measure", "group", "polarity", "statistic", "value"])
+
+
+if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table > the YAML's metric_list
+    print(metric_list_yaml(), end="")

