@@ -14,14 +14,46 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def winobias_dir() -> Path:
+def real_winobias_dir() -> Path | None:
     """The real WinoBias folder: $FAIRDYN_WINOBIAS_DIR, else ../shared/winobias beside the repo."""
     env = os.environ.get("FAIRDYN_WINOBIAS_DIR")
     path = Path(env) if env else REPO.parent / "shared" / "winobias"
-    if not (path / "pro_stereotyped_type2.txt.test").is_file():
-        pytest.skip("real WinoBias files not found: set FAIRDYN_WINOBIAS_DIR")
-    return path
+    return path if (path / "pro_stereotyped_type2.txt.test").is_file() else None
+
+
+def real_pythia_evals() -> Path | None:
+    path = REPO.parent / "shared" / "pythia-evals"
+    return path if (path / "pythia-160m").is_dir() else None
+
+
+def pytest_report_header(config):
+    winobias, pythia = real_winobias_dir(), real_pythia_evals()
+    return [
+        f"WinoBias: {f'the real files in {winobias}' if winobias else 'not found; the project writes WinoBias-format files of its own'}",
+        f"Pythia evals: {f'the real files in {pythia}' if pythia else 'not found; the project writes lm-eval 0.3 files of its own'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def winobias_dir(tmp_path_factory) -> Path:
+    """The real WinoBias files when present; else this project's own files in WinoBias' format
+    (held-out template sentences, 396 lines per file, dev and test, with a LICENSE), standing in
+    for a user's WinoBias folder, so that no test needs ../shared."""
+    real = real_winobias_dir()
+    if real is not None:
+        return real
+    from lm_eval_fairdyn.core.data import SYNTHETIC_MARKER
+    from lm_eval_fairdyn.offline.corpus import write_synthetic_winobias
+
+    folder = write_synthetic_winobias(tmp_path_factory.mktemp("winobias_format"))
+    (folder / SYNTHETIC_MARKER).unlink()
+    (folder / "LICENSE").write_text("Test fixture written by lm-eval-fairdyn's tests; not WinoBias.\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def uses_real_winobias(winobias_dir) -> bool:
+    return winobias_dir == real_winobias_dir()
 
 
 def save_tiny_neox(folder: Path, seed: int, hidden_size: int, layers: int) -> Path:
@@ -69,12 +101,39 @@ def smollm2_dir() -> Path:
         pytest.skip(str(err))
 
 
+PYTHIA_MODELS = {"pythia-160m": "160m", "pythia-6.9b-deduped": "6.9b-deduped"}
+PYTHIA_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, *range(1000, 143001, 10000), *range(3000, 143001, 10000)]
+
+
 @pytest.fixture(scope="session")
-def pythia_evals() -> Path:
-    path = REPO.parent / "shared" / "pythia-evals"
-    if not (path / "pythia-160m").is_dir():
-        pytest.skip("../shared/pythia-evals not found")
-    return path
+def pythia_evals(tmp_path_factory) -> Path:
+    """The real Pythia lm-eval 0.3 result files when present; else files of the same format and
+    names that the project writes itself (a rising LAMBADA accuracy with a small wobble)."""
+    real = real_pythia_evals()
+    if real is not None:
+        return real
+    import json
+
+    root = tmp_path_factory.mktemp("pythia_evals")
+    for model, short in PYTHIA_MODELS.items():
+        scale = 0.7 if "6.9b" in model else 0.33
+        (root / model).mkdir()
+        for step in sorted(set(PYTHIA_STEPS)):
+            acc = scale * (1 - 0.9 * 0.97 ** (step / 1000)) + 0.004 * ((step // 1000) % 3 - 1)
+            data = {
+                "results": {
+                    "lambada_openai": {"ppl": 10 / max(acc, 0.01), "ppl_stderr": 0.1, "acc": acc, "acc_stderr": 0.006}
+                },
+                "versions": {"lambada_openai": 0},
+                "config": {"model": "gpt2", "model_args": f"pretrained=EleutherAI/{model},revision=step{step}"},
+            }
+            (root / model / f"{short}_step{step}.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture(scope="session")
+def uses_real_pythia_evals(pythia_evals) -> bool:
+    return pythia_evals == real_pythia_evals()
 
 
 @pytest.fixture(scope="session")

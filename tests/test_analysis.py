@@ -48,7 +48,7 @@ def _pythia_acc(pythia_evals):
     }
 
 
-def test_early_stopping_on_real_pythia_lambada_equals_hand_computation(pythia_evals):
+def test_early_stopping_on_pythia_lambada_equals_hand_computation(pythia_evals, uses_real_pythia_evals):
     acc = _pythia_acc(pythia_evals)
     gap = {
         73000: 0.0,
@@ -61,6 +61,13 @@ def test_early_stopping_on_real_pythia_lambada_equals_hand_computation(pythia_ev
         143000: -0.04,
     }
     stop = analysis.early_stopping(pd.Series(acc), pd.Series(gap), tolerance=0.02)
+    # by hand: candidates reach 98% of the final accuracy; the chosen one has the smallest |gap|
+    floor = 0.98 * acc[143000]
+    candidates = [step for step in sorted(acc) if acc[step] >= floor]
+    assert stop.candidates == candidates
+    assert stop.chosen_step == min(candidates, key=lambda step: (abs(gap[step]), step))
+    if not uses_real_pythia_evals:
+        return
     # floor = 0.98 * acc[143000] = 0.6751: 103000 (0.6755) and later qualify, 93000 (0.6699) does not;
     # the smallest |gap| among them is step 113000.
     assert stop.candidates == [103000, 113000, 123000, 133000, 143000]

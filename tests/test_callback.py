@@ -75,6 +75,7 @@ def trainer_with_callback(output_dir: Path, synthetic_dir: Path):
     return trainer, callback
 
 
+@pytest.mark.slow
 def test_state_survives_resume_from_checkpoint(tmp_path, synthetic_dir):
     trainer, callback = trainer_with_callback(tmp_path, synthetic_dir)
     trainer.train()
@@ -97,6 +98,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_only_the_main_process_evaluates_and_all_stop_together(neox_dir, synthetic_dir, tmp_path):
     port = str(free_port())
     procs = [

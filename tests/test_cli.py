@@ -50,6 +50,7 @@ def run(args, out, winobias_dir, module="lm_eval_fairdyn"):
     return json.loads(results.read_text()), proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     args = ["eval", "--model", "hf-fairdyn", "--model_args", f"pretrained={neox_dir}", "--device", "cpu",
             "--tasks", "winobias_fairdyn,last_word_local", "--include_path", str(lambada_dir),
@@ -82,6 +83,7 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     assert log.count("only `--model hf-fairdyn` through `fairdyn eval` provides") == 1
 
 
+@pytest.mark.slow
 def test_plain_lm_eval_with_include_path_and_metadata(neox_dir, winobias_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FAIRDYN_WINOBIAS_DIR"}
     env.update(HF_HUB_OFFLINE="1", FAIRDYN_CACHE=str(tmp_path / "empty-cache"))

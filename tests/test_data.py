@@ -22,8 +22,31 @@ def test_every_real_type2_line_parses(winobias_dir):
         assert matches == (r.polarity == "pro"), r
 
 
-def test_known_quirks_of_the_real_files(winobias_dir):
+def test_known_quirks_are_parsed_on_lines_written_for_them(tmp_path):
+    lines = [
+        "1 The clerk called the [the chief] because [he] was late.",
+        "2 The baker met [the construction worker] and thanked [him].",
+        "3 The guard told [a housekeeper] that [she] had a key.",
+        "4 The baker asked the [ physician] about the guard 's car because [he] saw it.",
+        "5 The developer asked [the cleaner] and the manager whether [she] was done.",
+    ]
+    (tmp_path / "pro_stereotyped_type2.txt.test").write_text("\n".join(lines) + "\n")
+    records = {
+        r.line: r for r in data.parse_file(tmp_path / "pro_stereotyped_type2.txt.test", split="test", polarity="pro")
+    }
+    assert (records[1].referent, records[1].other, records[1].pronoun_gender) == ("chief", "clerk", "male")
+    assert records[1].sentence == "The clerk called the chief because he was late."
+    assert (records[2].referent, records[2].other) == ("construction worker", "baker")
+    assert records[3].referent == "housekeeper" and records[3].sentence.count("a housekeeper") == 1
+    assert records[4].referent == "physician" and "guard's car" in records[4].sentence
+    assert (records[5].referent, records[5].other) == ("cleaner", "developer")  # a third occupation
+
+
+def test_known_quirks_of_the_real_files(winobias_dir, uses_real_winobias):
     records = {(r.split, r.polarity, r.line): r for r in data.load_winobias(winobias_dir, splits=("dev", "test"))}
+    if not uses_real_winobias:  # the project's own files: the quirks are tested on lines written for them
+        assert len(records) == 1584
+        return
     chief = records["test", "pro", 3]  # "the [the chief]"
     assert chief.sentence.startswith("The assistant notified the chief about a problem")
     assert (chief.referent, chief.other, chief.pronoun_gender) == ("chief", "assistant", "male")
@@ -97,7 +120,15 @@ def _serve_from(folder, tamper=None):
     return urlopen
 
 
-def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir):
+def _blob_sha1s_of(folder, monkeypatch, uses_real_winobias):
+    """The real files carry the pinned upstream checksums; the project's own files their own."""
+    if not uses_real_winobias:
+        own = {name: data.git_blob_sha1((folder / name).read_bytes()) for name in data.UPSTREAM_BLOB_SHA1}
+        monkeypatch.setattr(data, "UPSTREAM_BLOB_SHA1", own)
+
+
+def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir, uses_real_winobias):
+    _blob_sha1s_of(winobias_dir, monkeypatch, uses_real_winobias)
     monkeypatch.delenv("FAIRDYN_WINOBIAS_DIR", raising=False)
     monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir))
@@ -114,7 +145,8 @@ def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir):
     assert len(data.load_winobias()) == 792
 
 
-def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch, winobias_dir):
+def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch, winobias_dir, uses_real_winobias):
+    _blob_sha1s_of(winobias_dir, monkeypatch, uses_real_winobias)
     monkeypatch.delenv("FAIRDYN_WINOBIAS_DIR", raising=False)
     monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir, tamper=lambda b: b + b"x"))
@@ -123,6 +155,12 @@ def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch, winobia
     assert not list(tmp_path.rglob("*.txt.*"))
 
 
-def test_git_blob_sha1_matches_provenance(winobias_dir):
+def test_git_blob_sha1_matches_git_and_the_provenance(winobias_dir, uses_real_winobias):
+    import subprocess
+
     for name, sha1 in data.UPSTREAM_BLOB_SHA1.items():
-        assert data.git_blob_sha1((winobias_dir / name).read_bytes()) == sha1
+        ours = data.git_blob_sha1((winobias_dir / name).read_bytes())
+        git = subprocess.run(["git", "hash-object", str(winobias_dir / name)], capture_output=True, text=True, check=True)
+        assert ours == git.stdout.strip()
+        if uses_real_winobias:
+            assert ours == sha1

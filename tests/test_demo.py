@@ -13,6 +13,8 @@ import pytest
 
 from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL
 
+pytestmark = pytest.mark.slow  # runs fairdyn demo three times
+
 
 def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "FAIRDYN_WINOBIAS_DIR"}

@@ -42,6 +42,7 @@ def evaluate(folder, out, winobias_dir, *extra):
     return flatten_results(json.loads(path.read_text()))
 
 
+@pytest.mark.slow
 def test_fairdyn_eval_never_shares_cached_answers_between_checkpoints(tiny_checkpoints, winobias_dir, tmp_path):
     prefix = tmp_path / "cache" / "answers"
     first = evaluate(tiny_checkpoints / "step0", tmp_path / "a", winobias_dir, "--use_cache", str(prefix))

@@ -165,6 +165,7 @@ def test_rank_and_logprob_equal_float64_of_the_harness_logits_on_gpt_neox(neox_p
     assert [a[1] for a in answers] == [a.rank == 1 for a in answers]  # one-token answers
 
 
+@pytest.mark.slow
 def test_rank_and_jsdp_within_float_precision_of_an_unbatched_pass_on_gpt_neox(neox_pair, winobias_dir):
     stock, ranked = neox_pair
     docs, pairs = winobias_requests(winobias_dir, 24)

@@ -20,6 +20,8 @@ from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, monitor_settings
 from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, suite_folder
 from lm_eval_fairdyn.training.callback import StopRule
 
+pytestmark = pytest.mark.slow  # trains checkpoint suites (about 90 s each)
+
 ALPHA = 0.01
 TINY = SuiteConfig(
     steps=12, batch_size=4, block_size=128, hidden_size=32, layers=1, log_spaced_until=4, evenly_spaced=3

@@ -49,6 +49,7 @@ def uninterrupted(tiny_checkpoints, winobias_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_layout(uninterrupted):
     assert sorted(p.name for p in uninterrupted.iterdir() if not p.name.startswith(".")) == [
         "manifest.json", "step0", "step10", "step20"]  # fmt: skip
@@ -61,6 +62,7 @@ def test_sweep_layout(uninterrupted):
     assert not list((uninterrupted / ".partial").iterdir())
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
@@ -82,6 +84,7 @@ def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints
     assert "3 of 3 checkpoint(s) finished" in again.stdout and "Running loglikelihood" not in again.stderr
 
 
+@pytest.mark.slow
 def test_two_shards_in_two_processes_make_the_same_set(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
     out = tmp_path / "sharded"
     procs = [
@@ -95,6 +98,7 @@ def test_two_shards_in_two_processes_make_the_same_set(uninterrupted, tiny_check
     assert snapshot(out) == snapshot(uninterrupted)
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(uninterrupted, tiny_checkpoints, winobias_dir):
     proc = subprocess.run(sweep_command(tiny_checkpoints, uninterrupted, "--model_args", "dtype=float32"),
                           env=environment(winobias_dir), capture_output=True, text=True)  # fmt: skip
@@ -154,6 +158,7 @@ def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):
         assert {"winobias_fairdyn_1seed", "lambada_openai", "mine"} <= set(full.all_tasks)
 
 
+@pytest.mark.slow
 def test_identical_weights_are_fingerprinted_warned_about_and_marked(
     uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
 ):
