@@ -160,7 +160,9 @@ def test_git_blob_sha1_matches_git_and_the_provenance(winobias_dir, uses_real_wi
 
     for name, sha1 in data.UPSTREAM_BLOB_SHA1.items():
         ours = data.git_blob_sha1((winobias_dir / name).read_bytes())
-        git = subprocess.run(["git", "hash-object", str(winobias_dir / name)], capture_output=True, text=True, check=True)
+        git = subprocess.run(
+            ["git", "hash-object", str(winobias_dir / name)], capture_output=True, text=True, check=True
+        )
         assert ours == git.stdout.strip()
         if uses_real_winobias:
             assert ours == sha1

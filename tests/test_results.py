@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import pytest
@@ -89,3 +90,18 @@ def test_evaluations_record_the_synthetic_label_and_reading_results_takes_it_fro
         path.write_text(json.dumps(data))
         labels[name] = results.read_result_file(path, name).settings["winobias_fairdyn"]["data_source"]
     assert labels == {"synthetic": SYNTHETIC_LABEL, "winobias": None}
+
+
+def test_a_results_file_becomes_a_tidy_per_group_table(tmp_path):
+    from lm_eval_fairdyn.core.metric_table import per_group_table
+
+    values = {"jsdp_female_anti": 0.31, "ar_gap_pvalue_pro": 0.002, "jsdp_male_part_unspecified": 0.05, "ar_male": None}
+    path = write_fairdyn_result(tmp_path / "results.json", 8, values)
+    table = per_group_table(json.loads(path.read_text()))
+    rows = {tuple(r[:5]): r[5] for r in table.itertuples(index=False)}
+    assert math.isnan(rows.pop(("winobias_fairdyn", "ar", "male", "all", "mean")))  # unavailable: NaN
+    assert rows == {
+        ("winobias_fairdyn", "jsdp", "female", "anti", "mean"): 0.31,
+        ("winobias_fairdyn", "ar", "female-male", "pro", "pvalue"): 0.002,
+        ("winobias_fairdyn", "jsdp_part_unspecified", "male", "all", "mean"): 0.05,
+    }  # the *_stderr entries and the alias are not metrics of the table

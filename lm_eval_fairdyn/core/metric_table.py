@@ -102,7 +102,7 @@ def metric_list_yaml() -> str:
 
 def per_group_table(results: dict):
     """Tidy table of every ``winobias_fairdyn*`` metric in an lm-eval results dict: columns task,
-    measure, group, polarity, statistic, value (None where unavailable, e.g. AR under stock hf)."""
+    measure, group, polarity, statistic, value (NaN where unavailable, e.g. AR under stock hf)."""
     import pandas as pd
 
     rows = []
