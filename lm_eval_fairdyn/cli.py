@@ -177,6 +177,9 @@ def _sweep(args) -> int:
 
 
 def _add_analyze(commands) -> None:
+    from lm_eval_fairdyn.dynamics.analysis import CORRECTIONS, Settings
+
+    ANALYSIS = Settings()  # noqa: N806 (the library's defaults, shown by --help)
     analyze = commands.add_parser(
         "analyze",
         help="dynamics analysis and report from result folders",
@@ -186,13 +189,21 @@ def _add_analyze(commands) -> None:
     )
     analyze.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one folder per training run")
     analyze.add_argument("--output_path", default="fairdyn_out/analysis", help="(default: %(default)s)")
-    analyze.add_argument("--performance", default="lambada_openai/acc", help="TASK/METRIC (default: %(default)s)")
+    analyze.add_argument("--performance", default=ANALYSIS.performance, help="TASK/METRIC (default: %(default)s)")
     analyze.add_argument("--fairness_task", default=None, help="default: the run's winobias_fairdyn* task")
-    analyze.add_argument("--gap", choices=("jsdp", "ar"), default="jsdp", help="gap metric (default: %(default)s)")
-    analyze.add_argument("--tolerance", type=float, default=0.02, help="performance tolerance (default: %(default)s)")
+    analyze.add_argument(
+        "--gap", choices=("jsdp", "ar"), default=ANALYSIS.gap_metric, help="gap metric (default: %(default)s)"
+    )
+    analyze.add_argument(
+        "--tolerance", type=float, default=ANALYSIS.tolerance, help="performance tolerance (default: %(default)s)"
+    )
     analyze.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
-    analyze.add_argument("--alpha", type=float, default=0.01, help="significance level (default: %(default)s)")
-    analyze.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="(default: %(default)s)")
+    analyze.add_argument(
+        "--alpha", type=float, default=ANALYSIS.alpha, help="significance level (default: %(default)s)"
+    )
+    analyze.add_argument(
+        "--correction", choices=CORRECTIONS, default=ANALYSIS.correction, help="(default: %(default)s)"
+    )
     analyze.set_defaults(handler=_analyze)
 
 
@@ -307,11 +318,26 @@ def main(argv: list[str] | None = None) -> int:
         "FAIRDYN_WINOBIAS_DIR, the cache or a download provides them, else the project's own held-out "
         "template prompts (labelled as such everywhere). A few minutes on 2 CPU cores.",
     )
-    demo.add_argument("--output_path", default="fairdyn_out/demo", help="where results go (default: %(default)s)")
+    import inspect
+
+    from lm_eval_fairdyn.offline.demo import run_demo
+    from lm_eval_fairdyn.offline.suite import SuiteConfig
+
+    demo_defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
+    demo.add_argument(
+        "--output_path", default=demo_defaults["output_path"], help="where results go (default: %(default)s)"
+    )
     demo.add_argument("--winobias_dir", default=None, help="folder of the WinoBias files (default: env/cache/download)")
     demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias")
-    demo.add_argument("--steps", type=int, default=None, help="training steps of the suite (default: 400)")
-    demo.add_argument("--batch_size", type=int, default=64, help="prompts per forward pass (default: %(default)s)")
+    demo.add_argument(
+        "--steps", type=int, default=None, help=f"training steps of the suite (default: {SuiteConfig().steps})"
+    )
+    demo.add_argument(
+        "--batch_size",
+        type=int,
+        default=demo_defaults["batch_size"],
+        help="prompts per forward pass (default: %(default)s)",
+    )
     demo.add_argument("--limit", type=int, default=None, help="only the first N docs of each task (a quick look)")
     demo.set_defaults(handler=_demo)
 
