@@ -179,7 +179,7 @@ def _sweep(args) -> int:
 def _add_analyze(commands) -> None:
     from lm_eval_fairdyn.dynamics.analysis import CORRECTIONS, Settings
 
-    ANALYSIS = Settings()  # noqa: N806 (the library's defaults, shown by --help)
+    defaults = Settings()  # the library's, shown by --help
     analyze = commands.add_parser(
         "analyze",
         help="dynamics analysis and report from result folders",
@@ -189,20 +189,20 @@ def _add_analyze(commands) -> None:
     )
     analyze.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one folder per training run")
     analyze.add_argument("--output_path", default="fairdyn_out/analysis", help="(default: %(default)s)")
-    analyze.add_argument("--performance", default=ANALYSIS.performance, help="TASK/METRIC (default: %(default)s)")
+    analyze.add_argument("--performance", default=defaults.performance, help="TASK/METRIC (default: %(default)s)")
     analyze.add_argument("--fairness_task", default=None, help="default: the run's winobias_fairdyn* task")
     analyze.add_argument(
-        "--gap", choices=("jsdp", "ar"), default=ANALYSIS.gap_metric, help="gap metric (default: %(default)s)"
+        "--gap", choices=("jsdp", "ar"), default=defaults.gap_metric, help="gap metric (default: %(default)s)"
     )
     analyze.add_argument(
-        "--tolerance", type=float, default=ANALYSIS.tolerance, help="performance tolerance (default: %(default)s)"
+        "--tolerance", type=float, default=defaults.tolerance, help="performance tolerance (default: %(default)s)"
     )
     analyze.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
     analyze.add_argument(
-        "--alpha", type=float, default=ANALYSIS.alpha, help="significance level (default: %(default)s)"
+        "--alpha", type=float, default=defaults.alpha, help="significance level (default: %(default)s)"
     )
     analyze.add_argument(
-        "--correction", choices=CORRECTIONS, default=ANALYSIS.correction, help="(default: %(default)s)"
+        "--correction", choices=CORRECTIONS, default=defaults.correction, help="(default: %(default)s)"
     )
     analyze.set_defaults(handler=_analyze)
 

@@ -19,6 +19,7 @@ cannot be keyed and is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def torch_model(lm):
     return model if isinstance(model, torch.nn.Module) else None
 
 
-def answers_key(lm) -> str:
-    """Hash of the weights, the tokenizer and the scoring settings of an lm-eval model."""
+def answers_key(lm, weights: str | None = None) -> str:
+    """Hash of the weights, the tokenizer and the scoring settings of an lm-eval model;
+    ``weights``: the model's weights fingerprint when already computed."""
     model = torch_model(lm)
     if model is None:
         raise CacheNotKeyable(
@@ -79,7 +81,7 @@ def answers_key(lm) -> str:
             f"lm-eval-fairdyn keys it by the weights, which needs a model with PyTorch weights (hf, hf-fairdyn), "
             f"and {type(lm).__name__} has none: run it without --use_cache"
         )
-    parts = [type(lm).__name__, weights_fingerprint(model)]
+    parts = [type(lm).__name__, weights or weights_fingerprint(model)]
     tokenizer = getattr(lm, "tokenizer", None)
     parts.append(tokenizer_fingerprint(tokenizer) if tokenizer is not None else "no tokenizer")
     parts += [f"{name}={getattr(lm, name, None)}" for name in _SCORING_ATTRIBUTES]
@@ -89,21 +91,22 @@ def answers_key(lm) -> str:
 class CheckpointCachingLM(CachingLM):
     """lm-eval's ``CachingLM`` with one database per answers key: ``<stem>.<key>.db``."""
 
-    def __init__(self, lm, cache_db: str) -> None:
+    def __init__(self, lm, cache_db: str, weights: str | None = None) -> None:
         path = Path(cache_db)
-        self.answers_key = answers_key(lm)
+        self.answers_key = answers_key(lm, weights)
         super().__init__(lm, str(path.with_name(f"{path.stem}.{self.answers_key[:16]}{path.suffix or '.db'}")))
 
 
 @contextlib.contextmanager
-def keyed_request_cache():
+def keyed_request_cache(weights: str | None = None):
     """While active, lm-eval's own request cache (``simple_evaluate(use_cache=PREFIX)``, the CLI's
     ``--use_cache``) is a :class:`CheckpointCachingLM`. Every evaluation of this project runs
-    inside it: ``fairdyn eval`` (lm-eval's CLI unchanged), ``fairdyn sweep``, the callback."""
+    inside it: ``fairdyn eval`` (lm-eval's CLI unchanged), ``fairdyn sweep``, the callback.
+    ``weights``: the evaluated model's fingerprint when the caller has it (not hashed again)."""
     import lm_eval.api.model as api
 
     original = api.CachingLM
-    api.CachingLM = CheckpointCachingLM
+    api.CachingLM = functools.partial(CheckpointCachingLM, weights=weights) if weights else CheckpointCachingLM
     try:
         yield
     finally:

@@ -98,7 +98,7 @@ def evaluate(settings: EvalSettings, model_args: str = "", lm=None) -> dict:
     weights = torch_model(lm)
     fingerprint = weights_fingerprint(weights) if weights is not None else None
     metadata = with_data_source(settings.metadata)
-    with keyed_request_cache():
+    with keyed_request_cache(fingerprint):
         results = simple_evaluate(
             model=lm,
             model_args=model_args,
@@ -133,17 +133,13 @@ def flatten_results(results: dict, metrics=None) -> dict[str, float]:
 def write_results(folder: str | Path, results: dict) -> Path:
     """``results.json`` and one ``samples_<task>.jsonl`` per task (when logged) in ``folder``,
     as lm-eval writes them; returns the results file."""
+    from lm_eval.utils import handle_non_serializable
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     results = dict(results)
     samples = results.pop("samples", None) or {}
     for task, rows in samples.items():
-        lines = "".join(json.dumps(row, default=_serialise, ensure_ascii=False) + "\n" for row in rows)
+        lines = "".join(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n" for row in rows)
         (folder / f"samples_{task}.jsonl").write_text(lines)
     return atomic_write_json(folder / "results.json", results)
-
-
-def _serialise(value):
-    from lm_eval.utils import handle_non_serializable
-
-    return handle_non_serializable(value)

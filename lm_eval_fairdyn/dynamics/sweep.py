@@ -135,15 +135,18 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
 
 
 def record_fingerprint(out: Path, label: str, fingerprint: str) -> list[str]:
-    """Store a finished checkpoint's weights fingerprint in the manifest; return the labels of
-    the other checkpoints recorded with the same weights."""
+    """Store a finished checkpoint's weights fingerprint in the manifest (written only when it
+    was not there yet); return the labels of the other checkpoints recorded with the same weights."""
     path = out / "manifest.json"
     with _manifest_lock(out):
         manifest = json.loads(path.read_text())
-        for entry in manifest["checkpoints"]:
-            if entry["label"] == label:
-                entry["weights_fingerprint"] = fingerprint
-        atomic_write_json(path, manifest)
+        entries = [
+            e for e in manifest["checkpoints"] if e["label"] == label and e.get("weights_fingerprint") != fingerprint
+        ]
+        for entry in entries:
+            entry["weights_fingerprint"] = fingerprint
+        if entries:
+            atomic_write_json(path, manifest)
     return [
         c["label"]
         for c in manifest["checkpoints"]
