@@ -169,3 +169,13 @@ def write_fairdyn_result(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def run_concurrently(commands: list[list[str]], env: dict | None = None, timeout: float = 600) -> None:
+    """Start every command at once (as shards or distributed ranks run); each must exit 0."""
+    import subprocess
+
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-3000:]

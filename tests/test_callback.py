@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import random
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_concurrently
 
 from lm_eval_fairdyn.offline import corpus
 from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK
@@ -101,15 +101,11 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_distributed_only_the_main_process_evaluates_and_all_stop_together(neox_dir, synthetic_dir, tmp_path):
     port = str(free_port())
-    procs = [
-        subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), str(rank), "2", port, str(neox_dir),
-                          str(synthetic_dir), str(tmp_path / f"rank{rank}.json")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = [sys.executable, str(HERE / "distributed_worker.py")]
+    run_concurrently([
+        [*worker, str(rank), "2", port, str(neox_dir), str(synthetic_dir), str(tmp_path / f"rank{rank}.json")]
         for rank in range(2)
-    ]  # fmt: skip
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    ])  # fmt: skip
     main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2))
     assert main == {"evaluations": 1, "logged": 1, "stop": True}
     assert other == {"evaluations": 0, "logged": 0, "stop": True}  # the main process's decision

@@ -43,6 +43,15 @@ def capture_model_calls(lm) -> list:
     return calls
 
 
+def loglikelihood_capturing_model_calls(lm, pairs) -> tuple[list, list]:
+    """(answers, the batches the harness ran for them) of one loglikelihood call."""
+    calls = capture_model_calls(lm)
+    try:
+        return lm.loglikelihood(instances(pairs)), calls
+    finally:
+        del lm._model_call
+
+
 def harness_row(calls, ctx, cont) -> np.ndarray:
     """The logits row the harness computed at the position predicting cont[0]: the one batch row
     whose content (right-padded with zeros) is ctx + cont[:-1]."""
@@ -153,27 +162,24 @@ def test_pythia_tokenizer_answer_tokens(neox_pair):
     assert [lm.tok_encode(" " + w) for w in answer_continuations()] == [[5086], [5343], [417]]
 
 
-def test_rank_and_logprob_equal_float64_of_the_harness_logits_on_gpt_neox(neox_pair, winobias_dir):
-    stock, ranked = neox_pair
+@pytest.fixture(scope="module")
+def neox_run(neox_pair, winobias_dir):
+    """hf-fairdyn on 24 WinoBias prompts: (model, docs, pairs, answers, the harness's batches)."""
+    ranked = neox_pair[1]
     docs, pairs = winobias_requests(winobias_dir, 24)
-    calls = capture_model_calls(ranked)
-    try:
-        answers = ranked.loglikelihood(instances(pairs))
-    finally:
-        del ranked._model_call
+    answers, calls = loglikelihood_capturing_model_calls(ranked, pairs)
+    return ranked, docs, pairs, answers, calls
+
+
+def test_rank_and_logprob_equal_float64_of_the_harness_logits_on_gpt_neox(neox_run):
+    ranked, docs, pairs, answers, calls = neox_run
     check_equal_to_harness_logits(ranked, pairs, answers, calls)
     assert [a[1] for a in answers] == [a.rank == 1 for a in answers]  # one-token answers
 
 
 @pytest.mark.slow
-def test_rank_and_jsdp_within_float_precision_of_an_unbatched_pass_on_gpt_neox(neox_pair, winobias_dir):
-    stock, ranked = neox_pair
-    docs, pairs = winobias_requests(winobias_dir, 24)
-    calls = capture_model_calls(ranked)
-    try:
-        answers = ranked.loglikelihood(instances(pairs))
-    finally:
-        del ranked._model_call
+def test_rank_and_jsdp_within_float_precision_of_an_unbatched_pass_on_gpt_neox(neox_run):
+    ranked, docs, pairs, answers, calls = neox_run
     # Most answers have no other logit within float precision: there the band is one rank and
     # a rank wrong by one fails.
     assert check_within_float_precision_of_unbatched(ranked, docs, pairs, answers, calls) >= 0.9
@@ -242,9 +248,7 @@ def test_rank_and_jsdp_exact_on_real_smollm2_with_default_arguments(smollm2_dir,
     lm = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=8, device="cpu")
     assert all(len(lm.tok_encode(" " + w)) == 1 for w in answer_continuations())
     docs, pairs = winobias_requests(winobias_dir, 16)
-    calls = capture_model_calls(lm)
-    answers = lm.loglikelihood(instances(pairs))
-    del lm._model_call
+    answers, calls = loglikelihood_capturing_model_calls(lm, pairs)
     check_equal_to_harness_logits(lm, pairs, answers, calls)
     assert check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) >= 0.9
     stock = HFLM(pretrained=str(smollm2_dir), batch_size=8, device="cpu")

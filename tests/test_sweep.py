@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import run_concurrently
 
 from lm_eval_fairdyn.core.harness import task_manager
 from lm_eval_fairdyn.dynamics import schedule, sweep
@@ -87,14 +88,9 @@ def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints
 @pytest.mark.slow
 def test_two_shards_in_two_processes_make_the_same_set(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
     out = tmp_path / "sharded"
-    procs = [
-        subprocess.Popen(sweep_command(tiny_checkpoints, out, "--shard", f"{i}/2"), env=environment(winobias_dir),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    run_concurrently(
+        [sweep_command(tiny_checkpoints, out, "--shard", f"{i}/2") for i in range(2)], environment(winobias_dir)
+    )
     assert snapshot(out) == snapshot(uninterrupted)
 
 
