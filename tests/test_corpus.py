@@ -157,6 +157,8 @@ def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
         load_lastword_dataset(str(short))
     with pytest.raises(ValueError, match="lastword_fairdyn needs passages: pass --metadata .*lastword_file"):
         load_lastword_dataset()
+    with pytest.raises(ValueError, match=r"lastword_file=.*missing.jsonl: no such file"):
+        load_lastword_dataset(str(tmp_path / "missing.jsonl"))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match=r"empty.jsonl: no passages"):

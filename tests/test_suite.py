@@ -203,6 +203,8 @@ def test_stop_rule_logic():
     )
     with pytest.raises(KeyError, match="was not evaluated"):
         rule.violated({"p/acc": 0.5})
+    with pytest.raises(KeyError, match="'t/lambada_acc' is not a winobias_fairdyn metric"):
+        StopRule(gap="t/lambada_acc", max_abs_gap=0.0).violated({"t/lambada_acc": 0.5})
 
 
 def test_a_finished_suite_is_reused_and_an_interrupted_one_rebuilt(tmp_path):
