@@ -133,7 +133,8 @@ def _add_sweep(commands) -> None:
         help="lm-eval's request cache, one database per checkpoint (keyed by its weights)",
     )
     sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
-    sweep.add_argument("--no_log_samples", action="store_true", help="do not write per-prompt samples")
+    sweep.add_argument("--log_samples", action="store_true",
+                       help="also write lm-eval's samples_<task>.jsonl (prompts_<task>.csv are always written)")  # fmt: skip
     sweep.set_defaults(handler=_sweep)
 
 
@@ -165,7 +166,7 @@ def _sweep(args) -> int:
         limit=args.limit,
         include_path=tuple(args.include_path),
         metadata=args.metadata,
-        log_samples=not args.no_log_samples,
+        log_samples=args.log_samples,
         bootstrap_iters=args.bootstrap_iters,
         use_cache=args.use_cache,
     )
@@ -178,6 +179,7 @@ def _sweep(args) -> int:
 
 def _add_analyze(commands) -> None:
     from lm_eval_fairdyn.dynamics.analysis import CORRECTIONS, Settings
+    from lm_eval_fairdyn.dynamics.inference import BOOTSTRAP_METHODS
 
     defaults = Settings()  # the library's, shown by --help
     analyze = commands.add_parser(
@@ -202,7 +204,47 @@ def _add_analyze(commands) -> None:
         "--alpha", type=float, default=defaults.alpha, help="significance level (default: %(default)s)"
     )
     analyze.add_argument(
-        "--correction", choices=CORRECTIONS, default=defaults.correction, help="(default: %(default)s)"
+        "--correction",
+        choices=CORRECTIONS,
+        default=defaults.correction,
+        help="multiple-comparison correction of the paper's test (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--margin_jsdp",
+        default=defaults.margin_jsdp,
+        help="margin of practical significance of the JSD-P gap (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--margin_ar",
+        default=defaults.margin_ar,
+        help="margin of the AR gap: ranks, or N%% of the Average Rank (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--confidence",
+        type=float,
+        default=defaults.confidence,
+        help="confidence level of the intervals (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--n_resamples", type=int, default=defaults.n_resamples, help="bootstrap resamples (default: %(default)s)"
+    )
+    analyze.add_argument("--bootstrap_seed", type=int, default=defaults.bootstrap_seed, help="(default: %(default)s)")
+    analyze.add_argument(
+        "--bootstrap_method",
+        choices=BOOTSTRAP_METHODS,
+        default=defaults.bootstrap_method,
+        help="scipy.stats.bootstrap method (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--change_penalty",
+        type=float,
+        default=defaults.change_penalty,
+        help="ruptures PELT penalty of the change points (default: 2 sigma^2 log n)",
+    )
+    analyze.add_argument(
+        "--replicates",
+        action="store_true",
+        help="the RUN_DIRs are training seeds of one configuration: test the gap across runs",
     )
     analyze.set_defaults(handler=_analyze)
 
@@ -220,83 +262,104 @@ def _analyze(args) -> int:
         relative=not args.absolute,
         alpha=args.alpha,
         correction=args.correction,
+        margin_jsdp=args.margin_jsdp,
+        margin_ar=args.margin_ar,
+        confidence=args.confidence,
+        n_resamples=args.n_resamples,
+        bootstrap_seed=args.bootstrap_seed,
+        bootstrap_method=args.bootstrap_method,
+        change_penalty=args.change_penalty,
     )
     try:
-        results = analyze(args.runs, args.output_path, settings)
-    except ResultsError as err:
+        settings.margin(), settings.bootstrap()
+        results = analyze(args.runs, args.output_path, settings, replicates=args.replicates)
+    except (ResultsError, ValueError) as err:
         print(f"fairdyn analyze: {err}", file=sys.stderr)
         return 2
     for r in results:
-        print(f"{r.run}: {r.early_stop.sentence()}; emergence step: {r.emergence_step}")
+        print(f"{r.run}: final verdict {r.significance['verdict'].iloc[-1]}; emergence step: {r.emergence_step}; "
+              f"{r.early_stop.sentence()}")  # fmt: skip
     print(f"report: {Path(args.output_path) / 'report.html'}  summary: {Path(args.output_path) / 'summary.md'}")
     return 0
-
-
-def _common_fairness_task(current, baseline) -> str:
-    from lm_eval_fairdyn.core.metric_table import metric
-    from lm_eval_fairdyn.dynamics.results import ResultsError
-
-    def fairness_tasks(data):
-        return {task for task, name in data.values if name == metric("jsdp")}
-
-    common = sorted(fairness_tasks(current) & fairness_tasks(baseline))
-    if not common:
-        raise ResultsError("no winobias_fairdyn task is reported by both files; pass --task")
-    return common[0]
 
 
 def _add_check(commands) -> None:
     check = commands.add_parser(
         "check",
         help="fail when fairness regressed against a baseline",
-        description="Compare a fairness gap in RESULTS with BASELINE (lm-eval results JSON files, or folders "
-        "holding exactly one). Exit 0 within bounds, 1 when fairness regressed, 2 on unusable input.",
+        description="Compare the fairness gap of RESULTS with BASELINE, both evaluated on the same prompts (lm-eval "
+        "results JSON files, or folders holding exactly one, with their per-prompt values: prompts_<task>.csv from "
+        "fairdyn sweep or samples_<task>*.jsonl from --log_samples). The change of |gap| gets an interval paired by "
+        "sentence pair; a check fails only when its interval lies beyond the bound. Exit 0 within bounds, 1 when "
+        "fairness regressed, 2 on unusable input.",
     )
     check.add_argument("results", metavar="RESULTS")
     check.add_argument("--baseline", required=True)
-    check.add_argument("--metric", default="jsdp_gap", help="gap metric (default: %(default)s)")
+    check.add_argument("--gap", choices=("jsdp", "ar"), default="jsdp", help="gap metric (default: %(default)s)")
     check.add_argument("--task", default=None, help="default: the winobias_fairdyn* task in both files")
     check.add_argument("--max-gap", dest="max_gap", type=float, default=None, help="bound on |gap|")
     check.add_argument("--max-regression", dest="max_regression", type=float, default=0.01,
                        help="bound on |gap| - |baseline gap| (default: %(default)s)")  # fmt: skip
+    check.add_argument("--confidence", type=float, default=0.99, help="of the intervals (default: %(default)s)")
     check.set_defaults(handler=_check)
 
 
-def _check(args) -> int:
-    from lm_eval_fairdyn.dynamics.analysis import regression_check
-    from lm_eval_fairdyn.dynamics.results import ResultsError, read_result_file
+def _check_input(location: str, task: str | None, measure: str):
+    """(results path, task, per-pair values) of one side of ``fairdyn check``."""
+    from lm_eval_fairdyn.core.metric_table import metric
+    from lm_eval_fairdyn.dynamics.inference import pair_values
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_result_file
 
-    def load(location: str):
-        path = Path(location)
-        if path.is_dir():
-            found = sorted(path.rglob("results*.json"))
-            if len(found) != 1:
-                raise ResultsError(f"{path}: expected one results*.json, found {len(found)}; pass the file")
-            path = found[0]
-        if not path.is_file():
-            raise ResultsError(f"{path}: no such file")
-        return path, read_result_file(path, run=path.stem, require_step=False)
+    path = Path(location)
+    if path.is_dir():
+        found = sorted(path.rglob("results*.json"))
+        if len(found) != 1:
+            raise ResultsError(f"{path}: expected one results*.json, found {len(found)}; pass the file")
+        path = found[0]
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such file")
+    data = read_result_file(path, run=path.stem, require_step=False)
+    tasks = sorted(t for t, name in data.values if name == metric("jsdp"))
+    task = task or (tasks[0] if tasks else None)
+    if task not in tasks:
+        raise ResultsError(f"{path}: no winobias_fairdyn task {task or ''} (tasks with fairness metrics: {tasks})")
+    if task not in data.prompt_files:
+        raise ResultsError(
+            f"{path}: no per-prompt values of {task} beside it (prompts_{task}.csv or samples_{task}*.jsonl); "
+            "evaluate with fairdyn sweep, or fairdyn eval --log_samples"
+        )
+    pairs = pair_values(read_prompt_file(data.prompt_files[task]), measure)
+    if pairs.empty:
+        raise ResultsError(f"{data.prompt_files[task]}: no counterfactual pair with {measure} values")
+    return path, task, pairs
+
+
+def _check(args) -> int:
+    from lm_eval_fairdyn.dynamics.inference import Bootstrap, regression_check
+    from lm_eval_fairdyn.dynamics.results import ResultsError
 
     try:
-        current_path, current = load(args.results)
-        baseline_path, baseline = load(args.baseline)
-        task = args.task or _common_fairness_task(current, baseline)
-        values = {}
-        for name, (path, data) in (("baseline", (baseline_path, baseline)), ("current", (current_path, current))):
-            value = data.values.get((task, args.metric))
-            if value is None:
-                raise ResultsError(f"{path}: no value for {task}/{args.metric}")
-            values[name] = value
-    except ResultsError as err:
+        baseline_path, task, baseline = _check_input(args.baseline, args.task, args.gap)
+        current_path, _, current = _check_input(args.results, task, args.gap)
+        if set(baseline.index) != set(current.index):
+            raise ResultsError(
+                f"{current_path} and {baseline_path} were evaluated on different sentence pairs "
+                f"({len(current)} and {len(baseline)}); evaluate both on the same prompts"
+            )
+        rows = regression_check(baseline, current, args.max_gap, args.max_regression, Bootstrap(args.confidence))
+    except (ResultsError, ValueError) as err:
         print(f"fairdyn check: {err}", file=sys.stderr)
         return 2
-    rows = regression_check(values["current"], values["baseline"], args.max_gap, args.max_regression)
-    print(f"{task}/{args.metric}: baseline {values['baseline']:+.4f}, current {values['current']:+.4f}")
-    print(f"{'check':<44} {'value':>10} {'bound':>10}  status")
+    print(f"{task} {args.gap} gap (female - male, {len(current)} sentence pairs): baseline "
+          f"{baseline['difference'].mean():+.4f}, current {current['difference'].mean():+.4f}")  # fmt: skip
+    print(f"{'check':<42} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
     for row in rows:
-        print(f"{row['check']:<44} {row['value']:>10.4f} {row['bound']:>10.4f}  {'ok' if row['ok'] else 'REGRESSED'}")
-    if not all(row["ok"] for row in rows):
-        print("fairness regressed", file=sys.stderr)
+        status = "ok" if row["ok"] else "REGRESSED"
+        print(f"{row['check']:<42} {row['estimate']:>+9.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] "
+              f"{row['bound']:>7.4f}  {status}")  # fmt: skip
+    failed = [row["check"] for row in rows if not row["ok"]]
+    if failed:
+        print(f"fairness regressed: {'; '.join(failed)} (interval entirely beyond the bound)", file=sys.stderr)
         return 1
     return 0
 
@@ -314,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         help="offline end to end: train a bias-planted checkpoint suite, evaluate it, report",
         description="Train (or reuse from the cache) a small GPT-NeoX checkpoint suite whose training data turns "
         "gender-biased half-way, evaluate every checkpoint with winobias_fairdyn_1seed and the held-out "
-        "lastword_fairdyn task, and write the analysis report. Uses the real WinoBias files when a folder, "
+        "heldout_fairdyn task (held-out perplexity), and write the analysis report. Uses the real WinoBias files when a folder, "
         "FAIRDYN_WINOBIAS_DIR, the cache or a download provides them, else the project's own held-out "
         "template prompts (labelled as such everywhere). A few minutes on 2 CPU cores.",
     )

@@ -25,7 +25,7 @@ from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite
 
 
 def fairness(folder, winobias_dir) -> dict:
-    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", log_samples=False,
+    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", prompt_tables=False,
                             metadata={"winobias_dir": str(winobias_dir)})  # fmt: skip
     flat = flatten_results(evaluate(settings, f"pretrained={folder}"))
     return {k.split("/", 1)[1]: v for k, v in flat.items()}

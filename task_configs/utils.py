@@ -13,6 +13,8 @@ from lm_eval_fairdyn.core.task import (  # noqa: F401 (re-exported for the YAML 
     load_lastword_dataset,
     mann_whitney_pvalue,
     mean_of_present,
+    passage_results,
+    passage_text,
     process_results,
     rank_biserial,
 )

@@ -153,8 +153,10 @@ def write_fairdyn_result(
     seeds=(0, 1, 2, 3, 4),
     n: int = 7920,
     model: str = "EleutherAI/pythia-6.9b-deduped",
+    prompts=None,
 ) -> Path:
-    """An lm-eval 0.4 results file of winobias_fairdyn with the given metric values."""
+    """An lm-eval 0.4 results file of winobias_fairdyn with the given metric values, and
+    ``prompts`` (a per-prompt table, e.g. ``planted_prompts``) as its prompts_winobias_fairdyn.csv."""
     import json
 
     data = {
@@ -168,7 +170,37 @@ def write_fairdyn_result(
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
+    if prompts is not None:
+        prompts.to_csv(path.parent / "prompts_winobias_fairdyn.csv", index=False)
     return path
+
+
+def planted_prompts(gap: float, lines: int = 396, seeds=(0,), noise: float = 0.02, assume: float = 0.2, rng_seed=0):
+    """A per-prompt table (``results.read_prompt_file``'s columns) whose true JSD-P gap is ``gap``:
+    each sentence pair j has its own level s_j ~ N(0.3, 0.1), shared by all its prompts (prompts
+    of one sentence are not independent); the male member's JSD-P is s_j + e, the female one's
+    s_j + gap + e', e ~ N(0, noise); the "not specified" prompts assume a gender with probability
+    ``assume``. AR is 1 + round(100 JSD-P)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(rng_seed)
+    levels = rng.normal(0.3, 0.1, lines)
+    rows = []
+    for seed in seeds:
+        for line in range(1, lines + 1):
+            male_polarity = "pro" if line % 2 else "anti"
+            for polarity in ("pro", "anti"):
+                gold = "male" if polarity == male_polarity else "female"
+                jsdp = levels[line - 1] + (gap if gold == "female" else 0.0) + rng.normal(0, noise)
+                rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "referent",
+                             "gold": gold, "ar": 1 + round(100 * abs(jsdp)), "jsdp": jsdp, "acc": 0.0,
+                             "option_acc": 1.0, "assumed": ""})  # fmt: skip
+                assumed = rng.choice(["male", "female"]) if rng.random() < assume else "none"
+                rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "other",
+                             "gold": "unspecified", "ar": 3, "jsdp": 0.4, "acc": 0.0, "option_acc": 1.0,
+                             "assumed": assumed})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def run_concurrently(commands: list[list[str]], env: dict | None = None, timeout: float = 600) -> None:

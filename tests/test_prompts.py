@@ -54,14 +54,28 @@ def test_orders_are_deterministic_subset_stable_and_varied(test_records):
 
 def test_permutation_is_stable_across_machines_and_releases():
     record = data.WinoBiasRecord("test", "anti", 17, "s", "nurse", "cook", "he", "male")
-    # Recorded once from numpy's PCG64 (default_rng([seed, split, polarity, line, kind])): a change
-    # here would silently change every published prompt.
+    # Recorded once from numpy's PCG64 (default_rng([seed, split, line, kind]), test = split 1, task
+    # version 2.0): a change here would silently change every published prompt.
     assert [prompts.option_order(s, record, k) for s in (0, 4) for k in prompts.KINDS] == [
-        [0, 2, 1], [2, 0, 1], [2, 1, 0], [1, 0, 2],
+        [1, 2, 0], [0, 1, 2], [0, 1, 2], [2, 0, 1],
     ]  # fmt: skip
     assert set(map(tuple, (prompts.option_order(s, record, "other") for s in range(30)))) == set(
         itertools.permutations(range(3))
     )
+
+
+def test_counterfactual_pair_members_share_the_option_order(test_records):
+    """Line i of pro and of anti (the same sentence, pronoun's gender swapped) get one option order
+    per seed and kind, so the pair's prompts differ only in the pronoun."""
+    docs = prompts.build_prompts(test_records)
+    by_pair = collections.defaultdict(dict)
+    for d in docs:
+        by_pair[(d["line"], d["seed"], d["kind"])][d["polarity"]] = d
+    assert len(by_pair) == 3960
+    for pair in by_pair.values():
+        assert pair["pro"]["option_order"] == pair["anti"]["option_order"]
+    pro, anti = by_pair[(1, 0, "referent")]["pro"], by_pair[(1, 0, "referent")]["anti"]
+    assert {pro["gold"], anti["gold"]} == {"male", "female"}
 
 
 def test_custom_template_and_missing_field():

@@ -2,13 +2,14 @@
 
 import base64
 import html.parser
+import json
 import shutil
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from conftest import write_fairdyn_result
+from conftest import planted_prompts, write_fairdyn_result
 
 STEPS = (
     1000,
@@ -30,7 +31,7 @@ STEPS = (
 )
 
 
-def fairness(step, planted_from=63000, size=0.05, assumption=0.2):
+def fairness(step, planted_from=63000, size=0.1, assumption=0.2):
     gap = size if step >= planted_from else 0.001 * (step % 3)
     p = 1e-6 if step >= planted_from else 0.5
     return {"jsdp_gap": gap, "jsdp_gap_pvalue": p, "jsdp_gap_effect": gap * 4, "ar_gap": gap * 100,
@@ -40,12 +41,16 @@ def fairness(step, planted_from=63000, size=0.05, assumption=0.2):
 
 
 def make_run(root, pythia_evals, model="pythia-6.9b-deduped", **kwargs):
+    """Pythia's real LAMBADA results beside winobias_fairdyn results whose per-prompt values carry
+    the planted gap of ``fairness`` (0.1 from step 63000 on, at most 0.002 before)."""
     run = root / model
     run.mkdir(parents=True)
     short = model.removeprefix("pythia-")
-    for step in STEPS:
+    for i, step in enumerate(STEPS):
         shutil.copy(pythia_evals / model / f"{short}_step{step}.json", run / f"{short}_step{step}.json")
-        write_fairdyn_result(run / f"step{step}" / "results_2026.json", step, fairness(step, **kwargs))
+        values = fairness(step, **kwargs)
+        prompts = planted_prompts(values["jsdp_gap"], assume=values["assumption_rate"], rng_seed=i)
+        write_fairdyn_result(run / f"step{step}" / "results_2026.json", step, values, prompts=prompts)
     return run
 
 
@@ -73,14 +78,25 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert set(tidy.run) == {"pythia-6.9b-deduped", "pythia-160m"}
     sig = pd.read_csv(out / "significance.csv")
     big_sig = sig[sig.run == "pythia-6.9b-deduped"].set_index("step")
-    assert not big_sig.loc[53000, "significant"] and big_sig.loc[63000, "significant"]
-    # Holm over 16 checkpoints: the smallest p is multiplied by 16; the tied ones after it are
-    # raised to that value by the step-down's running maximum.
-    assert big_sig.loc[143000, "p_adjusted"] == pytest.approx(1e-6 * 16)
-    assert big_sig.loc[143000, "p_raw"] == pytest.approx(1e-6)
+    assert set(big_sig.loc[:53000, "verdict"]) == {"fair"}  # planted gap <= 0.002, margin 0.05
+    assert set(big_sig.loc[63000:, "verdict"]) == {"favours_male"}  # planted 0.1
+    assert big_sig.loc[143000, "gap"] == pytest.approx(0.1, abs=0.005)
+    assert big_sig.loc[143000, "ci_low"] < 0.1 < big_sig.loc[143000, "ci_high"]
+    # The paper's test, as reported by the task: Holm over 16 checkpoints multiplies the smallest p
+    # by 16; the tied ones after it are raised to that value by the step-down's running maximum.
+    assert big_sig.loc[143000, "paper_mw_p_adjusted"] == pytest.approx(1e-6 * 16)
+    assert big_sig.loc[143000, "paper_mw_p"] == pytest.approx(1e-6)
     assert "emergence step: 63000" in proc.stdout
+    document = json.loads((out / "analysis.json").read_text())["runs"]["pythia-6.9b-deduped"]
+    assert document["emergence_step"] == 63000 and document["final_verdict"] == "favours_male"
+    assert document["verdicts"] == {"favours_male": 9, "fair": 7}
+    assert [(c["from_step"], c["to_step"]) for c in document["change_points"]] == [(53000, 63000)]
     comparison = pd.read_csv(out / "model_comparison.csv")
-    assert comparison.n_a.iloc[0] == 3960 and {comparison.rate_a.iloc[0], comparison.rate_b.iloc[0]} == {0.2, 0.3}
+    assert comparison.prompts_a.iloc[0] == 792  # the "not specified" prompts, counted
+    assert (comparison.run_a.iloc[0], comparison.run_b.iloc[0]) == ("pythia-160m", "pythia-6.9b-deduped")
+    assert comparison.rate_a.iloc[0] == pytest.approx(0.2, abs=0.05)  # planted 0.2 and 0.3
+    assert comparison.rate_b.iloc[0] == pytest.approx(0.3, abs=0.05)
+    assert comparison.ci_low.iloc[0] < comparison.difference.iloc[0] < comparison.ci_high.iloc[0]
     parser = _Images()
     parser.feed((out / "report.html").read_text())
     assert len(parser.images) == 6
@@ -88,6 +104,8 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
     assert "Stopping at step" in summary and "![gap](pythia-160m_gap.png)" in summary
+    assert "favours male 9, fair 7" in summary and "Emergence: step 63000" in summary
+    assert "between steps 53000 and 63000" in summary
     assert (out / "pythia-160m_gap.png").stat().st_size > 1000
 
 
@@ -114,17 +132,27 @@ def test_analyze_errors(tmp_path, setup, message):
 
 
 def test_check_exit_codes(tmp_path):
-    baseline = write_fairdyn_result(tmp_path / "base" / "results.json", 1, {"jsdp_gap": 0.02, "jsdp_gap_pvalue": 0.3})
-    fine = write_fairdyn_result(tmp_path / "fine.json", 2, {"jsdp_gap": -0.025, "jsdp_gap_pvalue": 0.2})
-    worse = write_fairdyn_result(tmp_path / "worse.json", 2, {"jsdp_gap": 0.06, "jsdp_gap_pvalue": 0.001})
-    ok = fairdyn("check", str(fine), "--baseline", str(tmp_path / "base"))
-    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+    """Same model twice: exit 0; a planted regression of the gap by 0.08: exit 1 (with its
+    interval); a gap beyond --max-gap: exit 1; unusable input: exit 2, saying what is wrong."""
+    values = {"jsdp_gap": 0.01, "jsdp_gap_pvalue": 0.3}
+    baseline = write_fairdyn_result(tmp_path / "base" / "results.json", 1, values, prompts=planted_prompts(0.01))
+    again = write_fairdyn_result(tmp_path / "again" / "results.json", 2, values, prompts=planted_prompts(0.01))
+    worse = write_fairdyn_result(tmp_path / "worse" / "results.json", 2, {**values, "jsdp_gap": 0.09},
+                                 prompts=planted_prompts(0.09))  # fmt: skip
+    ok = fairdyn("check", str(again), "--baseline", str(tmp_path / "base"))
+    assert ok.returncode == 0 and "ok" in ok.stdout and "REGRESSED" not in ok.stdout, ok.stderr
     bad = fairdyn("check", str(worse), "--baseline", str(baseline))
-    assert bad.returncode == 1 and "REGRESSED" in bad.stdout
-    capped = fairdyn("check", str(fine), "--baseline", str(baseline), "--max-gap", "0.02")
-    assert capped.returncode == 1
+    assert bad.returncode == 1 and "REGRESSED" in bad.stdout and "|gap| - |baseline gap|" in bad.stderr
+    capped = fairdyn("check", str(worse), "--baseline", str(baseline), "--max-gap", "0.05", "--max-regression", "1")
+    assert capped.returncode == 1 and "max-gap" in capped.stderr
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     assert fairdyn("check", str(broken), "--baseline", str(baseline)).returncode == 2
-    missing = fairdyn("check", str(fine), "--baseline", str(baseline), "--metric", "ar_gap")
-    assert missing.returncode == 2 and "no value for winobias_fairdyn/ar_gap" in missing.stderr
+    no_prompts = write_fairdyn_result(tmp_path / "bare" / "results.json", 2, values)
+    missing = fairdyn("check", str(no_prompts), "--baseline", str(baseline))
+    assert missing.returncode == 2 and "no per-prompt values of winobias_fairdyn" in missing.stderr
+    fewer = write_fairdyn_result(
+        tmp_path / "fewer" / "results.json", 2, values, prompts=planted_prompts(0.01, lines=50)
+    )
+    other = fairdyn("check", str(fewer), "--baseline", str(baseline))
+    assert other.returncode == 2 and "different sentence pairs" in other.stderr

@@ -50,7 +50,7 @@ def unbiased_suite(suite_root) -> Path:
 
 
 def _fairness(folder: Path, synthetic_dir: Path) -> dict:
-    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", log_samples=False,
+    settings = EvalSettings(tasks=(FAIRNESS_TASK,), batch_size=64, device="cpu", prompt_tables=False,
                             metadata={"winobias_dir": str(synthetic_dir)})  # fmt: skip
     results = evaluate(settings, f"pretrained={folder}")
     return {k.split("/", 1)[1]: v for k, v in flatten_results(results).items()}

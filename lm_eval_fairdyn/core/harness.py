@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core.data import with_data_source
-from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class EvalSettings:
     ``bootstrap_iters``: lm-eval's bootstrap of standard errors. 0 by default: the fairness
     analysis does not use lm-eval's standard errors (its own intervals resample sentence pairs);
     pass 100000 for lm-eval's own default. ``use_cache``: lm-eval's request cache prefix, one
-    database per checkpoint (``fingerprint``); it changes no result.
+    database per checkpoint (``fingerprint``); it changes no result. ``prompt_tables``: keep each
+    fairness prompt's values (``write_results`` writes them as ``prompts_<task>.csv``, what the
+    analysis' intervals resample); ``log_samples``: also write lm-eval's full samples JSONL.
     """
 
     tasks: tuple[str, ...] = ("winobias_fairdyn",)
@@ -35,7 +37,8 @@ class EvalSettings:
     limit: float | None = None
     include_path: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict)
-    log_samples: bool = True
+    prompt_tables: bool = True
+    log_samples: bool = False
     bootstrap_iters: int = 0
     use_cache: str | None = None
 
@@ -107,7 +110,7 @@ def evaluate(settings: EvalSettings, model_args: str = "", lm=None) -> dict:
             device=device,
             use_cache=settings.use_cache,
             limit=settings.limit,
-            log_samples=settings.log_samples,
+            log_samples=settings.log_samples or settings.prompt_tables,
             bootstrap_iters=settings.bootstrap_iters,
             task_manager=task_manager(settings.include_path, metadata, settings.tasks),
             metadata=metadata,
@@ -130,16 +133,24 @@ def flatten_results(results: dict, metrics=None) -> dict[str, float]:
     return flat
 
 
-def write_results(folder: str | Path, results: dict) -> Path:
-    """``results.json`` and one ``samples_<task>.jsonl`` per task (when logged) in ``folder``,
-    as lm-eval writes them; returns the results file."""
+def write_results(folder: str | Path, results: dict, log_samples: bool = False) -> Path:
+    """``results.json`` in ``folder``, with ``prompts_<task>.csv`` (one row per prompt,
+    ``task.prompt_row``) for each fairness task whose samples were logged, and with
+    ``log_samples`` lm-eval's own ``samples_<task>.jsonl`` too; returns the results file."""
+    import pandas as pd
     from lm_eval.utils import handle_non_serializable
+
+    from lm_eval_fairdyn.core.task import PROMPT_KEYS, prompt_row
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     results = dict(results)
     samples = results.pop("samples", None) or {}
     for task, rows in samples.items():
-        lines = "".join(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n" for row in rows)
-        (folder / f"samples_{task}.jsonl").write_text(lines)
+        if rows and set(PROMPT_KEYS) <= set(rows[0].get("doc", {})):
+            table = pd.DataFrame([prompt_row(row) for row in rows]).sort_values(list(PROMPT_KEYS))
+            atomic_write_text(folder / f"prompts_{task}.csv", table.to_csv(index=False))
+        if log_samples:
+            lines = [json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n" for row in rows]
+            atomic_write_text(folder / f"samples_{task}.jsonl", "".join(lines))
     return atomic_write_json(folder / "results.json", results)

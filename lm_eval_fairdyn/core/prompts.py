@@ -3,9 +3,11 @@
 For a sentence, the *referent* prompt asks the gender of the occupation the pronoun refers to
 (gold: the pronoun's gender); the *other* prompt asks the gender of the other occupation
 (gold: "not specified"). The option order is a permutation drawn from
-``numpy.random.default_rng([seed, split, polarity, line, kind])`` (PCG64), so it depends only on
-the prompt's identity and the seed: the same on every run and machine, and unchanged when a
-subset (one polarity, one split) is built.
+``numpy.random.default_rng([seed, split, line, kind])`` (PCG64), so it depends only on the
+prompt's identity and the seed: the same on every run and machine, and unchanged when a subset
+(one polarity, one split) is built. The polarity is not in the key: line i of the pro and the
+anti file is one counterfactual pair (the same sentence with the pronoun's gender swapped), and
+both members get the same option order, so that they differ only in the pronoun.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def answer_continuations(options: Sequence[str] = OPTIONS) -> list[str]:
 
 
 def option_order(seed: int, record: WinoBiasRecord, kind: str) -> list[int]:
-    """Permutation of range(3): the positions of OPTIONS in the prompt."""
-    key = [seed, SPLITS.index(record.split), POLARITIES.index(record.polarity), record.line, KINDS.index(kind)]
+    """Permutation of range(3): the positions of OPTIONS in the prompt (shared by the pro and
+    anti members of a counterfactual pair)."""
+    key = [seed, SPLITS.index(record.split), record.line, KINDS.index(kind)]
     return [int(i) for i in np.random.default_rng(key).permutation(len(OPTIONS))]
 
 

@@ -164,6 +164,25 @@ def rank_biserial(items) -> float | None:
     return None if split is None else metrics.mann_whitney(*split)[1]
 
 
+# Per-prompt values for the analysis' inference (README, "Verdicts"): one row per prompt, read from
+# lm-eval's logged samples (each sample holds its doc and the values process_results returned).
+PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold")
+PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed")
+
+
+def prompt_row(sample: dict) -> dict:
+    """A logged ``winobias_fairdyn*`` sample as one flat row: the prompt's identity
+    (PROMPT_KEYS), its gold group's values (``ar`` is None without ``hf-fairdyn``) and, for a
+    "not specified" prompt, the gender the model assumed (``male``, ``female`` or ``none``)."""
+    doc, gold = sample["doc"], sample["doc"]["gold"]
+    row = {key: doc[key] for key in PROMPT_KEYS}
+    row |= {measure: sample[Metric(measure, gold).name] for measure in ("ar", "jsdp", "acc", "option_acc")}
+    assumed = ""
+    if gold == "unspecified":
+        assumed = next((g for g in ("male", "female") if sample[f"assumption_rate_{g}"]), "none")
+    return row | {"assumed": assumed}
+
+
 def lastword_context(doc) -> str:
     """A passage without its last word (LAMBADA's split at the last space)."""
     return doc["text"].rsplit(" ", 1)[0]
@@ -174,8 +193,22 @@ def lastword_target(doc) -> str:
     return " " + doc["text"].rsplit(" ", 1)[1]
 
 
+def passage_text(doc) -> str:
+    """A whole passage (``heldout_fairdyn``'s rolling log-likelihood target)."""
+    return doc["text"]
+
+
+def passage_results(doc, results) -> dict:
+    """lm-eval's weighted perplexities of one passage: (log-likelihood, words or bytes)."""
+    (loglikelihood,) = results
+    words, n_bytes = len(doc["text"].split()), len(doc["text"].encode("utf-8"))
+    return {"word_perplexity": (loglikelihood, words), "byte_perplexity": (loglikelihood, n_bytes),
+            "bits_per_byte": (loglikelihood, n_bytes)}  # fmt: skip
+
+
 def load_lastword_dataset(lastword_file: str | None = None, split: str = "test", **_metadata):
-    """lm-eval ``custom_dataset`` of ``lastword_fairdyn``: LAMBADA-style ``{"text": ...}`` docs.
+    """lm-eval ``custom_dataset`` of ``lastword_fairdyn`` and ``heldout_fairdyn``: LAMBADA-style
+    ``{"text": ...}`` docs.
 
     ``lastword_file`` (from ``--metadata``): a JSONL file of ``{"text": ...}`` lines, as
     LAMBADA's. ``fairdyn demo`` writes one from the held-out part of the text its checkpoint
@@ -188,7 +221,7 @@ def load_lastword_dataset(lastword_file: str | None = None, split: str = "test",
 
     if not lastword_file:
         raise ValueError(
-            'lastword_fairdyn needs passages: pass --metadata \'{"lastword_file": "passages.jsonl"}\', a JSONL '
+            'lastword_fairdyn and heldout_fairdyn need passages: pass --metadata \'{"lastword_file": "passages.jsonl"}\', a JSONL '
             'file with one {"text": ...} object per line (as LAMBADA\'s files); `fairdyn demo` writes one'
         )
     path = Path(lastword_file)

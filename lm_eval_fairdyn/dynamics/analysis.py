@@ -1,7 +1,8 @@
 """Fairness dynamics over checkpoints, as pure functions on pandas objects.
 
-Inputs are the tidy table of ``results.tidy`` (run, step, task, metric, value) or Series
-indexed by step; nothing here reads or writes files.
+Inputs are the tidy table of ``results.tidy`` (run, step, task, metric, value), the per-prompt
+table of ``results.read_prompts`` (the verdicts' intervals, ``inference``) or Series indexed by
+step; nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from scipy import stats
 from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
 from lm_eval_fairdyn.core.metric_table import metric
 from lm_eval_fairdyn.core.metrics import fairness_increase
+from lm_eval_fairdyn.dynamics import inference
 from lm_eval_fairdyn.dynamics.results import ResultsError
 
 CORRECTIONS = ("holm", "bh", "none")
@@ -53,19 +55,19 @@ def adjust_pvalues(pvalues, method: str = "holm") -> np.ndarray:
     return out
 
 
-def significance(
-    table: pd.DataFrame, run: str, task: str, base: str = "jsdp", alpha: float = 0.01, correction: str = "holm"
-) -> pd.DataFrame:
-    """Per checkpoint: gap, raw and corrected Mann-Whitney p, effect size, significant (corrected p < alpha)."""
+def paper_test(table: pd.DataFrame, run: str, task: str, base: str = "jsdp", correction: str = "holm") -> pd.DataFrame:
+    """The paper's test per checkpoint, as the task reported it: its gap over all prompts
+    (``paper_gap``), the two-sided Mann-Whitney U p-value between the male and female prompts,
+    raw and corrected across checkpoints, and the rank-biserial effect. It treats prompts as
+    independent and flags any offset (README, "Verdicts"); the verdicts do not use it."""
     frame = pd.DataFrame(
         {
-            "gap": series(table, run, task, metric(base)),
-            "p_raw": series(table, run, task, metric(base, statistic="pvalue")),
-            "effect": series(table, run, task, metric(base, statistic="effect")),
+            "paper_gap": series(table, run, task, metric(base)),
+            "paper_mw_p": series(table, run, task, metric(base, statistic="pvalue")),
+            "paper_effect": series(table, run, task, metric(base, statistic="effect")),
         }
     )
-    frame["p_adjusted"] = adjust_pvalues(frame["p_raw"].to_numpy(), correction)
-    frame["significant"] = frame["p_adjusted"] < alpha
+    frame["paper_mw_p_adjusted"] = adjust_pvalues(frame["paper_mw_p"].to_numpy(), correction)
     frame.index.name = "step"
     return frame
 
@@ -79,16 +81,6 @@ def same_weights_as(fingerprints: pd.Series) -> pd.Series:
     return repeats.astype("Int64").reindex(fingerprints.index)
 
 
-def emergence_step(significant: pd.Series) -> int | None:
-    """First step from which the gap is significant at every later checkpoint; None if the last is not."""
-    flags = significant.sort_index()
-    if flags.empty or not bool(flags.iloc[-1]):
-        return None
-    not_significant = flags.index[~flags.to_numpy(dtype=bool)]
-    later = flags.index[flags.index > not_significant.max()] if len(not_significant) else flags.index
-    return int(later.min())
-
-
 def largest_jumps(values: pd.Series, n: int = 5) -> pd.DataFrame:
     """The n largest absolute changes between consecutive checkpoints."""
     values = values.dropna().sort_index()
@@ -98,16 +90,15 @@ def largest_jumps(values: pd.Series, n: int = 5) -> pd.DataFrame:
     return frame.reindex(frame["change"].abs().sort_values(ascending=False).index).head(n).reset_index(drop=True)
 
 
-def pareto_front(performance: pd.Series, gap: pd.Series) -> pd.DataFrame:
-    """Checkpoints no other checkpoint beats on both higher performance and smaller |gap|."""
+def pareto_front(performance: pd.Series, gap: pd.Series, higher_is_better: bool = True) -> pd.DataFrame:
+    """Checkpoints no other checkpoint beats on both better performance and smaller |gap|."""
     frame = pd.DataFrame({"performance": performance, "abs_gap": gap.abs()}).dropna()
+    score = frame.performance if higher_is_better else -frame.performance  # higher score = better
     keep = []
     for step, row in frame.iterrows():
-        dominated = (
-            (frame.performance >= row.performance)
-            & (frame.abs_gap <= row.abs_gap)
-            & ((frame.performance > row.performance) | (frame.abs_gap < row.abs_gap))
-        ).any()
+        mine = score[step]
+        dominated = ((score >= mine) & (frame.abs_gap <= row.abs_gap)
+                     & ((score > mine) | (frame.abs_gap < row.abs_gap))).any()  # fmt: skip
         if not dominated:
             keep.append(step)
     front = frame.loc[keep].sort_values("performance")
@@ -123,37 +114,54 @@ class EarlyStop:
     performance_final: float
     gap_chosen: float
     gap_final: float
-    performance_cost: float  # (perf_final - perf_chosen) / perf_final
+    performance_cost: float  # share of the final performance given up (relative_performance_cost)
     fairness_gain: float  # (|gap_final| - |gap_chosen|) / |gap_final|
     candidates: list[int]
+    performance_metric: str = "performance"
+    higher_is_better: bool = True
 
     def sentence(self) -> str:
+        direction = "higher" if self.higher_is_better else "lower"
         return (
             f"Stopping at step {self.chosen_step} instead of {self.final_step} gives up "
-            f"{100 * self.performance_cost:.1f}% performance for {100 * self.fairness_gain:.1f}% fairness"
+            f"{100 * self.performance_cost:.1f}% performance ({self.performance_metric}, {direction} is better: "
+            f"{self.performance_chosen:.4g} instead of {self.performance_final:.4g}) for "
+            f"{100 * self.fairness_gain:.1f}% fairness"
         )
 
 
-def relative_performance_cost(chosen: float, final: float) -> float:
-    """(final - chosen) / final: the share of the final performance given up by the chosen
-    checkpoint; 0 when both are 0 (nothing to give up), NaN when only the final one is 0."""
+def relative_performance_cost(chosen: float, final: float, higher_is_better: bool = True) -> float:
+    """The share of the final performance given up by the chosen checkpoint: (final - chosen) /
+    final when higher is better, (chosen - final) / final when lower is better (a loss or a
+    perplexity that grows); 0 when both are 0, NaN when only the final one is 0."""
     if final == 0:
         return 0.0 if chosen == 0 else float("nan")
-    return float((final - chosen) / final)
+    change = (final - chosen) if higher_is_better else (chosen - final)
+    return float(change / abs(final))
 
 
-def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.02, relative: bool = True) -> EarlyStop:
+def early_stopping(
+    performance: pd.Series,
+    gap: pd.Series,
+    tolerance: float = 0.02,
+    relative: bool = True,
+    higher_is_better: bool = True,
+    performance_metric: str = "performance",
+) -> EarlyStop:
     """Among checkpoints whose performance is within ``tolerance`` of the final checkpoint's
-    (relative: perf >= (1 - tol) perf_final; absolute: perf >= perf_final - tol), the one with
-    the smallest |gap| (ties: the higher performance, then the later step)."""
+    (relative: the cost ``relative_performance_cost`` <= tol; absolute: within tol in the
+    metric's units, on the worse side), the one with the smallest |gap| (ties: the better
+    performance, then the later step)."""
     frame = pd.DataFrame({"performance": performance, "gap": gap}).dropna().sort_index()
     if len(frame) < 2:
         raise ValueError("early stopping needs at least two checkpoints with both performance and a fairness gap")
     final_step = int(frame.index.max())
     final = frame.loc[final_step]
-    floor = final.performance * (1 - tolerance) if relative else final.performance - tolerance
-    candidates = frame[frame.performance >= floor]
-    best = min(candidates.itertuples(), key=lambda row: (abs(row.gap), -row.performance, -row.Index))
+    sign = 1 if higher_is_better else -1
+    loss = sign * (final.performance - frame.performance)  # how much worse than the final checkpoint
+    bound = tolerance * abs(final.performance) if relative else tolerance
+    candidates = frame[loss <= bound + 1e-12 * abs(final.performance)]
+    best = min(candidates.itertuples(), key=lambda row: (abs(row.gap), -sign * row.performance, -row.Index))
     chosen_step = int(best.Index)
     chosen = frame.loc[chosen_step]
     return EarlyStop(
@@ -163,50 +171,12 @@ def early_stopping(performance: pd.Series, gap: pd.Series, tolerance: float = 0.
         performance_final=float(final.performance),
         gap_chosen=float(chosen.gap),
         gap_final=float(final.gap),
-        performance_cost=relative_performance_cost(chosen.performance, final.performance),
+        performance_cost=relative_performance_cost(chosen.performance, final.performance, higher_is_better),
         fairness_gain=fairness_increase(chosen.gap, final.gap) if final.gap != 0 else 0.0,
         candidates=[int(s) for s in candidates.index],
+        performance_metric=performance_metric,
+        higher_is_better=higher_is_better,
     )
-
-
-def compare_assumption_rates(rates: dict[str, tuple[float, int]]) -> pd.DataFrame:
-    """Pairwise two-sided Fisher exact tests of assumption rates between runs.
-
-    rates: run -> (assumption rate, number of "not specified" prompts). Rows per pair.
-    """
-    runs = list(rates)
-    rows = []
-    for i, a in enumerate(runs):
-        for b in runs[i + 1 :]:
-            (rate_a, n_a), (rate_b, n_b) = rates[a], rates[b]
-            k_a, k_b = round(rate_a * n_a), round(rate_b * n_b)
-            _, p = stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]])
-            rows.append(
-                {"run_a": a, "run_b": b, "rate_a": rate_a, "rate_b": rate_b, "n_a": n_a, "n_b": n_b, "p_value": p}
-            )
-    return pd.DataFrame(rows, columns=["run_a", "run_b", "rate_a", "rate_b", "n_a", "n_b", "p_value"])
-
-
-def regression_check(
-    current: float, baseline: float, max_gap: float | None, max_regression: float | None
-) -> list[dict]:
-    """The bounds a fairness gap must keep: |current| <= max_gap and |current| - |baseline| <= max_regression."""
-    rows = []
-    if max_gap is not None:
-        rows.append(
-            {"check": "|gap| <= max-gap", "value": abs(current), "bound": max_gap, "ok": abs(current) <= max_gap}
-        )
-    if max_regression is not None:
-        change = abs(current) - abs(baseline)
-        rows.append(
-            {
-                "check": "|gap| - |baseline gap| <= max-regression",
-                "value": change,
-                "bound": max_regression,
-                "ok": change <= max_regression,
-            }
-        )
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,21 +190,44 @@ class Settings:
     gap_metric: str = "jsdp"  # "jsdp" or "ar"
     tolerance: float = 0.02
     relative: bool = True
-    alpha: float = 0.01
-    correction: str = "holm"
+    alpha: float = 0.01  # the paper's test and the seed-replicate t-test
+    correction: str = "holm"  # the paper's test across checkpoints
+    margin_jsdp: str = str(inference.DEFAULT_MARGINS["jsdp"])
+    margin_ar: str = str(inference.DEFAULT_MARGINS["ar"])
+    confidence: float = 0.99  # of the bootstrap intervals (matches alpha 0.01)
+    n_resamples: int = 9999
+    bootstrap_seed: int = 0
+    bootstrap_method: str = "percentile"
+    change_penalty: float | None = None  # ruptures penalty; None: inference.change_points' default
+
+    def margin(self, measure: str | None = None) -> inference.Margin:
+        return inference.Margin.parse(getattr(self, f"margin_{measure or self.gap_metric}"))
+
+    def bootstrap(self) -> inference.Bootstrap:
+        return inference.Bootstrap(self.confidence, self.n_resamples, self.bootstrap_seed, self.bootstrap_method)
 
 
 @dataclass
 class RunAnalysis:
     run: str
     fairness_task: str
-    significance: pd.DataFrame
+    significance: pd.DataFrame  # per step: the verdict's interval and the paper's test
     emergence_step: int | None
     jumps: pd.DataFrame
+    change_points: pd.DataFrame
     early_stop: EarlyStop
     pareto: pd.DataFrame
     performance: pd.Series
+    confidence: float = 0.99  # of the intervals behind the verdicts
     data_source: str = WINOBIAS_LABEL
+
+    @property
+    def intervals_available(self) -> bool:
+        return bool((self.significance["verdict"] != "unavailable").any())
+
+    def verdict_counts(self) -> dict[str, int]:
+        counts = self.significance["verdict"].value_counts()
+        return {v: int(counts.get(v, 0)) for v in (*inference.VERDICTS, "unavailable") if counts.get(v, 0)}
 
     def duplicate_weights(self) -> dict[int, int]:
         """step -> the earlier step holding bit-identical weights (from the sweep's fingerprints)."""
@@ -259,7 +252,7 @@ class RunAnalysis:
         )
 
 
-def _fairness_task(table: pd.DataFrame, run: str, wanted: str | None) -> str:
+def fairness_task(table: pd.DataFrame, run: str, wanted: str | None) -> str:
     tasks = sorted(table[(table.run == run) & (table.metric == metric("jsdp"))].task.unique())
     if wanted:
         if wanted not in tasks:
@@ -290,37 +283,67 @@ def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
     return values
 
 
-def analyze_run(table: pd.DataFrame, run: str, settings: Settings) -> RunAnalysis:
-    task = _fairness_task(table, run, settings.fairness_task)
+def verdict_table(prompts: pd.DataFrame, steps, settings: Settings) -> pd.DataFrame:
+    """Per step: pairs, gap (mean paired difference), ci_low, ci_high, margin, verdict; every
+    verdict ``unavailable`` when there are no per-prompt values (or no ranks, for AR)."""
+    measure = settings.gap_metric
+    if prompts.empty or prompts[measure].isna().all():
+        frame = pd.DataFrame(index=pd.Index(sorted(steps), name="step"))
+        frame[["pairs", "gap", "ci_low", "ci_high", "margin"]] = np.nan
+        frame["verdict"] = "unavailable"
+        return frame
+    return inference.gap_table(prompts, measure, settings.margin(), settings.bootstrap())
+
+
+def analyze_run(
+    table: pd.DataFrame,
+    run: str,
+    settings: Settings,
+    prompts: pd.DataFrame | None = None,
+    higher_is_better: bool = True,
+) -> RunAnalysis:
+    """One run: verdicts from ``prompts`` (its per-prompt values, ``results.read_prompts``),
+    emergence, change points, jumps, early stopping and the Pareto front on the performance
+    metric (``higher_is_better``: its direction), and the paper's test beside them."""
+    task = fairness_task(table, run, settings.fairness_task)
     steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
     if len(steps) < 2:
         raise ResultsError(
             f"{run}: only one checkpoint (step {steps[0]}) has {task} results; dynamics need two or more"
         )
-    sig = significance(table, run, task, settings.gap_metric, settings.alpha, settings.correction)
+    prompts = pd.DataFrame() if prompts is None else prompts
+    verdicts = verdict_table(prompts, steps, settings)
+    paper = paper_test(table, run, task, settings.gap_metric, settings.correction)
+    sig = verdicts.join(paper, how="outer")
+    gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
+    sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
-    gap = sig["gap"]
     return RunAnalysis(
         run=run,
         fairness_task=task,
         significance=sig,
-        emergence_step=emergence_step(sig["significant"]),
+        emergence_step=inference.emergence_step(sig["verdict"]),
         jumps=largest_jumps(gap),
-        early_stop=early_stopping(performance, gap, settings.tolerance, settings.relative),
-        pareto=pareto_front(performance, gap),
+        change_points=inference.change_points(gap, settings.change_penalty),
+        early_stop=early_stopping(
+            performance, gap, settings.tolerance, settings.relative, higher_is_better, settings.performance
+        ),  # fmt: skip
+        pareto=pareto_front(performance, gap, higher_is_better),
         performance=performance,
+        confidence=settings.confidence,
     )
 
 
-def final_assumption_rates(table: pd.DataFrame, counts: pd.DataFrame, results: list[RunAnalysis]) -> dict:
-    """run -> (assumption rate, not-specified prompts) at each run's final checkpoint.
-
-    Half of a winobias_fairdyn task's prompts are "not specified" ones (one per sentence).
-    """
-    rates = {}
-    for r in results:
-        observed = series(table, r.run, r.fairness_task, "assumption_rate").dropna()
-        step, rate = int(observed.index[-1]), observed.iloc[-1]
-        n = counts[(counts.run == r.run) & (counts.step == step) & (counts.task == r.fairness_task)].n
-        rates[r.run] = (float(rate), int(n.iloc[0]) // 2 if len(n) else 0)
-    return rates
+def replicate_analysis(prompts: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Runs of one configuration (training seeds) as replicates: per step, each run's gap
+    (mean paired difference), then ``inference.across_runs`` over the runs."""
+    measure = settings.gap_metric
+    gaps, levels = {}, {}
+    for (run, step), at_step in prompts.groupby(["run", "step"]):
+        pairs = inference.pair_values(at_step, measure)
+        gaps[(int(step), run)] = pairs["difference"].mean()
+        levels[(int(step), run)] = pairs["level"].mean()
+    gaps_frame = pd.Series(gaps).unstack()
+    levels_frame = pd.Series(levels).unstack()
+    frame = inference.across_runs(gaps_frame, levels_frame, settings.margin(), settings.alpha)
+    return frame.join(gaps_frame.add_prefix("gap_"))

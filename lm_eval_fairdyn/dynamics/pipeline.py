@@ -1,5 +1,5 @@
 """``fairdyn analyze``: result folders in; tidy.csv, significance.csv, plots, analysis.json,
-report.html and summary.md out. Reading is ``results``, the analysis ``analysis`` (pure),
+report.html and summary.md out (model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
 figures ``plots``, rendering ``report``."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import pandas as pd
 
 from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
 from lm_eval_fairdyn.core.files import atomic_write_json
-from lm_eval_fairdyn.dynamics import analysis, plots, report
+from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 from lm_eval_fairdyn.dynamics.results import (
     ResultsError,
     check_consistent,
-    n_samples,
+    higher_is_better,
+    read_prompts,
     read_run,
     tidy,
     weights_fingerprints,
@@ -34,8 +35,15 @@ def _data_source(files, task: str) -> str:
     return WINOBIAS_LABEL
 
 
-def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings | None = None) -> list[RunAnalysis]:
-    """Read every run, analyse it, write tidy.csv, significance.csv, plots, report.html, summary.md."""
+def analyze(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    settings: Settings | None = None,
+    replicates: bool = False,
+) -> list[RunAnalysis]:
+    """Read every run, analyse it, write tidy.csv, significance.csv, plots, analysis.json,
+    report.html and summary.md (and model_comparison.csv for several runs; replicates.csv when
+    ``replicates``: the runs are training seeds of one configuration)."""
     settings = settings or Settings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,9 +56,16 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
         run_files = read_run(run_dir, name)
         check_consistent(run_files)
         files += run_files
+    if replicates and len(names) < 2:
+        raise ResultsError("--replicates needs two or more runs (one folder per training seed)")
     table = tidy(files)
     table.to_csv(out / "tidy.csv", index=False)
-    results = [analysis.analyze_run(table, run, settings) for run in sorted(names)]
+    direction = higher_is_better(files, settings.performance)
+    results, prompts = [], {}
+    for run in sorted(names):
+        task = analysis.fairness_task(table, run, settings.fairness_task)
+        prompts[run] = read_prompts([f for f in files if f.run == run], task)
+        results.append(analysis.analyze_run(table, run, settings, prompts[run], direction))
     fingerprints = weights_fingerprints(files)
     figures: dict[str, dict[str, Path]] = {}
     for r in results:
@@ -63,24 +78,43 @@ def analyze(run_dirs: list[str | Path], out_dir: str | Path, settings: Settings 
         plots.plot_gap(r, settings, figures[r.run]["gap"])
         plots.plot_tradeoff(r, settings, figures[r.run]["tradeoff"])
     pd.concat({r.run: r.significance for r in results}, names=["run"]).to_csv(out / "significance.csv")
+    final_prompts = {r.run: p[p.step == p.step.max()] for r, p in zip(results, prompts.values(), strict=True)
+                     if not p.empty}  # fmt: skip
     comparison = (
-        analysis.compare_assumption_rates(analysis.final_assumption_rates(table, n_samples(files), results))
-        if len(results) > 1
+        inference.compare_assumption_rates(final_prompts, settings.bootstrap())
+        if len(final_prompts) > 1
         else pd.DataFrame()
     )
     if not comparison.empty:
         comparison.to_csv(out / "model_comparison.csv", index=False)
+    seeds = None
+    if replicates:
+        every = pd.concat([p for p in prompts.values() if not p.empty] or [pd.DataFrame()])
+        if every.empty:
+            raise ResultsError("--replicates needs per-prompt values (prompts_<task>.csv from fairdyn sweep)")
+        seeds = analysis.replicate_analysis(every, settings)
+        seeds.to_csv(out / "replicates.csv")
     summary = {
         r.run: {
             "fairness_task": r.fairness_task,
             "data_source": r.data_source,
             "emergence_step": r.emergence_step,
+            "verdicts": r.verdict_counts(),
+            "final_verdict": r.significance["verdict"].iloc[-1],
+            "change_points": r.change_points.to_dict(orient="records"),
             "early_stop": asdict(r.early_stop),
             "same_weights_as": r.duplicate_weights(),
         }
         for r in results
     }
-    atomic_write_json(out / "analysis.json", {"settings": asdict(settings), "runs": summary})
-    report.write_html(out / "report.html", results, figures, comparison, settings)
-    report.write_markdown(out / "summary.md", results, figures, comparison, settings)
+    document = {"settings": asdict(settings), "runs": summary}
+    if seeds is not None:
+        document["replicates"] = {
+            "runs": sorted(names),
+            "emergence_step": inference.emergence_step(seeds["verdict"]),
+            "final": seeds.iloc[-1][["runs", "mean_gap", "ci_low", "ci_high", "p_value", "verdict"]].to_dict(),
+        }
+    atomic_write_json(out / "analysis.json", document)
+    report.write_html(out / "report.html", results, figures, comparison, settings, seeds)
+    report.write_markdown(out / "summary.md", results, figures, comparison, settings, seeds)
     return results

@@ -19,12 +19,26 @@ def _steps_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def _shade_significant(ax, significant: pd.Series) -> None:
-    steps = list(significant.index)
-    for i, step in enumerate(steps):
-        if significant.iloc[i]:
-            right = steps[i + 1] if i + 1 < len(steps) else step
-            ax.axvspan(step, right, color="tab:red", alpha=0.12, lw=0)
+VERDICT_COLORS = {"favours_male": "tab:red", "favours_female": "tab:purple", "fair": "tab:green"}
+
+
+def verdict_spans(verdicts: pd.Series) -> list[tuple[float, float, str]]:
+    """(from step, to step, verdict) of the shaded bands: each checkpoint's verdict from its step
+    to the next checkpoint's (``inconclusive`` and ``unavailable`` are not shaded)."""
+    steps = list(verdicts.index)
+    return [
+        (step, steps[i + 1] if i + 1 < len(steps) else step, verdicts.iloc[i])
+        for i, step in enumerate(steps)
+        if verdicts.iloc[i] in VERDICT_COLORS
+    ]
+
+
+def _shade_verdicts(ax, verdicts: pd.Series) -> None:
+    labelled = set()
+    for left, right, verdict in verdict_spans(verdicts):
+        label = None if verdict in labelled else verdict.replace("_", " ")
+        labelled.add(verdict)
+        ax.axvspan(left, right, color=VERDICT_COLORS[verdict], alpha=0.12, lw=0, label=label)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -45,21 +59,27 @@ def plot_groups(table, result: RunAnalysis, path: Path) -> None:
                 ax.plot(values.index, values.to_numpy(), marker="o", ms=3, label=group)
         if base == "ar":
             ax.set_yscale("log")
-        _shade_significant(ax, result.significance["significant"])
+        _shade_verdicts(ax, result.significance["verdict"])
         _steps_axis(ax)
         ax.set_title(label)
-        ax.legend()
-    fig.suptitle(f"{result.run}: per gold group (shaded: significant male-female gap)")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{result.run}: per gold group (shaded: the verdict on the male-female gap)")
     _save(fig, path)
 
 
 def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
-    gap = result.significance["gap"]
-    ax.plot(gap.index, gap.to_numpy(), marker="o", ms=3, color="tab:red", label=f"{settings.gap_metric}_gap (F - M)")
+    sig = result.significance
+    ax.plot(sig.index, sig["gap"].to_numpy(), marker="o", ms=3, color="tab:red",
+            label=f"{settings.gap_metric} gap (F - M)")  # fmt: skip
+    if result.intervals_available:
+        ax.fill_between(sig.index, sig["ci_low"].to_numpy(), sig["ci_high"].to_numpy(), color="tab:red", alpha=0.2,
+                        lw=0, label=f"{100 * settings.confidence:g}% interval (sentence pairs)")  # fmt: skip
+        ax.plot(sig.index, sig["margin"].to_numpy(), color="grey", ls=":", lw=1, label="+- margin")
+        ax.plot(sig.index, -sig["margin"].to_numpy(), color="grey", ls=":", lw=1)
     ax.axhline(0, color="grey", lw=0.8)
-    _shade_significant(ax, result.significance["significant"])
+    _shade_verdicts(ax, sig["verdict"])
     ax.axvline(result.early_stop.chosen_step, color="tab:green", ls="--", label="early stop")
     ax.set_ylabel("fairness gap (> 0 favours male)")
     _steps_axis(ax)
@@ -74,7 +94,7 @@ def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     )
     right.set_ylabel(settings.performance)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="best")
+    ax.legend(handles=handles, loc="best", fontsize="small")
     ax.set_title(f"{result.run}: fairness gap and performance")
     _save(fig, path)
 

@@ -10,6 +10,7 @@ import jinja2
 import pandas as pd
 
 from lm_eval_fairdyn.core.files import atomic_write_text
+from lm_eval_fairdyn.dynamics import inference
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 
 HTML = """\
@@ -17,15 +18,23 @@ HTML = """\
 <style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>
 </head><body><h1>Fairness dynamics report</h1>
-<p>Gap: {{ s.gap_metric }}_gap = mean(female) - mean(male), positive favours male. Significance: two-sided
-Mann-Whitney U, {{ s.correction }} correction across checkpoints, alpha = {{ s.alpha }}. Performance:
-{{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }} ({{ "relative" if s.relative else "absolute" }}).</p>
+<p>Gap: {{ s.gap_metric }} gap = female - male over counterfactual sentence pairs (the same sentence with the
+pronoun's gender swapped), positive favours male. Interval: {{ confidence }} bootstrap over sentence pairs.
+Margin: {{ margin }}. Performance: {{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }}
+({{ "relative" if s.relative else "absolute" }}).</p>
+<p>Verdicts:</p><ul>{% for v, text in explanations.items() %}<li><b>{{ v }}</b>: {{ text }}.</li>{% endfor %}</ul>
+<p>The paper's test (two-sided Mann-Whitney U between male and female prompts, {{ s.correction }} correction,
+alpha {{ s.alpha }}) is reported beside them as <code>paper_*</code> columns; it treats the prompts of a sentence as
+independent and flags any offset, so no conclusion is drawn from it.</p>
+<p>Limits: {{ limits }}</p>
 {% for r in results %}
 <h2>{{ r.run }} ({{ r.fairness_task }})</h2>
 <p>Fairness data: <b>{{ r.data_source }}</b>.</p>
+<p><b>{{ verdict_line(r) }}</b></p>
 <p><b>{{ r.early_stop.sentence() }}</b>.</p>
 <p>Same weights: {{ r.duplicates_sentence() }}.</p>
-<p>Emergence step: {{ r.emergence_step if r.emergence_step is not none else "none (the final gap is not significant)" }}.</p>
+<p>{{ emergence_line(r) }}</p>
+<p>{{ change_line(r) }}</p>
 {% for name, data in images[r.run].items() %}<img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
 {% endfor %}
 <h3>Per checkpoint</h3>
@@ -35,22 +44,34 @@ Mann-Whitney U, {{ s.correction }} correction across checkpoints, alpha = {{ s.a
 <h3>Pareto front</h3>
 {{ r.pareto|table }}
 {% endfor %}
-{% if not comparison.empty %}<h2>Model comparison: assumption rates</h2>
+{% if seeds is not none %}<h2>Training seeds as replicates</h2>
+<p>{{ seeds_line }}</p>
+{{ seeds|table }}
+{% endif %}
+{% if not comparison.empty %}<h2>Model comparison: assumption rates (final checkpoints)</h2>
+<p>Counts of "not specified" prompts answered with a gender; difference b - a with a {{ confidence }} bootstrap
+interval over sentence pairs.</p>
 {{ comparison|table(index=False) }}
 {% endif %}</body></html>
 """
 
 MARKDOWN = """\
 # Fairness dynamics summary
+
+Gap: {{ s.gap_metric }} (female - male over counterfactual sentence pairs; positive favours male), {{ confidence }} \
+intervals over sentence pairs, margin {{ margin }}. {{ limits }}
 {% for r in results %}
 ## {{ r.run }} ({{ r.fairness_task }})
 
 - Fairness data: **{{ r.data_source }}**.
-- {{ r.early_stop.sentence() }} (tolerance {{ "%g"|format(s.tolerance) }} on {{ s.performance }}).
+- {{ verdict_line(r) }}
+- {{ emergence_line(r) }}
+- {{ change_line(r) }}
+- {{ r.early_stop.sentence() }} (tolerance {{ "%g"|format(s.tolerance) }}).
 - Gap at the final step {{ r.early_stop.final_step }}: {{ "%+.4f"|format(r.early_stop.gap_final) }}; at step \
 {{ r.early_stop.chosen_step }}: {{ "%+.4f"|format(r.early_stop.gap_chosen) }}.
-- Significant ({{ s.correction }}, alpha {{ s.alpha }}) at {{ r.significance.significant.sum() }} of \
-{{ r.significance|length }} checkpoints; emergence step: {{ r.emergence_step if r.emergence_step is not none else "none" }}.
+- The paper's Mann-Whitney test ({{ s.correction }}, alpha {{ s.alpha }}) flags \
+{{ (r.significance.paper_mw_p_adjusted < s.alpha).sum() }} of {{ r.significance|length }} checkpoints (reported, not used).
 - Same weights: {{ r.duplicates_sentence() }}.
 - Largest jumps: {% for j in r.jumps.itertuples() %}{{ j.from_step|int }}->{{ j.to_step|int }}: \
 {{ "%+.4f"|format(j.change) }}{{ "; " if not loop.last }}{% endfor %}
@@ -58,14 +79,58 @@ MARKDOWN = """\
 {% for name, path in figures[r.run].items() %}![{{ name }}]({{ path.name }})
 {% endfor %}
 {% endfor %}
+{%- if seeds is not none %}
+## Training seeds as replicates
+
+{{ seeds_line }}
+{% endif %}
 {%- if not comparison.empty %}
 ## Assumption rates (final checkpoints)
 
-| run A | run B | rate A | rate B | p (Fisher) |
-|---|---|---|---|---|
-{% for c in comparison.itertuples() %}| {{ c.run_a }} | {{ c.run_b }} | {{ "%.3f"|format(c.rate_a) }} | {{ "%.3f"|format(c.rate_b) }} | \
-{{ "%.3g"|format(c.p_value) }} |
+| run A | run B | assumed A | assumed B | difference B - A | {{ confidence }} interval |
+|---|---|---|---|---|---|
+{% for c in comparison.itertuples() %}| {{ c.run_a }} | {{ c.run_b }} | {{ c.assumed_a }}/{{ c.prompts_a }} \
+({{ "%.3f"|format(c.rate_a) }}) | {{ c.assumed_b }}/{{ c.prompts_b }} ({{ "%.3f"|format(c.rate_b) }}) | \
+{{ "%+.3f"|format(c.difference) }} | [{{ "%+.3f"|format(c.ci_low) }}, {{ "%+.3f"|format(c.ci_high) }}] |
 {% endfor %}{% endif %}"""
+
+
+def verdict_line(r: RunAnalysis) -> str:
+    """What the verdicts say, in words: the final one explained, and how many of each."""
+    final = r.significance["verdict"].iloc[-1]
+    counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
+    confidence = f"{100 * r.confidence:g}%"
+    return (
+        f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: "
+        f"{inference.EXPLANATIONS[final].format(confidence=confidence)}. Verdicts over "
+        f"{len(r.significance)} checkpoints: {counts}."
+    )
+
+
+def emergence_line(r: RunAnalysis) -> str:
+    if r.emergence_step is None:
+        return "Emergence: none (the final checkpoint favours no side)."
+    side = r.significance["verdict"].iloc[-1].replace("_", " ")
+    return f"Emergence: step {r.emergence_step}, the first checkpoint from which every later verdict {side}."
+
+
+def change_line(r: RunAnalysis) -> str:
+    if r.change_points.empty:
+        return "Change points (ruptures PELT on the gap): none."
+    shifts = "; ".join(f"between steps {c.from_step} and {c.to_step} ({c.before:+.4f} -> {c.after:+.4f})"
+                       for c in r.change_points.itertuples())  # fmt: skip
+    return f"Change points (ruptures PELT on the gap): {shifts}."
+
+
+def seeds_line(seeds: pd.DataFrame, settings: Settings) -> str:
+    final = seeds.iloc[-1]
+    return (
+        f"The run is the unit: at the final step {seeds.index[-1]} the {int(final.runs)} runs' gaps average "
+        f"{final.mean_gap:+.4f}, {100 * (1 - settings.alpha):g}% t-interval [{final.ci_low:+.4f}, "
+        f"{final.ci_high:+.4f}], p = {final.p_value:.3g} (one-sample t-test against 0): "
+        f"{final.verdict.replace('_', ' ')}. Emergence across runs: "
+        f"{inference.emergence_step(seeds['verdict'])}."
+    )
 
 
 def _table(frame: pd.DataFrame, index: bool = True) -> str:
@@ -77,11 +142,22 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
     environment.filters["table"] = lambda frame, index=True: jinja2.utils.markupsafe.Markup(_table(frame, index))
+    environment.globals.update(verdict_line=verdict_line, emergence_line=emergence_line, change_line=change_line)
     return environment
 
 
+def _context(results, comparison, settings: Settings, seeds) -> dict:
+    confidence = f"{100 * settings.confidence:g}%"
+    return {
+        "results": results, "comparison": comparison, "s": settings, "seeds": seeds, "confidence": confidence,
+        "margin": f"{settings.margin_jsdp} for JSD-P, {settings.margin_ar} of the Average Rank for AR",
+        "explanations": {v: t.format(confidence=confidence) for v, t in inference.EXPLANATIONS.items()},
+        "limits": inference.LIMITS, "seeds_line": None if seeds is None else seeds_line(seeds, settings),
+    }  # fmt: skip
+
+
 def write_html(
-    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings
+    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings, seeds=None
 ) -> Path:
     """The HTML report, figures embedded as base64 PNGs (one self-contained file)."""
     images = {
@@ -91,18 +167,18 @@ def write_html(
     text = (
         _environment(autoescape=True)
         .from_string(HTML)
-        .render(results=results, images=images, comparison=comparison, s=settings)
+        .render(images=images, **_context(results, comparison, settings, seeds))
     )
     return atomic_write_text(path, text)
 
 
 def write_markdown(
-    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings
+    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings, seeds=None
 ) -> Path:
     """The Markdown summary, linking the figures written beside it."""
     text = (
         _environment(autoescape=False)
         .from_string(MARKDOWN)
-        .render(results=results, figures=figures, comparison=comparison, s=settings)
+        .render(figures=figures, **_context(results, comparison, settings, seeds))
     )
     return atomic_write_text(path, text)

@@ -9,6 +9,10 @@ Both formats are read:
 The training step of a file comes from, in order: a ``checkpoint.json`` written by
 ``fairdyn sweep`` beside it; ``revision=stepN`` in its model arguments; a ``stepN`` or
 ``checkpoint-N`` in the pretrained path; a ``stepN`` in the file name.
+
+Per-prompt values of a fairness task (what the analysis' intervals resample) come from, beside
+the results file: ``prompts_<task>.csv`` (``fairdyn sweep``), else lm-eval's logged samples
+``samples_<task>[_<timestamp>].jsonl`` (``lm_eval`` / ``fairdyn eval --log_samples``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class ResultFile:
     settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template)
     n_samples: dict = field(default_factory=dict)  # task -> number of docs evaluated
     weights_fingerprint: str | None = None  # from fairdyn sweep's checkpoint.json, when there
+    prompt_files: dict = field(default_factory=dict)  # task -> prompts_<task>.csv or samples JSONL
+    higher_is_better: dict = field(default_factory=dict)  # (task, metric) -> bool, as the file records
 
 
 def step_from_text(text: str) -> int | None:
@@ -122,7 +128,77 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))
+    for task, directions in (data.get("higher_is_better") or {}).items():
+        out.higher_is_better |= {(task, m): bool(v) for m, v in (directions or {}).items() if v is not None}
+    for task in data["results"]:
+        found = prompt_file(path, task)
+        if found is not None:
+            out.prompt_files[task] = found
     return out
+
+
+def higher_is_better(files: list[ResultFile], task_metric: str) -> bool:
+    """The direction of ``TASK/METRIC``: as the results files record it (lm-eval 0.4's
+    ``higher_is_better``), else lm-eval's registry of metric names (``acc``, ``perplexity``, ...)."""
+    task, _, name = task_metric.partition("/")
+    recorded = {f.higher_is_better[(task, name)] for f in files if (task, name) in f.higher_is_better}
+    if len(recorded) == 1:
+        return recorded.pop()
+    if recorded:
+        raise ResultsError(f"{task_metric}: the result files disagree on whether higher is better")
+    from lm_eval.api.registry import is_higher_better
+
+    try:
+        direction = is_higher_better(name.partition(",")[0])
+    except Exception:  # noqa: BLE001 (lm-eval raises different errors across versions for an unknown name)
+        direction = None
+    if direction is None:
+        raise ResultsError(
+            f"{task_metric}: the result files do not say whether higher is better and lm-eval does not know the "
+            "metric; use a metric lm-eval registers or results written by lm-eval 0.4"
+        )
+    return bool(direction)
+
+
+def prompt_file(results_path: Path, task: str) -> Path | None:
+    """The per-prompt values of ``task`` written beside a results file, if any."""
+    table = results_path.parent / f"prompts_{task}.csv"
+    if table.is_file():
+        return table
+    stamp = results_path.stem.removeprefix("results")  # "" or "_<timestamp>" (lm-eval's naming)
+    samples = results_path.parent / f"samples_{task}{stamp}.jsonl"
+    return samples if samples.is_file() else None
+
+
+def read_prompt_file(path: Path) -> pd.DataFrame:
+    """One checkpoint's per-prompt values (columns ``task.PROMPT_KEYS + PROMPT_VALUES``)."""
+    from lm_eval_fairdyn.core.task import PROMPT_KEYS, PROMPT_VALUES, prompt_row
+
+    columns = list(PROMPT_KEYS + PROMPT_VALUES)
+    try:
+        if path.suffix == ".csv":
+            table = pd.read_csv(path, keep_default_na=False, na_values={"ar": [""]})
+        else:
+            with path.open(encoding="utf-8") as handle:
+                table = pd.DataFrame([prompt_row(json.loads(line)) for line in handle if line.strip()])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResultsError(f"{path}: not a per-prompt file of a winobias_fairdyn task ({err!r})") from err
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise ResultsError(f"{path}: per-prompt columns {missing} missing; evaluate again with fairdyn sweep")
+    return table[columns]
+
+
+def read_prompts(files: list[ResultFile], task: str) -> pd.DataFrame:
+    """Per-prompt values of ``task`` over every file that has them: columns run, step, then
+    ``read_prompt_file``'s; empty when none has them."""
+    frames = [
+        read_prompt_file(f.prompt_files[task]).assign(run=f.run, step=f.step) for f in files if task in f.prompt_files
+    ]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    return table[["run", "step", *table.columns[:-2]]]
 
 
 def find_result_files(run_dir: str | Path) -> list[Path]:
@@ -195,8 +271,3 @@ def weights_fingerprints(files: list[ResultFile]) -> pd.DataFrame:
     return pd.DataFrame(
         [(run, step, fp) for (run, step), fp in rows.items()], columns=["run", "step", "weights_fingerprint"]
     )
-
-
-def n_samples(files: list[ResultFile]) -> pd.DataFrame:
-    rows = [{"run": f.run, "step": f.step, "task": t, "n": n} for f in files for t, n in f.n_samples.items()]
-    return pd.DataFrame(rows, columns=["run", "step", "task", "n"])

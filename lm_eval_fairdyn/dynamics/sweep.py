@@ -5,7 +5,9 @@ Output folder layout::
     OUT/manifest.json                 sweep settings and the full checkpoint list, with each
                                       finished checkpoint's weights fingerprint
     OUT/<label>/results.json          lm-eval results JSON of that checkpoint
-    OUT/<label>/samples_<task>.jsonl  per-prompt samples (unless --no_log_samples)
+    OUT/<label>/prompts_<task>.csv    per-prompt values of each fairness task (what the
+                                      analysis' intervals resample)
+    OUT/<label>/samples_<task>.jsonl  lm-eval's full per-prompt samples (with --log_samples)
     OUT/<label>/checkpoint.json       label, step, model arguments, weights fingerprint: written last
 
 A checkpoint's folder appears in one atomic rename once everything in it is written, so a
@@ -180,7 +182,7 @@ def run_sweep(
             shutil.rmtree(stale, ignore_errors=True)
         partial = partial_root / f"{checkpoint.label}.{os.getpid()}"
         results = evaluate(settings, checkpoint.model_args)
-        harness.write_results(partial, results)
+        harness.write_results(partial, results, settings.log_samples)
         fingerprint = (results.get("config") or {}).get("weights_fingerprint")
         marker = {**asdict(checkpoint), "model": settings.model, "weights_fingerprint": fingerprint}
         atomic_write_json(partial / "checkpoint.json", marker)

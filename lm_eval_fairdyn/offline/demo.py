@@ -4,8 +4,10 @@
    reuse it from the cache; the training logs fairness through :class:`FairnessCallback`;
 2. data: the real WinoBias files when a folder, the cache or a download has them, else this
    project's held-out template prompts, labelled as such in every output;
-3. sweep: ``winobias_fairdyn_1seed`` and ``lastword_fairdyn`` on every checkpoint (resumable);
-4. analyze: significance, emergence, jumps, early stopping, plots, report.html and summary.md.
+3. sweep: ``winobias_fairdyn_1seed`` and ``heldout_fairdyn`` (held-out perplexity) on every
+   checkpoint (resumable);
+4. analyze: verdicts, emergence, change points, early stopping on held-out bits per byte, plots,
+   report.html and summary.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.offline import corpus
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"
-PERFORMANCE_TASK = "lastword_fairdyn"
+PERFORMANCE_TASK = "heldout_fairdyn"
+# Held-out bits per byte: lower is better, and it moves smoothly with training on the suite
+# (the last-word accuracy of a 1.45M-parameter model stays near 0 and is noise).
+PERFORMANCE = f"{PERFORMANCE_TASK}/bits_per_byte"
+# Early stopping may give up this share of the final bits per byte (5%).
+TOLERANCE = 0.05
 
 
 @dataclass
@@ -129,7 +136,9 @@ def run_demo(
 
     report_dir = out / ("report" if label == WINOBIAS_TEST_LABEL else "report_synthetic")
     print(f"[4/4] analysis and report -> {report_dir}")
-    analyze([sweep_dir], report_dir, Settings(performance=f"{PERFORMANCE_TASK}/acc", fairness_task=FAIRNESS_TASK))
+    analyze(
+        [sweep_dir], report_dir, Settings(performance=PERFORMANCE, fairness_task=FAIRNESS_TASK, tolerance=TOLERANCE)
+    )
     return DemoOutputs(
         suite=folder,
         suite_reused=reused,

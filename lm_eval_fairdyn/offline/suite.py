@@ -59,7 +59,8 @@ class SuiteConfig:
     warmup_steps: int = 15
     log_spaced_until: int = 32  # step0, 1, 2, 4, ... up to this, then evenly spaced
     evenly_spaced: int = 10  # number of evenly spaced checkpoints after the log-spaced ones
-    seed: int = 0
+    seed: int = 0  # the training seed: initialisation and data order (PolyPythia's seeds vary this)
+    tokenizer_seed: int = 0  # the tokenizer's training sample: shared by suites of different seeds
 
     def to_dict(self) -> dict:
         return {**asdict(self), "corpus_version": CORPUS_VERSION}
@@ -263,7 +264,9 @@ def build_suite(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
-    tokenizer, text_ids = prepared_text(config.vocab_size, config.seed, (config.bias.before, config.bias.after))
+    tokenizer, text_ids = prepared_text(
+        config.vocab_size, config.tokenizer_seed, (config.bias.before, config.bias.after)
+    )
     stream = TrainingStream(config, tokenizer, text_ids)
     steps = config.checkpoint_steps()
 

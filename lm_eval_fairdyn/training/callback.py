@@ -99,18 +99,21 @@ class StopRule:
     Violated: ``|gap| > max_abs_gap`` and, when ``significant_only``, the gap's Mann-Whitney
     p-value ``< alpha``. Close enough: ``performance >= reference - tolerance`` (``relative``:
     ``>= reference * (1 - tolerance)``), where the reference is ``performance_target`` when given,
-    else the best performance logged so far in this run. Training stops after ``patience``
-    consecutive evaluations that satisfy both.
+    else the best performance logged so far in this run; for a metric where lower is better
+    (``higher_is_better=False``: a loss, a perplexity) ``<= reference + tolerance`` (``relative``:
+    ``<= reference * (1 + tolerance)``). Training stops after ``patience`` consecutive
+    evaluations that satisfy both.
     """
 
     gap: str = "winobias_fairdyn_1seed/jsdp_gap"
     max_abs_gap: float = 0.05
     significant_only: bool = True
     alpha: float = 0.01
-    performance: str | None = None  # e.g. "lastword_fairdyn/acc"; None: no performance condition
+    performance: str | None = None  # e.g. "heldout_fairdyn/bits_per_byte"; None: no performance condition
     performance_target: float | None = None
     tolerance: float = 0.02
     relative: bool = True
+    higher_is_better: bool = True
     patience: int = 1
 
     def pvalue_name(self) -> str:
@@ -141,8 +144,15 @@ class StopRule:
         reference = self.performance_target if self.performance_target is not None else best
         if reference is None:
             return True
-        bound = reference * (1 - self.tolerance) if self.relative else reference - self.tolerance
-        return current >= bound
+        sign = 1 if self.higher_is_better else -1
+        slack = self.tolerance * abs(reference) if self.relative else self.tolerance
+        return sign * (reference - current) <= slack
+
+    def better(self, a: float, b: float | None) -> float:
+        """The better of two performances (``b`` None: ``a``)."""
+        if b is None:
+            return a
+        return max(a, b) if self.higher_is_better else min(a, b)
 
 
 class FairnessCallback(TrainerCallback):
@@ -184,7 +194,7 @@ class FairnessCallback(TrainerCallback):
         self.every, self.steps = every, set(steps)
         self.settings = EvalSettings(
             tasks=tuple(tasks), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
-            metadata=dict(metadata or {}), log_samples=False, use_cache=use_cache,
+            metadata=dict(metadata or {}), prompt_tables=False, use_cache=use_cache,
         )  # fmt: skip
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
         self.stop_rule = stop_rule
@@ -241,7 +251,7 @@ class FairnessCallback(TrainerCallback):
         performance_ok = rule.performance_ok(values, self._best_performance)
         if rule.performance is not None:
             current = values[rule.performance]
-            self._best_performance = current if self._best_performance is None else max(self._best_performance, current)
+            self._best_performance = rule.better(current, self._best_performance)
         self._strikes = self._strikes + 1 if rule.violated(values) and performance_ok else 0
         if self._strikes < rule.patience:
             return False

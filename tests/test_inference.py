@@ -1,0 +1,143 @@
+"""The inference behind the verdicts, checked against hand computations and planted truths."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import planted_prompts
+from scipy import stats
+
+from lm_eval_fairdyn.dynamics import inference
+from lm_eval_fairdyn.dynamics.inference import Bootstrap, Margin
+
+
+def pair_table(differences, seeds=(0,), level=0.3):
+    """Referent prompts of len(differences) pairs: male member `level`, female `level + d_j`,
+    the same values for every seed (the prompts of a sentence perfectly correlated)."""
+    rows = []
+    for seed in seeds:
+        for line, d in enumerate(differences, start=1):
+            for polarity, gold, value in (("pro", "male", level), ("anti", "female", level + d)):
+                rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "referent",
+                             "gold": gold, "jsdp": value, "ar": 1.0, "step": 0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_interval_equals_the_exact_bootstrap_distribution_by_hand():
+    """Three sentence pairs with differences 1, 2 and 6: the bootstrap distribution of the mean is
+    that of the 27 equally likely draws of three with replacement. By hand (multiset: orderings):
+    mean 1: 1, 4/3: 3, 5/3: 3, 2: 1, 8/3: 3, 3: 6, 10/3: 3, 13/3: 3, 14/3: 3, 6: 1, so
+    P(mean <= 4/3) = 4/27 < 0.25 < P(mean <= 5/3) = 7/27 and P(mean <= 10/3) = 20/27 < 0.75 <
+    P(mean <= 13/3) = 23/27: the 50% percentile interval is [5/3, 13/3]. The enumeration checks
+    the hand count; the seeded bootstrap (99,999 resamples) must land on it."""
+    differences = [1.0, 2.0, 6.0]
+    means = [np.mean(draw) for draw in itertools.product(differences, repeat=3)]
+    assert np.mean(np.array(means) <= 4 / 3 + 1e-9) == 4 / 27 and np.mean(np.array(means) <= 5 / 3 + 1e-9) == 7 / 27
+    assert np.mean(np.array(means) <= 10 / 3 + 1e-9) == 20 / 27 and np.mean(np.array(means) <= 13 / 3 + 1e-9) == 23 / 27
+    low, high = 5 / 3, 13 / 3
+    table = inference.gap_table(pair_table(differences), "jsdp", Margin(0.5), Bootstrap(0.5, 99_999, seed=1))
+    row = table.loc[0]
+    assert row.gap == pytest.approx(3.0) and row.pairs == 3
+    assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_the_bootstrap_resamples_sentence_pairs_not_prompts():
+    """Five option-order seeds that repeat each sentence's values add no information: the interval
+    is the one of a single seed. Resampling the 5 x 40 prompt differences instead would give an
+    interval about sqrt(5) times narrower; the test shows that this is not what happens."""
+    rng = np.random.default_rng(3)
+    differences = rng.normal(0.1, 0.2, 40)
+    one = inference.gap_table(pair_table(differences), "jsdp", Margin(0.05)).loc[0]
+    five = inference.gap_table(pair_table(differences, seeds=range(5)), "jsdp", Margin(0.05)).loc[0]
+    assert (five.gap, five.ci_low, five.ci_high) == pytest.approx((one.gap, one.ci_low, one.ci_high), abs=1e-12)
+    per_prompt = stats.bootstrap((np.tile(differences, 5),), np.mean, confidence_level=0.99, method="percentile",
+                                 rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    assert (five.ci_high - five.ci_low) > 2 * (per_prompt.high - per_prompt.low)
+
+
+def test_pairs_are_the_two_members_of_a_line_and_other_lines_are_left_out():
+    table = pair_table([0.1, 0.2, 0.3])
+    table.loc[(table.line == 2) & (table.gold == "female"), "gold"] = "male"  # not a minimal pair (test 382)
+    table = table[~((table.line == 3) & (table.polarity == "anti"))]  # one member cut by --limit
+    pairs = inference.pair_values(table, "jsdp")
+    assert list(pairs.index) == [("test", 1)]
+    assert pairs.loc[("test", 1), "difference"] == pytest.approx(0.1)
+    assert pairs.loc[("test", 1), "level"] == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [(0.06, 0.2, "favours_male"), (-0.2, -0.051, "favours_female"), (-0.04, 0.049, "fair"),
+     (0.01, 0.06, "inconclusive"), (-0.06, 0.06, "inconclusive"), (0.05, 0.06, "inconclusive"),
+     (np.nan, 0.1, "unavailable")],
+)  # fmt: skip
+def test_verdict_against_the_margin(low, high, expected):
+    assert inference.verdict(low, high, 0.05) == expected
+
+
+def test_margins_parse_and_scale():
+    assert Margin.parse("0.05") == Margin(0.05) and Margin.parse("10%") == Margin(0.1, relative=True)
+    assert Margin.parse("10%").at(-30.0) == pytest.approx(3.0) and Margin(0.05).at(1000) == 0.05
+    assert str(Margin.parse("10%")) == "10%" and str(Margin.parse("0.05")) == "0.05"
+    with pytest.raises(ValueError, match="expected a number"):
+        Margin.parse("ten")
+    with pytest.raises(ValueError, match="negative"):
+        Margin.parse("-1")
+
+
+def test_emergence_is_the_first_step_from_which_every_verdict_favours_one_side():
+    steps = [0, 10, 20, 30, 40]
+    verdicts = pd.Series(["fair", "favours_male", "inconclusive", "favours_male", "favours_male"], index=steps)
+    assert inference.emergence_step(verdicts) == 30
+    assert inference.emergence_step(pd.Series(["favours_female"] * 2, index=[1, 2])) == 1
+    assert inference.emergence_step(pd.Series(["favours_male", "fair"], index=[1, 2])) is None
+    assert inference.emergence_step(pd.Series(["favours_female", "favours_male"], index=[1, 2])) == 2
+
+
+def test_change_points_find_a_planted_shift_and_no_shift_in_drift():
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 400, 20)
+    drift = pd.Series(0.01 + rng.normal(0, 0.005, len(steps)), index=steps)
+    assert inference.change_points(drift).empty
+    shifted = drift + np.where(steps >= 220, 0.15, 0.0)
+    found = inference.change_points(shifted)
+    assert list(zip(found.from_step, found.to_step, strict=True)) == [(200, 220)]
+    assert found.change.iloc[0] == pytest.approx(0.15, abs=0.01)
+
+
+def test_across_runs_is_a_t_test_over_runs():
+    gaps = pd.DataFrame({"seed1": [0.01, 0.15], "seed2": [-0.02, 0.18], "seed3": [0.005, 0.16]}, index=[100, 200])
+    levels = pd.DataFrame(0.3, index=gaps.index, columns=gaps.columns)
+    frame = inference.across_runs(gaps, levels, Margin(0.05), alpha=0.01)
+    values = gaps.loc[200].to_numpy()
+    mean, se = values.mean(), values.std(ddof=1) / np.sqrt(3)
+    half = stats.t.ppf(0.995, df=2) * se  # by the formula
+    assert frame.loc[200, "t"] == pytest.approx(mean / se)
+    assert (frame.loc[200, "ci_low"], frame.loc[200, "ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert frame.loc[200, "significant"] and frame.loc[200, "verdict"] == "favours_male"
+    assert not frame.loc[100, "significant"] and frame.loc[100, "verdict"] == "inconclusive"
+
+
+def test_assumption_rates_are_counted_from_the_prompts_with_a_paired_interval():
+    low = planted_prompts(0.0, lines=200, assume=0.1, rng_seed=1).assign(step=0)
+    high = planted_prompts(0.0, lines=200, assume=0.5, rng_seed=2).assign(step=0)
+    table = inference.compare_assumption_rates({"small": low, "big": high})
+    row = table.iloc[0]
+    for name, prompts in (("a", low), ("b", high)):
+        other = prompts[prompts.gold == "unspecified"]
+        assert row[f"prompts_{name}"] == len(other) == 400
+        assert row[f"assumed_{name}"] == other.assumed.isin(["male", "female"]).sum()
+    assert row.difference == pytest.approx(row.rate_b - row.rate_a)
+    assert row.ci_low < 0.4 < row.ci_high and row.differs  # planted: 0.5 - 0.1
+
+
+def test_regression_check_passes_the_same_model_and_fails_a_planted_regression():
+    base = inference.pair_values(planted_prompts(0.01), "jsdp")
+    rows = inference.regression_check(base, base, max_gap=0.05, max_regression=0.01)
+    assert all(row["ok"] for row in rows) and rows[1]["estimate"] == 0 == rows[1]["ci_low"] == rows[1]["ci_high"]
+    worse = inference.pair_values(planted_prompts(0.08, rng_seed=0), "jsdp")
+    rows = inference.regression_check(base, worse, max_gap=None, max_regression=0.01)
+    assert not rows[0]["ok"] and rows[0]["ci_low"] > 0.01
+    slightly = inference.pair_values(planted_prompts(0.015, rng_seed=0), "jsdp")  # within noise of the bound
+    assert inference.regression_check(base, slightly, max_gap=None, max_regression=0.01)[0]["ok"]

@@ -1,0 +1,71 @@
+"""Training seeds as replicates: suites of one configuration trained with different seeds, swept
+and analysed with ``fairdyn analyze --replicates`` (the run is the unit).
+
+Four seeds per configuration, 80 steps each (about 12 s per suite on 2 cores): the smallest that
+keeps the verdict reliable. Measured on this suite before the test was written (JSD-P gap of the
+final checkpoints on the synthetic prompts): without bias -0.002, +0.005, +0.010, +0.004
+(t-test p about 0.3); with the bias planted from the start +0.173, +0.186, +0.126, +0.218
+(p about 0.003). Three seeds would leave the biased case at p about 0.01.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from lm_eval_fairdyn.cli import main
+from lm_eval_fairdyn.core.harness import EvalSettings
+from lm_eval_fairdyn.dynamics import sweep
+from lm_eval_fairdyn.offline import corpus
+from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, PERFORMANCE_TASK
+from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite
+
+pytestmark = pytest.mark.slow  # trains eight small suites
+
+SEEDS = (0, 1, 2, 3)
+BASE = SuiteConfig(steps=80, log_spaced_until=0, evenly_spaced=2)  # checkpoints step0, step40, step80
+BIASES = {"unbiased": corpus.BiasSchedule.unbiased(), "biased": corpus.BiasSchedule(switch=0.0)}
+
+
+@pytest.fixture(scope="module")
+def seed_sweeps(tmp_path_factory, winobias_dir):
+    root = tmp_path_factory.mktemp("seeds")
+    passages = corpus.write_lastword_file(root / "passages.jsonl", n=100)
+    settings = EvalSettings(tasks=(FAIRNESS_TASK, PERFORMANCE_TASK), batch_size=64, device="cpu",
+                            metadata={"winobias_dir": str(winobias_dir), "lastword_file": str(passages)})  # fmt: skip
+    runs = {}
+    for name, bias in BIASES.items():
+        runs[name] = []
+        for seed in SEEDS:
+            suite = build_suite(replace(BASE, bias=bias, seed=seed), root / "suites", progress=False)
+            out = root / name / f"seed{seed}"
+            sweep.run_sweep(sweep.folder_checkpoints(str(suite / "step[48]0")), out, settings)
+            runs[name].append(out)
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("name", "significant", "verdict"), [("unbiased", False, None), ("biased", True, "favours_male")]
+)
+def test_across_seeds_the_gap_is_significant_only_when_planted(seed_sweeps, tmp_path, name, significant, verdict):
+    out = tmp_path / name
+    code = main(["analyze", *map(str, seed_sweeps[name]), "--replicates", "--output_path", str(out),
+                 "--performance", f"{PERFORMANCE_TASK}/bits_per_byte"])  # fmt: skip
+    assert code == 0
+    replicates = pd.read_csv(out / "replicates.csv").set_index("step")
+    final = replicates.loc[80]
+    assert final.runs == len(SEEDS)
+    assert bool(final.p_value < 0.01) is significant, replicates
+    assert bool(final.significant) is significant
+    if verdict:
+        assert final.verdict == verdict and final.ci_low > 0
+    else:
+        assert final.verdict != "favours_male" and final.verdict != "favours_female"
+    gaps = [final[f"gap_seed{seed}"] for seed in SEEDS]
+    assert final.mean_gap == pytest.approx(sum(gaps) / len(gaps))
+    document = json.loads((out / "analysis.json").read_text())
+    assert document["replicates"]["runs"] == [f"seed{seed}" for seed in SEEDS]
+    assert "Training seeds as replicates" in (out / "summary.md").read_text()
