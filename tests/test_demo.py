@@ -34,7 +34,7 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoint.json").is_file()) == sorted(steps)
     results = json.loads((sweep / "step4" / "results.json").read_text())
     assert results["configs"]["winobias_fairdyn_1seed"]["metadata"]["data_source"] == SYNTHETIC_LABEL
-    assert {"winobias_fairdyn_1seed", "lastword_fairdyn"} <= set(results["results"])
+    assert {"winobias_fairdyn_1seed", "heldout_fairdyn"} <= set(results["results"])
     report = out / "report_synthetic"
     assert SYNTHETIC_LABEL in (report / "report.html").read_text()
     assert SYNTHETIC_LABEL in (report / "summary.md").read_text()

@@ -11,6 +11,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lm_eval_fairdyn.core.harness import EvalSettings, evaluate, flatten_results
@@ -139,6 +140,38 @@ def test_planted_bias_is_recovered(biased_suite, unbiased_suite, synthetic_dir):
         assert values["jsdp_gap_pvalue"] < ALPHA and values["jsdp_gap_effect"] >= 0.9, (step, values["jsdp_gap"])
         assert values["jsdp_female"] > values["jsdp_male"]
         assert values["jsdp_gap"] >= 4 * max(abs(gap) for gap in balanced), (step, values["jsdp_gap"], balanced)
+
+
+def test_the_demo_finds_the_planted_bias_where_it_was_planted(biased_suite, suite_root, winobias_dir, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    """The demo's analysis of the default suite (bias switched on at step 200 of 400): no
+    checkpoint up to the switch favours a side, the final one favours male, the emergence step is
+    the first checkpoint after the switch or the one after it, and summary.md and the plots'
+    shading say the same."""
+    from lm_eval_fairdyn.dynamics import plots
+    from lm_eval_fairdyn.offline.demo import run_demo
+
+    monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path / "cache"))
+    outputs = run_demo(tmp_path / "out", winobias_dir=str(winobias_dir), download=False, suite_root=suite_root)
+    assert outputs.suite == biased_suite and outputs.suite_reused
+    report = outputs.report.parent
+    run = json.loads((report / "analysis.json").read_text())["runs"][biased_suite.name]
+    sig = pd.read_csv(report / "significance.csv").set_index("step")
+    switch, after = 200, [240, 280]
+    assert not set(sig.loc[:switch, "verdict"]) & {"favours_male", "favours_female"}, sig.verdict
+    assert sig.verdict.iloc[-1] == "favours_male" and run["final_verdict"] == "favours_male"
+    assert run["emergence_step"] in after, sig[["gap", "ci_low", "ci_high", "verdict"]]
+    summary = outputs.summary.read_text()
+    assert (
+        f"Emergence: step {run['emergence_step']}, the first checkpoint from which every later verdict favours male"
+        in summary
+    )
+    assert "Final checkpoint (400): favours male" in summary
+    shaded = [(left, verdict) for left, _, verdict in plots.verdict_spans(sig.verdict)]
+    emerged = {left for left, verdict in shaded if verdict == "favours_male" and left >= run["emergence_step"]}
+    assert emerged == set(sig.index[sig.index >= run["emergence_step"]])
+    assert all(verdict != "favours_male" for left, verdict in shaded if left <= switch)
+    assert "heldout_fairdyn/bits_per_byte, lower is better" in summary
 
 
 def test_callback_logs_what_fairdyn_eval_computes_on_the_saved_checkpoint(biased_suite, synthetic_dir, tmp_path):

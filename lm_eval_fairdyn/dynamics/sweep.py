@@ -162,9 +162,10 @@ def run_sweep(
     settings: EvalSettings,
     evaluate: Callable[[EvalSettings, str], dict] = harness.evaluate,
 ) -> list[Path]:
-    """Evaluate each checkpoint not yet finished in out_dir; return the finished folders."""
+    """Evaluate each checkpoint not yet finished in out_dir (its manifest created or confirmed
+    first); return the finished folders."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, checkpoints, settings)  # a folder holding another sweep's settings is refused here
     partial_root = out / ".partial"
     partial_root.mkdir(exist_ok=True)
     done = []
