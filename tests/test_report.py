@@ -3,6 +3,7 @@
 import base64
 import html.parser
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,8 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert "Stopping at step" in summary and "![gap](pythia-160m_gap.png)" in summary
     assert "favours male 9, fair 7" in summary and "Emergence: step 63000" in summary
     assert "between steps 53000 and 63000" in summary
+    jump = re.search(r"Largest jumps: 53000->63000: \+(0\.\d+) \[\+(0\.\d+), \+(0\.\d+)\]", summary)
+    assert jump and float(jump[2]) < 0.1 < float(jump[3])  # the planted change of 0.1, with its interval
     assert (out / "pythia-160m_gap.png").stat().st_size > 1000
 
 
@@ -156,3 +159,11 @@ def test_check_exit_codes(tmp_path):
     )
     other = fairdyn("check", str(fewer), "--baseline", str(baseline))
     assert other.returncode == 2 and "different sentence pairs" in other.stderr
+
+
+def test_analyze_refuses_replicates_of_one_run_and_a_margin_that_is_not_a_number(tmp_path, pythia_evals):
+    run = make_run(tmp_path / "runs", pythia_evals)
+    one = fairdyn("analyze", str(run), "--replicates", "--output_path", str(tmp_path / "out"))
+    assert one.returncode == 2 and "--replicates needs two or more runs" in one.stderr
+    margin = fairdyn("analyze", str(run), "--margin_jsdp", "five", "--output_path", str(tmp_path / "out"))
+    assert margin.returncode == 2 and "margin 'five': expected a number" in margin.stderr

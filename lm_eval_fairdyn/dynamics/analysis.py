@@ -90,6 +90,21 @@ def largest_jumps(values: pd.Series, n: int = 5) -> pd.DataFrame:
     return frame.reindex(frame["change"].abs().sort_values(ascending=False).index).head(n).reset_index(drop=True)
 
 
+def jump_intervals(jumps: pd.DataFrame, prompts: pd.DataFrame, settings) -> pd.DataFrame:
+    """The jumps with ``ci_low``, ``ci_high``: the change of the gap between the two checkpoints,
+    paired by sentence pair (``inference.change_interval``)."""
+    by_step = {int(step): p for step, p in prompts.groupby("step")}
+    bounds = []
+    for jump in jumps.itertuples():
+        steps = (int(jump.from_step), int(jump.to_step))
+        if not all(step in by_step for step in steps):
+            bounds.append((np.nan, np.nan))
+            continue
+        before, after = (inference.pair_values(by_step[step], settings.gap_metric) for step in steps)
+        bounds.append(inference.change_interval(before, after, settings.bootstrap())[1:3])
+    return jumps.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
+
+
 def pareto_front(performance: pd.Series, gap: pd.Series, higher_is_better: bool = True) -> pd.DataFrame:
     """Checkpoints no other checkpoint beats on both better performance and smaller |gap|."""
     frame = pd.DataFrame({"performance": performance, "abs_gap": gap.abs()}).dropna()
@@ -318,12 +333,15 @@ def analyze_run(
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
+    jumps = largest_jumps(gap)
+    if not prompts.empty and settings.gap_metric in prompts and prompts[settings.gap_metric].notna().any():
+        jumps = jump_intervals(jumps, prompts, settings)
     return RunAnalysis(
         run=run,
         fairness_task=task,
         significance=sig,
         emergence_step=inference.emergence_step(sig["verdict"]),
-        jumps=largest_jumps(gap),
+        jumps=jumps,
         change_points=inference.change_points(gap, settings.change_penalty),
         early_stop=early_stopping(
             performance, gap, settings.tolerance, settings.relative, higher_is_better, settings.performance

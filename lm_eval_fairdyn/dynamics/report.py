@@ -74,7 +74,8 @@ intervals over sentence pairs, margin {{ margin }}. {{ limits }}
 {{ (r.significance.paper_mw_p_adjusted < s.alpha).sum() }} of {{ r.significance|length }} checkpoints (reported, not used).
 - Same weights: {{ r.duplicates_sentence() }}.
 - Largest jumps: {% for j in r.jumps.itertuples() %}{{ j.from_step|int }}->{{ j.to_step|int }}: \
-{{ "%+.4f"|format(j.change) }}{{ "; " if not loop.last }}{% endfor %}
+{{ "%+.4f"|format(j.change) }}{% if j.ci_low is defined %} [{{ "%+.4f"|format(j.ci_low) }}, \
+{{ "%+.4f"|format(j.ci_high) }}]{% endif %}{{ "; " if not loop.last }}{% endfor %}
 
 {% for name, path in figures[r.run].items() %}![{{ name }}]({{ path.name }})
 {% endfor %}
