@@ -82,6 +82,11 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
             assert plain[f"{name},none"] == pytest.approx(scores[f"{name},none"], abs=1e-12), name
     assert log.count("only `--model hf-fairdyn` through `fairdyn eval` provides") == 1
 
+    # Two evaluations of one model pass fairdyn check, read from lm-eval's own samples files.
+    check = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "check", str(tmp_path / "same"), "--baseline",
+                            str(tmp_path / "fairdyn")], capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0 and "(10 sentence pairs)" in check.stdout, check.stdout + check.stderr
+
 
 @pytest.mark.slow
 def test_plain_lm_eval_with_include_path_and_metadata(neox_dir, winobias_dir, tmp_path):

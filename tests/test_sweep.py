@@ -59,7 +59,9 @@ def test_sweep_layout(uninterrupted):
         assert json.loads((folder / "checkpoint.json").read_text())["step"] == int(label[4:])
         results = json.loads((folder / "results.json").read_text())
         assert results["results"]["winobias_fairdyn_1seed"]["jsdp_gap,none"] is not None
-        assert len((folder / "samples_winobias_fairdyn_1seed.jsonl").read_text().splitlines()) == 12
+        prompts = (folder / "prompts_winobias_fairdyn_1seed.csv").read_text().splitlines()
+        assert len(prompts) == 1 + 12 and prompts[0].startswith("split,polarity,line,seed,kind,gold,ar,jsdp")
+        assert not list(folder.glob("samples_*"))  # lm-eval's full samples only with --log_samples
     assert not list((uninterrupted / ".partial").iterdir())
 
 
@@ -177,8 +179,8 @@ def test_identical_weights_are_fingerprinted_warned_about_and_marked(
     assert fingerprints == {label: entry["weights_fingerprint"] for label, entry in manifest.items()}
     assert fingerprints["step0"] == fingerprints["step1"] != fingerprints["step10"]
     assert (
-        snapshot(out)["step10/samples_winobias_fairdyn_1seed.jsonl"]
-        == snapshot(uninterrupted)["step10/samples_winobias_fairdyn_1seed.jsonl"]
+        snapshot(out)["step10/prompts_winobias_fairdyn_1seed.csv"]
+        == snapshot(uninterrupted)["step10/prompts_winobias_fairdyn_1seed.csv"]
     )
 
     report = tmp_path / "report"
