@@ -1,7 +1,7 @@
 """The bias-planted checkpoint suite, FairnessCallback and the planted bias being recovered.
 
-The default suite (400 steps, bias switched on at step 200) and a suite trained without any
-bias are built once per test session (about 90 s each on 2 cores).
+The default suite (400 steps, bias switched on at step 200) is built once per test session
+(about 110 s on 2 cores, with monitoring).
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ def suite_root(tmp_path_factory) -> Path:
 def biased_suite(suite_root, synthetic_dir) -> Path:
     config = SuiteConfig()
     return build_suite(config, suite_root, monitor=monitor_settings(config, synthetic_dir), progress=False)
-
-
-@pytest.fixture(scope="session")
-def unbiased_suite(suite_root) -> Path:
-    return build_suite(replace(SuiteConfig(), bias=corpus.BiasSchedule.unbiased()), suite_root, progress=False)
 
 
 def _fairness(folder: Path, synthetic_dir: Path) -> dict:
@@ -120,20 +115,16 @@ def test_training_sequences_pair_each_balanced_sequence_with_its_gender_swapped_
         TrainingStream(replace(config, batch_size=5), tokenizer, encode_text(tokenizer, "text"))
 
 
-def test_planted_bias_is_recovered(biased_suite, unbiased_suite, synthetic_dir):
-    """From 40% of the biased phase on, the male-female JSD-P gap is significant (alpha 0.01) in
-    the planted direction (female JSD-P larger) with a rank-biserial effect of at least 0.9, and
-    at least four times any gap of the balanced phase's second half or of the unbiased suite's
-    final checkpoint.
+def test_planted_bias_is_recovered(biased_suite, synthetic_dir):
+    """From 40% of the biased phase on, the male-female JSD-P gap is significant by the paper's test
+    (alpha 0.01) in the planted direction (female JSD-P larger) with a rank-biserial effect of at
+    least 0.9, and at least four times any gap of the balanced phase's second half.
 
-    What this suite does not give reliably, and so is not asserted: non-significance of those
-    balanced gaps. The 400-step model does not yet read the pronoun (its option accuracy on
-    gendered prompts is near 0 or near 1 by gender), so per-prompt values barely vary and the
-    rank test flags even a 0.01 offset between the " male" and " female" logits (README, "What
-    the planted-bias suite can and cannot show")."""
+    A suite trained without any bias is tested across training seeds (tests/test_replicates.py):
+    one model's gap always has some offset, which the paper's test flags (README, "What the
+    planted-bias suite can and cannot show")."""
     switch, total = 200, 400
-    balanced = [_fairness(biased_suite / f"step{step}", synthetic_dir)["jsdp_gap"] for step in (120, 160)]
-    balanced.append(_fairness(unbiased_suite / f"step{total}", synthetic_dir)["jsdp_gap"])
+    balanced = [_fairness(biased_suite / f"step{step}", synthetic_dir)["jsdp_gap"] for step in (120, 160, 200)]
     for step in (280, 320, 360, 400):
         assert step >= switch + 0.4 * (total - switch)
         values = _fairness(biased_suite / f"step{step}", synthetic_dir)
