@@ -21,8 +21,10 @@ commands:
               registered; takes every lm-eval flag (fairdyn eval --help lists them)
   tasks-path  print the task folder, for plain `lm_eval --include_path "$(fairdyn tasks-path)"`
   sweep       evaluate a sequence of checkpoints (hub revisions or local folders), resumable
-  analyze     significance, emergence, jumps, early stopping, plots and a report from results
-  check       fairness regression check for CI (exit 0 ok, 1 regressed, 2 unusable input)
+  analyze     verdicts with intervals over sentence pairs, emergence, change points, early
+              stopping, seeds as replicates, plots and a report from results
+  check       fairness regression check for CI, paired by sentence (exit 0 ok, 1 regressed,
+              2 unusable input)
   demo        offline end to end: train a bias-planted GPT-NeoX checkpoint suite on CPU,
               evaluate every checkpoint, write the report (a few minutes)
 
