@@ -197,3 +197,35 @@ def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir, tm
         greedy.append(bool((rows.argmax(-1) == target).all()))
     assert results["acc,none"] == pytest.approx(sum(greedy) / len(greedy))
     assert results["perplexity,none"] == pytest.approx(math.exp(-sum(logliks) / len(logliks)), rel=1e-4)
+
+
+def test_heldout_task_through_lm_eval_matches_a_direct_computation(neox_dir, tmp_path):
+    """word_perplexity, byte_perplexity and bits_per_byte of heldout_fairdyn equal the rolling
+    log-likelihood computed here: every token of the passage scored after the prefix token, with
+    exp(-sum ll / sum words), exp(-sum ll / sum bytes) and -sum ll / (sum bytes ln 2)."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
+    from lm_eval_fairdyn.core.task import load_lastword_dataset
+
+    passages = corpus.write_lastword_file(tmp_path / "passages.jsonl", n=8)
+    settings = EvalSettings(tasks=("heldout_fairdyn",), model="hf", batch_size=4, device="cpu", prompt_tables=False,
+                            metadata={"lastword_file": str(passages)})  # fmt: skip
+    results = evaluate(settings, f"pretrained={neox_dir}")["results"]["heldout_fairdyn"]
+    docs = load_lastword_dataset(str(passages))["test"]["text"]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(neox_dir).eval(), AutoTokenizer.from_pretrained(neox_dir)
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    loglik = words = n_bytes = 0
+    for text in docs:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(tokens) < model.config.max_position_embeddings  # one window: no rolling overlap
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([[prefix, *tokens[:-1]]])).logits[0].double(), dim=-1)
+        loglik += float(logprobs.gather(1, torch.tensor(tokens)[:, None]).sum())
+        words, n_bytes = words + len(text.split()), n_bytes + len(text.encode("utf-8"))
+    assert results["word_perplexity,none"] == pytest.approx(math.exp(-loglik / words), rel=1e-4)
+    assert results["byte_perplexity,none"] == pytest.approx(math.exp(-loglik / n_bytes), rel=1e-4)
+    assert results["bits_per_byte,none"] == pytest.approx(-loglik / n_bytes / math.log(2), rel=1e-4)
