@@ -215,8 +215,9 @@ class Settings:
     bootstrap_method: str = "percentile"
     change_penalty: float | None = None  # ruptures penalty; None: inference.change_points' default
 
-    def margin(self, measure: str | None = None) -> inference.Margin:
-        return inference.Margin.parse(getattr(self, f"margin_{measure or self.gap_metric}"))
+    def margin(self) -> inference.Margin:
+        """The margin of ``gap_metric``."""
+        return inference.Margin.parse(getattr(self, f"margin_{self.gap_metric}"))
 
     def bootstrap(self) -> inference.Bootstrap:
         return inference.Bootstrap(self.confidence, self.n_resamples, self.bootstrap_seed, self.bootstrap_method)

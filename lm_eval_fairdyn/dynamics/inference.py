@@ -132,10 +132,6 @@ def interval(samples, statistic, settings: Bootstrap = Bootstrap()) -> tuple[flo
     return estimate, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def mean(values, axis=-1):
-    return np.mean(values, axis=axis)
-
-
 def verdict(low: float, high: float, margin: float) -> str:
     """The interval [low, high] of a female - male gap against the margin (see the module)."""
     if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(margin)):
@@ -155,7 +151,7 @@ def gap_table(prompts: pd.DataFrame, measure: str, margin: Margin, settings: Boo
     rows = {}
     for step, at_step in prompts.groupby("step", sort=True):
         pairs = pair_values(at_step, measure)
-        gap, low, high = interval([pairs["difference"]], mean, settings)
+        gap, low, high = interval([pairs["difference"]], np.mean, settings)
         m = margin.at(pairs["level"].mean()) if len(pairs) else np.nan
         rows[int(step)] = {"pairs": len(pairs), "gap": gap, "ci_low": low, "ci_high": high, "margin": m,
                            "verdict": verdict(low, high, m)}  # fmt: skip
@@ -308,7 +304,7 @@ def regression_check(
     - ``|gap| - |baseline gap| <= max_regression``: the change of |gap|, paired by sentence pair."""
     rows = []
     if max_gap is not None:
-        gap, low, high = interval([current["difference"]], mean, settings)
+        gap, low, high = interval([current["difference"]], np.mean, settings)
         rows.append({"check": "-max-gap <= gap <= max-gap", "estimate": gap, "ci_low": low, "ci_high": high,
                      "bound": max_gap, "ok": not (low > max_gap or high < -max_gap)})  # fmt: skip
     if max_regression is not None:

@@ -78,8 +78,7 @@ def analyze(
         plots.plot_gap(r, settings, figures[r.run]["gap"])
         plots.plot_tradeoff(r, settings, figures[r.run]["tradeoff"])
     pd.concat({r.run: r.significance for r in results}, names=["run"]).to_csv(out / "significance.csv")
-    final_prompts = {r.run: p[p.step == p.step.max()] for r, p in zip(results, prompts.values(), strict=True)
-                     if not p.empty}  # fmt: skip
+    final_prompts = {run: p[p.step == p.step.max()] for run, p in prompts.items() if not p.empty}
     comparison = (
         inference.compare_assumption_rates(final_prompts, settings.bootstrap())
         if len(final_prompts) > 1
