@@ -241,7 +241,7 @@ def _add_analyze(commands) -> None:
         "--change_penalty",
         type=float,
         default=defaults.change_penalty,
-        help="ruptures PELT penalty of the change points (default: 2 sigma^2 log n)",
+        help="ruptures PELT penalty of the change points (default: 6 sigma^2 log n, sigma the noise level)",
     )
     analyze.add_argument(
         "--replicates",
