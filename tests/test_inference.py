@@ -141,3 +141,16 @@ def test_regression_check_passes_the_same_model_and_fails_a_planted_regression()
     assert not rows[0]["ok"] and rows[0]["ci_low"] > 0.01
     slightly = inference.pair_values(planted_prompts(0.015, rng_seed=0), "jsdp")  # within noise of the bound
     assert inference.regression_check(base, slightly, max_gap=None, max_regression=0.01)[0]["ok"]
+
+
+def test_no_planted_bias_gives_fair_verdicts_no_emergence_and_no_assumption_difference():
+    """The truth is no bias: every checkpoint's verdict is fair, nothing emerges, and two runs that
+    assume a gender at the same rate (0.3) do not differ."""
+    steps = pd.concat([planted_prompts(0.0, rng_seed=step).assign(step=step) for step in (0, 100, 200, 300)])
+    table = inference.gap_table(steps, "jsdp", Margin(0.05))
+    assert set(table.verdict) == {"fair"} and inference.emergence_step(table.verdict) is None
+    same = inference.compare_assumption_rates(
+        {"a": planted_prompts(0.0, assume=0.3, rng_seed=5).assign(step=0),
+         "b": planted_prompts(0.0, assume=0.3, rng_seed=6).assign(step=0)}
+    ).iloc[0]  # fmt: skip
+    assert same.ci_low < 0 < same.ci_high and not same.differs

@@ -2,11 +2,13 @@ import json
 import math
 import shutil
 
+import pandas as pd
 import pytest
 from conftest import write_fairdyn_result
 
 from lm_eval_fairdyn.dynamics import results
 from lm_eval_fairdyn.dynamics.analysis import series
+from lm_eval_fairdyn.dynamics.results import read_result_file
 
 
 def test_pythia_lambada_series_are_read(pythia_evals, uses_real_pythia_evals):
@@ -105,3 +107,56 @@ def test_a_results_file_becomes_a_tidy_per_group_table(tmp_path):
         ("winobias_fairdyn", "ar", "female-male", "pro", "pvalue"): 0.002,
         ("winobias_fairdyn", "jsdp_part_unspecified", "male", "all", "mean"): 0.05,
     }  # the *_stderr entries and the alias are not metrics of the table
+
+
+def test_per_prompt_files_are_found_read_and_refused_with_the_file_named(tmp_path):
+    """prompts_<task>.csv beside results.json, or lm-eval's samples_<task>_<timestamp>.jsonl beside
+    results_<timestamp>.json; a file without the per-prompt columns is an error naming it."""
+    from conftest import planted_prompts
+
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_prompts
+
+    table = planted_prompts(0.05, lines=4)
+    path = write_fairdyn_result(tmp_path / "a" / "results.json", 10, {"jsdp_gap": 0.05}, prompts=table)
+    parsed = read_result_file(path, "run")
+    assert parsed.prompt_files == {"winobias_fairdyn": path.parent / "prompts_winobias_fairdyn.csv"}
+    read = read_prompts([parsed], "winobias_fairdyn")
+    assert list(read.columns[:2]) == ["run", "step"] and set(read.step) == {10} and len(read) == len(table)
+    pd.testing.assert_frame_equal(read.drop(columns=["run", "step"]), table, check_dtype=False)
+
+    stamped = write_fairdyn_result(tmp_path / "b" / "results_2026-01-01T00-00-00.json", 20, {"jsdp_gap": 0.0})
+    sample = {"doc": {"split": "test", "polarity": "pro", "line": 1, "seed": 0, "kind": "other", "gold": "unspecified"},
+              "ar_unspecified": 3, "jsdp_unspecified": 0.2, "acc_unspecified": 0.0, "option_acc_unspecified": 1.0,
+              "assumption_rate_male": 0.0, "assumption_rate_female": 1.0}  # fmt: skip
+    samples = stamped.parent / "samples_winobias_fairdyn_2026-01-01T00-00-00.jsonl"
+    samples.write_text(json.dumps(sample) + "\n")
+    assert read_result_file(stamped, "run").prompt_files == {"winobias_fairdyn": samples}
+    row = read_prompt_file(samples).iloc[0]
+    assert (row.gold, row.ar, row.jsdp, row.assumed) == ("unspecified", 3, 0.2, "female")
+
+    broken = tmp_path / "prompts_winobias_fairdyn.csv"
+    broken.write_text("split,line\ntest,1\n")
+    with pytest.raises(ResultsError, match=r"prompts_winobias_fairdyn.csv: per-prompt columns \['polarity'"):
+        read_prompt_file(broken)
+    foreign = tmp_path / "samples_lambada.jsonl"
+    foreign.write_text(json.dumps({"doc": {"text": "a passage"}}) + "\n")
+    with pytest.raises(ResultsError, match=r"samples_lambada.jsonl: not a per-prompt file of a winobias_fairdyn task"):
+        read_prompt_file(foreign)
+
+
+def test_the_direction_of_a_performance_metric(tmp_path, pythia_evals):
+    """From the results' own higher_is_better, else lm-eval's registry; an unknown one is an error."""
+    from lm_eval_fairdyn.dynamics.results import ResultsError, higher_is_better
+
+    path = write_fairdyn_result(tmp_path / "a" / "results.json", 1, {"jsdp_gap": 0.0})
+    data = json.loads(path.read_text())
+    data["results"]["heldout_fairdyn"] = {"bits_per_byte,none": 2.5}
+    data["higher_is_better"] = {"heldout_fairdyn": {"bits_per_byte": False}}
+    path.write_text(json.dumps(data))
+    files = [read_result_file(path, "run")]
+    assert higher_is_better(files, "heldout_fairdyn/bits_per_byte") is False
+    pythia = [read_result_file(p, "pythia") for p in sorted((pythia_evals / "pythia-160m").glob("*.json"))[:2]]
+    assert higher_is_better(pythia, "lambada_openai/acc") is True  # lm-eval 0.3 files: the registry
+    assert higher_is_better(pythia, "lambada_openai/perplexity") is False
+    with pytest.raises(ResultsError, match="do not say whether higher is better"):
+        higher_is_better(files, "mytask/my_score")
