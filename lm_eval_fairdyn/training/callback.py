@@ -30,6 +30,7 @@ Usage (as TRL's callbacks, it needs the trainer to log through)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 from collections.abc import Sequence
@@ -196,6 +197,7 @@ class FairnessCallback(TrainerCallback):
             tasks=tuple(tasks), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
             metadata=dict(metadata or {}), prompt_tables=False, use_cache=use_cache,
         )  # fmt: skip
+        self._evaluator = harness.Evaluator(self.settings)  # tasks loaded once for every evaluation
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
         self.stop_rule = stop_rule
         self.results_dir = Path(results_dir) if results_dir else None
@@ -214,8 +216,12 @@ class FairnessCallback(TrainerCallback):
         with preserved_random_states():
             try:
                 model.eval()
-                lm = HFLMWithRank(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
-                return harness.evaluate(self.settings, lm=lm)
+                # a copy: lm-eval sets a missing pad token on the tokenizer it is given, which would
+                # then be saved with the training run's next checkpoints
+                lm = HFLMWithRank(
+                    pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=self.settings.batch_size
+                )
+                return self._evaluator.evaluate(lm=lm)
             finally:
                 model.train(was_training)
 
