@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import functools
 import json
+import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core.data import with_data_source
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
+
+# lm-eval's simple_evaluate seeds numpy, torch and few-shot sampling with 1234 (Python's random with 0).
+DEFAULT_SEED = 1234
+# Model arguments that put more than a checkpoint's own weights in the model: never reloaded.
+_NOT_RELOADABLE = frozenset({"peft", "delta", "gguf_file", "parallelize"})
 
 
 @dataclass(frozen=True)
@@ -79,44 +88,191 @@ def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str, incl
     )
 
 
-def evaluate(settings: EvalSettings, model_args: str = "", lm=None) -> dict:
-    """One lm-eval evaluation: lm-eval's results dict, with ``config.weights_fingerprint``.
+class Evaluator:
+    """Evaluations of one :class:`EvalSettings` on a sequence of checkpoints, in one process.
 
-    ``model_args`` select the checkpoint (joined with ``settings.model_args``); ``lm``: an
-    already built lm-eval model instead (the callback's model in memory). The model is built
-    here, not by lm-eval, so that its weights are fingerprinted before the evaluation (None
-    for a model without PyTorch weights) and the request cache is keyed by them.
+    lm-eval's tasks are loaded once and handed to ``lm_eval.evaluator.evaluate`` for every
+    checkpoint (it builds each checkpoint's requests afresh from them). The model object is kept
+    from one checkpoint to the next when both are local folders with the same
+    :class:`~lm_eval_fairdyn.core.reload.CheckpointLayout` (architecture, tensor shapes and dtypes,
+    tokenizer file bytes): the next weights are loaded into it, and ``hf-fairdyn``'s tokenizations
+    stay valid. Anything else (another layout, a hub name, adapters) gets a model built by
+    lm-eval. What lm-eval's ``simple_evaluate`` adds around an evaluation is reproduced: its seeds
+    (set before each checkpoint), the results' ``config`` and environment entries.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.api.registry import get_model
 
-    import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.core.fingerprint import keyed_request_cache, torch_model, weights_fingerprint
+    def __init__(self, settings: EvalSettings):
+        self.settings = settings
+        self.device = settings.device or default_device()
+        self.reused = False  # whether the last evaluation loaded its weights into the kept model
+        # the last evaluation's seconds: building or reloading the model, tokenizing, forward passes
+        self.seconds: dict[str, float | None] = {}
+        self._tasks = None
+        self._lm = self._layout = self._loader = self._load_args = None
+        self._environment: dict | None = None
+        self._prompt_rows: dict[str, list[dict]] = {}  # per fairness task, filled during an evaluation
 
-    model_args = ",".join(a for a in (model_args, settings.model_args) if a)
-    device = settings.device or default_device()
-    if lm is None:
-        extra = {"batch_size": settings.batch_size, "max_batch_size": None, "device": device}
-        lm = get_model(settings.model).create_from_arg_string(model_args, extra)
-    weights = torch_model(lm)
-    fingerprint = weights_fingerprint(weights) if weights is not None else None
-    metadata = with_data_source(settings.metadata)
-    with keyed_request_cache(fingerprint):
-        results = simple_evaluate(
-            model=lm,
-            model_args=model_args,
-            tasks=list(settings.tasks),
-            batch_size=settings.batch_size,
-            device=device,
-            use_cache=settings.use_cache,
+    def tasks(self) -> dict:
+        """lm-eval's loaded tasks (``TaskManager.load``), with simple_evaluate's defaults applied."""
+        if self._tasks is None:
+            metadata = with_data_source(self.settings.metadata)
+            manager = task_manager(self.settings.include_path, metadata, self.settings.tasks)
+            self._tasks = manager.load(list(self.settings.tasks))
+            for task in self._tasks["tasks"].values():
+                if task.get_config("num_fewshot") is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=DEFAULT_SEED)
+                _docs_as_lists(task)
+                if self.settings.prompt_tables:
+                    self._record_prompt_rows(task)
+        return self._tasks
+
+    def _record_prompt_rows(self, task) -> None:
+        """Make a fairness task keep each prompt's row (``task.prompt_row``) as lm-eval
+        processes it, so that prompt tables need no lm-eval sample logging."""
+        from lm_eval_fairdyn.core.task import PROMPT_KEYS, prompt_row
+
+        if not set(PROMPT_KEYS) <= set(task.features):
+            return
+        rows = self._prompt_rows.setdefault(task.config.task, [])
+        process = task.process_results
+
+        def process_and_record(doc, results):
+            values = process(doc, results)
+            rows.append(prompt_row({"doc": doc, **values}))
+            return values
+
+        task.process_results = process_and_record
+
+    def model(self, model_args: str):
+        """The lm-eval model for ``model_args``: the kept one with these weights loaded into
+        it when the layouts match, else a new one."""
+        from lm_eval.api.registry import get_model
+        from lm_eval.utils import simple_parse_args_string
+
+        import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
+        from lm_eval_fairdyn.core.fingerprint import torch_model
+        from lm_eval_fairdyn.core.reload import WeightLoader, checkpoint_layout
+
+        args = simple_parse_args_string(model_args)
+        folder = args.pop("pretrained", None)
+        layout = None
+        if folder is not None and not _NOT_RELOADABLE.intersection(args):
+            layout = checkpoint_layout(folder)
+        if layout is not None and self._loader is not None and (layout, args) == (self._layout, self._load_args):
+            self._loader.load(folder)
+            self.reused = True
+            return self._lm
+        self._lm = self._loader = None  # the previous model is freed before the next is built
+        extra = {"batch_size": self.settings.batch_size, "max_batch_size": None, "device": self.device}
+        self._lm = get_model(self.settings.model).create_from_arg_string(model_args, extra)
+        weights = torch_model(self._lm)
+        if layout is not None and weights is not None:
+            self._loader = WeightLoader.for_model(weights, layout)
+        self._layout, self._load_args, self.reused = layout, args, False
+        return self._lm
+
+    def environment(self) -> dict:
+        """simple_evaluate's environment entries (git hash, pip and torch environment), once."""
+        if self._environment is None:
+            from lm_eval.loggers.utils import add_env_info, get_git_commit_hash
+
+            self._environment = {"git_hash": get_git_commit_hash()}
+            add_env_info(self._environment)
+        return self._environment
+
+    def evaluate(self, model_args: str = "", lm=None, folder: str | Path | None = None) -> dict:
+        """One checkpoint: lm-eval's results dict, with ``config.weights_fingerprint``.
+
+        ``model_args`` name the checkpoint (joined with ``settings.model_args``; recorded in the
+        results); ``folder``: a local folder holding those files (a downloaded hub revision), loaded
+        instead of the name; ``lm``: an already built lm-eval model instead (the callback's model
+        in memory). Weights are fingerprinted before the evaluation (None for a model without
+        PyTorch weights) and key the request cache.
+        """
+        import lm_eval.evaluator
+        from lm_eval.loggers.utils import add_tokenizer_info
+        from lm_eval.utils import set_torch_seed
+
+        from lm_eval_fairdyn.core.fingerprint import CheckpointCachingLM, torch_model, weights_fingerprint
+
+        settings = self.settings
+        model_args = ",".join(a for a in (model_args, settings.model_args) if a)
+        started = time.perf_counter()
+        if lm is None:
+            lm = self.model(_load_args(model_args, folder))
+        self.seconds = {"load_s": time.perf_counter() - started}
+        before = dict(getattr(lm, "seconds", {}))
+        weights = torch_model(lm)
+        fingerprint = weights_fingerprint(weights) if weights is not None else None
+        evaluated = lm
+        if settings.use_cache is not None:
+            evaluated = CheckpointCachingLM(lm, f"{settings.use_cache}_rank{lm.rank}.db", weights=fingerprint)
+        tasks = self.tasks()
+        for rows in self._prompt_rows.values():
+            rows.clear()
+        random.seed(0)
+        np.random.seed(DEFAULT_SEED)
+        set_torch_seed(DEFAULT_SEED)
+        results = lm_eval.evaluator.evaluate(
+            lm=evaluated,
+            task_dict=tasks,
             limit=settings.limit,
-            log_samples=settings.log_samples or settings.prompt_tables,
             bootstrap_iters=settings.bootstrap_iters,
-            task_manager=task_manager(settings.include_path, metadata, settings.tasks),
-            metadata=metadata,
+            log_samples=settings.log_samples,
         )
-    results["config"].update(model=settings.model, weights_fingerprint=fingerprint)
-    return results
+        after = getattr(lm, "seconds", {})
+        for name in ("tokenize", "forward"):
+            self.seconds[f"{name}_s"] = after[name] - before[name] if name in after else None
+        if settings.prompt_tables:
+            results["prompt_rows"] = {task: list(rows) for task, rows in self._prompt_rows.items()}
+        results["config"] = {
+            "model": settings.model,
+            "model_args": model_args,
+            "model_num_parameters": sum(p.numel() for p in weights.parameters()) if weights is not None else None,
+            "model_dtype": str(getattr(weights, "dtype", "")),
+            "batch_size": settings.batch_size,
+            "batch_sizes": list(getattr(lm, "batch_sizes", {}).values()),
+            "device": self.device,
+            "use_cache": settings.use_cache,
+            "limit": settings.limit,
+            "bootstrap_iters": settings.bootstrap_iters,
+            "random_seed": 0,
+            "numpy_seed": DEFAULT_SEED,
+            "torch_seed": DEFAULT_SEED,
+            "fewshot_seed": DEFAULT_SEED,
+            "weights_fingerprint": fingerprint,
+        }
+        results.update(self.environment(), date=time.time())
+        add_tokenizer_info(results, lm)
+        return results
+
+
+def _docs_as_lists(task) -> None:
+    """Hold a task's evaluation docs as a list of dicts (lm-eval takes ``Dataset | list[dict]``),
+    so that each checkpoint's evaluation does not format every Arrow row again. Only for tasks
+    that read the split as it is (no ``process_docs``)."""
+    import datasets
+
+    dataset = getattr(task, "dataset", None)
+    if getattr(task, "config", None) is None or task.config.process_docs is not None or dataset is None:
+        return
+    for split in {task.config.test_split, task.config.validation_split} - {None}:
+        if isinstance(dataset.get(split), datasets.Dataset):
+            dataset[split] = dataset[split].to_list()
+
+
+def _load_args(model_args: str, folder: str | Path | None) -> str:
+    """``model_args`` with ``pretrained`` pointing at ``folder`` (and no hub revision) when given."""
+    if folder is None:
+        return model_args
+    kept = [a for a in model_args.split(",") if a.split("=", 1)[0] not in ("pretrained", "revision")]
+    return ",".join([f"pretrained={folder}", *kept])
+
+
+def evaluate(settings: EvalSettings, model_args: str = "", lm=None) -> dict:
+    """One evaluation in a fresh :class:`Evaluator` (nothing kept from an earlier one)."""
+    return Evaluator(settings).evaluate(model_args, lm=lm)
 
 
 def flatten_results(results: dict, metrics=None) -> dict[str, float]:
@@ -134,23 +290,23 @@ def flatten_results(results: dict, metrics=None) -> dict[str, float]:
 
 
 def write_results(folder: str | Path, results: dict, log_samples: bool = False) -> Path:
-    """``results.json`` in ``folder``, with ``prompts_<task>.csv`` (one row per prompt,
-    ``task.prompt_row``) for each fairness task whose samples were logged, and with
-    ``log_samples`` lm-eval's own ``samples_<task>.jsonl`` too; returns the results file."""
+    """``results.json`` in ``folder``, with ``prompts_<task>.csv`` for each fairness task whose
+    prompt rows were kept (``EvalSettings.prompt_tables``), and with ``log_samples`` lm-eval's own
+    ``samples_<task>.jsonl`` too; returns the results file."""
     import pandas as pd
     from lm_eval.utils import handle_non_serializable
 
-    from lm_eval_fairdyn.core.task import PROMPT_KEYS, prompt_row
+    from lm_eval_fairdyn.core.task import PROMPT_KEYS
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     results = dict(results)
     samples = results.pop("samples", None) or {}
-    for task, rows in samples.items():
-        if rows and set(PROMPT_KEYS) <= set(rows[0].get("doc", {})):
-            table = pd.DataFrame([prompt_row(row) for row in rows]).sort_values(list(PROMPT_KEYS))
-            atomic_write_text(folder / f"prompts_{task}.csv", table.to_csv(index=False))
-        if log_samples:
+    for task, rows in (results.pop("prompt_rows", None) or {}).items():
+        table = pd.DataFrame(rows).sort_values(list(PROMPT_KEYS))
+        atomic_write_text(folder / f"prompts_{task}.csv", table.to_csv(index=False))
+    if log_samples:
+        for task, rows in samples.items():
             lines = [json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n" for row in rows]
             atomic_write_text(folder / f"samples_{task}.jsonl", "".join(lines))
     return atomic_write_json(folder / "results.json", results)

@@ -17,6 +17,7 @@ Fairlearn's ``MetricFrame.by_group`` does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from lm_eval_fairdyn.core.data import POLARITIES
@@ -36,7 +37,7 @@ class Metric:
     polarity: str = "all"
     statistic: str = "mean"
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The metric's name in lm-eval's results, e.g. ``jsdp_female_pro``, ``ar_gap_pvalue_anti``."""
         suffix = "" if self.polarity == "all" else f"_{self.polarity}"

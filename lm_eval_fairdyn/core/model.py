@@ -3,7 +3,8 @@
 For every log-likelihood request, ``hf-fairdyn`` returns a ``RankedLoglikelihood``: a 2-tuple
 equal to stock ``hf``'s ``(loglikelihood, is_greedy)`` that also carries ``rank``,
 ``first_logprob`` and ``n_tokens``. Other tasks in the same call unpack it as the usual pair.
-lm-eval's request cache (``--use_cache``) pickles it whole.
+lm-eval's request cache (``--use_cache``) pickles it whole. Encodings are kept per string
+(``tok_encode``): the tokenizer of a built model never changes.
 
 Exact by default: ``rank`` and ``first_logprob`` are computed from the model's own logits at the
 position that predicts the continuation's first token, in float64 (one row per request):
@@ -25,6 +26,8 @@ rank and log-probability when the answer is reported, so requests that share one
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from lm_eval.api.registry import register_model
@@ -56,8 +59,19 @@ def rank_and_logprob(logits: torch.Tensor, token: int) -> tuple[int, float]:
     Casting to float64 is exact and keeps the order, so the rank is that of the logits as the
     model produced them; the log-probability is the float64 log-softmax of those logits.
     """
-    row = logits.detach().to(torch.float64)
-    return vocab_rank(row, token), float(row[token] - torch.logsumexp(row, dim=0))
+    return _RowScorer(logits).score(token)
+
+
+class _RowScorer:
+    """One logits row in float64 with its logsumexp, scored for any number of tokens (the
+    answers of a prompt share the row that predicts their first token)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.row = logits.detach().to(torch.float64)
+        self.logsumexp = torch.logsumexp(self.row, dim=0)
+
+    def score(self, token: int) -> tuple[int, float]:
+        return vocab_rank(self.row, token), float(self.row[token] - self.logsumexp)
 
 
 class _RankingHook:
@@ -66,12 +80,15 @@ class _RankingHook:
     def __init__(self, model: HFLMWithRank, inner, continuations: dict):
         self.model, self.inner, self.continuations = model, inner, continuations
         self.answers: dict = {}
+        self._scorer: tuple = (None, 0, None)  # (selected logits, row index, _RowScorer)
 
     def add_partial(self, attr, req, res) -> None:
         if attr == "loglikelihood" and req in self.continuations:
             cont = self.continuations[req]
-            row = self.model._selected_logits[-len(cont)]  # raw logits predicting the first token
-            rank, first_logprob = rank_and_logprob(row, cont[0])
+            selected = self.model._selected_logits
+            if self._scorer[0] is not selected or self._scorer[1] != len(cont):  # the row predicting the first token
+                self._scorer = (selected, len(cont), _RowScorer(selected[-len(cont)]))
+            rank, first_logprob = self._scorer[2].score(cont[0])
             res = RankedLoglikelihood(res[0], res[1], rank=rank, first_logprob=first_logprob, n_tokens=len(cont))
             self.answers[req] = res
         self.inner.add_partial(attr, req, res)
@@ -84,8 +101,28 @@ class HFLMWithRank(HFLM):
     _batch_logits: torch.Tensor | None = None
     _selected_logits: torch.Tensor | None = None
 
+    def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
+        """lm-eval's encoding, computed once per string for this model's tokenizer: a sweep that
+        keeps the model object (same tokenizer files) tokenizes its requests once."""
+        if kwargs:  # arguments of a subclass: not kept
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        key = (string, add_special_tokens, left_truncate_len)
+        encodings = self.__dict__.setdefault("_encodings", {})
+        if key not in encodings:
+            started = time.perf_counter()
+            encodings[key] = super().tok_encode(string, add_special_tokens, left_truncate_len)
+            self.seconds["tokenize"] += time.perf_counter() - started
+        return list(encodings[key])
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds spent so far tokenizing (new strings only) and in forward passes."""
+        return self.__dict__.setdefault("_seconds", {"tokenize": 0.0, "forward": 0.0})
+
     def _model_call(self, inps, attn_mask=None, labels=None):
+        started = time.perf_counter()
         logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        self.seconds["forward"] += time.perf_counter() - started
         self._batch_logits, self._batch_row = logits, 0
         return logits
 
