@@ -135,6 +135,13 @@ def _add_sweep(commands) -> None:
         help="lm-eval's request cache, one database per checkpoint (keyed by its weights)",
     )
     sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
+    sweep.add_argument("--prefetch", type=int, default=1, metavar="K",
+                       help="hub checkpoints: download up to K ahead of the one being evaluated (default: %(default)s)")  # fmt: skip
+    sweep.add_argument("--cleanup", action="store_true",
+                       help="hub checkpoints: delete each one's files from the hub cache once its results are written "
+                       "(at most K+1 checkpoints on disk)")  # fmt: skip
+    sweep.add_argument("--retries", type=int, default=3,
+                       help="hub checkpoints: tries again after a failed download (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--log_samples", action="store_true",
                        help="also write lm-eval's samples_<task>.jsonl (prompts_<task>.csv are always written)")  # fmt: skip
     sweep.set_defaults(handler=_sweep)
@@ -145,7 +152,7 @@ def _batch_size(text: str) -> int | str:
 
 
 def _sweep(args) -> int:
-    from lm_eval_fairdyn.dynamics import schedule, sweep
+    from lm_eval_fairdyn.dynamics import fetch, schedule, sweep
 
     if not args.checkpoints and not args.pretrained:
         raise SystemExit("fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained")
@@ -157,7 +164,7 @@ def _sweep(args) -> int:
         elif args.schedule:
             revisions = [f"step{s}" for s in schedule.schedule_steps(args.schedule)]
         else:
-            revisions = sweep.hub_branches(args.pretrained)
+            revisions = fetch.hub_branches(args.pretrained)
         checkpoints = sweep.hub_checkpoints(args.pretrained, revisions)
     settings = EvalSettings(
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
@@ -174,7 +181,12 @@ def _sweep(args) -> int:
     )
     sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     mine = sweep.shard(checkpoints, args.shard)
-    finished = sweep.run_sweep(mine, args.output_path, settings)
+    try:
+        finished = sweep.run_sweep(
+            mine, args.output_path, settings, prefetch=args.prefetch, cleanup=args.cleanup, retries=args.retries
+        )
+    except fetch.DownloadFailed as err:
+        raise SystemExit(f"fairdyn sweep: {err}") from err
     print(f"{len(finished)} of {len(mine)} checkpoint(s) finished in {args.output_path}")
     return 0
 

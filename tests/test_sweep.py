@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_concurrently
@@ -29,7 +30,7 @@ def snapshot(out):
     """Everything that must match between two sweeps: files, metric values, samples, markers."""
     files = {}
     for path in sorted(out.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != "timings.jsonl":  # seconds differ from run to run
             rel = str(path.relative_to(out))
             if path.name == "results.json":
                 files[rel] = json.loads(path.read_text())["results"]
@@ -53,7 +54,7 @@ def uninterrupted(tiny_checkpoints, winobias_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_layout(uninterrupted):
     assert sorted(p.name for p in uninterrupted.iterdir() if not p.name.startswith(".")) == [
-        "manifest.json", "step0", "step10", "step20"]  # fmt: skip
+        "manifest.json", "step0", "step10", "step20", "timings.jsonl"]  # fmt: skip
     for label in ("step0", "step10", "step20"):
         folder = uninterrupted / label
         assert json.loads((folder / "checkpoint.json").read_text())["step"] == int(label[4:])
@@ -63,6 +64,12 @@ def test_sweep_layout(uninterrupted):
         assert len(prompts) == 1 + 12 and prompts[0].startswith("split,polarity,line,seed,kind,gold,ar,jsdp")
         assert not list(folder.glob("samples_*"))  # lm-eval's full samples only with --log_samples
     assert not list((uninterrupted / ".partial").iterdir())
+    timings = [json.loads(line) for line in (uninterrupted / "timings.jsonl").read_text().splitlines()]
+    assert [t["label"] for t in timings] == ["step0", "step10", "step20"]
+    # one model object: the next checkpoints' weights are loaded into it, no token is encoded again
+    assert [t["reused_model"] for t in timings] == [False, True, True]
+    assert timings[0]["tokenize_s"] > 0 and timings[1]["tokenize_s"] == timings[2]["tokenize_s"] == 0
+    assert all(t["forward_s"] > 0 and t["evaluate_s"] >= t["forward_s"] for t in timings)
 
 
 @pytest.mark.slow
@@ -118,14 +125,133 @@ def test_schedules_and_shards():
         sweep.shard(checkpoints, "2/2")
 
 
-def test_hub_branches_lists_step_branches(monkeypatch):
-    import huggingface_hub
+def hub_root(tmp_path, tiny_checkpoints, revisions: dict[str, str]) -> Path:
+    """ROOT/EleutherAI/tiny/<revision>/: the tiny checkpoint folders served under hub revisions."""
+    root = tmp_path / "hub"
+    for revision, source in revisions.items():
+        shutil.copytree(tiny_checkpoints / source, root / "EleutherAI" / "tiny" / revision)
+    return root
 
-    class Refs:
-        branches = [type("B", (), {"name": n}) for n in ("main", "step0", "step1000")]
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_refs", lambda repo: Refs)
-    assert sweep.hub_branches("EleutherAI/pythia-160m") == ["step0", "step1000"]
+def hub_environment(winobias_dir, hub, home):
+    """A sweep process that talks to the LocalHub through the real huggingface_hub."""
+    env = environment(winobias_dir)
+    return dict(env, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+
+
+def hub_sweep(out, *source):
+    return [sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--pretrained", "EleutherAI/tiny", *source,
+            "--tasks", "winobias_fairdyn_1seed", "--limit", "12", "--device", "cpu", "--batch_size", "4",
+            "--output_path", str(out)]  # fmt: skip
+
+
+def cached_weights(home, root) -> int:
+    """Checkpoints whose weights are in the hub cache, whole or being downloaded: blobs are named
+    by their ETag, the sha256 of the weights file (``.incomplete`` while downloading)."""
+    import hashlib
+
+    weights = {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("model.safetensors")}
+    blobs = home / "hub" / "models--EleutherAI--tiny" / "blobs"
+    return sum(1 for p in blobs.glob("*") if p.name.removesuffix(".incomplete") in weights)
+
+
+@pytest.mark.slow
+def test_all_branches_from_the_hub_give_the_local_results(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    """--all_branches lists the stepN branches through list_repo_refs (not main), downloads
+    them and evaluates them as the same folders evaluated locally."""
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    root = hub_root(tmp_path, tiny_checkpoints, {"main": "step20", "step0": "step0", "step10": "step10",
+                                                 "step20": "step20"})  # fmt: skip
+    with LocalHub(root) as hub:
+        out = tmp_path / "out"
+        proc = subprocess.run(hub_sweep(out, "--all_branches"), env=hub_environment(winobias_dir, hub, tmp_path / "hf"),
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "/api/models/EleutherAI/tiny/refs" in {path for _, path in hub.requests}
+        commits = {r: hub.commit("EleutherAI/tiny", r) for r in ("step0", "step10", "step20")}
+    local, remote = snapshot(uninterrupted), snapshot(out)
+    assert sorted(k for k in remote if "/" in k) == sorted(k for k in local if "/" in k)
+    for key in local:
+        if key.endswith((".csv", "results.json")):
+            assert remote[key] == local[key], key
+    for label, commit in commits.items():
+        marker = json.loads((out / label / "checkpoint.json").read_text())
+        assert marker["commit"] == commit and marker["revision"] == label and marker["repo"] == "EleutherAI/tiny"
+        assert marker["model_args"] == f"pretrained=EleutherAI/tiny,revision={label}"
+    assert cached_weights(tmp_path / "hf", root) == 3  # no --cleanup: the cache keeps them
+
+
+@pytest.mark.slow
+def test_cleanup_keeps_at_most_two_checkpoints_on_disk(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    """--schedule pythia:3 with --prefetch 1 --cleanup from a bandwidth-limited hub: the cache is
+    watched while the sweep runs; it never holds more than two checkpoints' weights, and the
+    downloads overlap the evaluations."""
+    import threading
+
+    from lm_eval_fairdyn.dynamics.schedule import schedule_steps
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    steps = schedule_steps("pythia:3")
+    sources = dict(zip([f"step{s}" for s in steps], ["step0", "step10", "step20"], strict=True))
+    root = hub_root(tmp_path, tiny_checkpoints, sources)
+    home = tmp_path / "hf"
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if (home / "hub").is_dir():
+                seen.append(cached_weights(home, root))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    with LocalHub(root, bandwidth=8e6) as hub:
+        watcher.start()
+        proc = subprocess.run(hub_sweep(tmp_path / "out", "--schedule", "pythia:3", "--prefetch", "1", "--cleanup"),
+                              env=hub_environment(winobias_dir, hub, home), capture_output=True, text=True)  # fmt: skip
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert max(seen) == 2 and cached_weights(home, root) == 0
+    assert not list((home / "hub" / "models--EleutherAI--tiny").glob("snapshots/*"))
+    for label, source in sources.items():
+        prompts = "prompts_winobias_fairdyn_1seed.csv"
+        assert (tmp_path / "out" / label / prompts).read_text() == (uninterrupted / source / prompts).read_text()
+    timings = [json.loads(line) for line in (tmp_path / "out" / "timings.jsonl").read_text().splitlines()]
+    assert [t["label"] for t in timings] == list(sources)
+    assert timings[0]["download_s"] > 1  # about 13 MB at 8 MB/s
+    assert all(t["wait_s"] < t["download_s"] for t in timings[1:])  # downloaded while the one before was evaluated
+
+
+@pytest.mark.slow
+def test_failed_downloads_are_retried_and_a_lasting_failure_is_named(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    root = hub_root(tmp_path, tiny_checkpoints, {"step0": "step0", "step10": "step10", "step20": "step20"})
+    revisions = ("--revisions", "step0,step10,step20")
+    with LocalHub(root) as hub:
+        hub.fail("EleutherAI/tiny/step10/model.safetensors", times=2, kind="truncate")
+        hub.fail("EleutherAI/tiny/step20/model.safetensors", times=1, kind="error")
+        out = tmp_path / "retried"
+        proc = subprocess.run(hub_sweep(out, *revisions), env=hub_environment(winobias_dir, hub, tmp_path / "hf1"),
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert hub.downloads("*/step10/model.safetensors") >= 3 and hub.downloads("*/step20/model.safetensors") >= 2
+    for label in ("step0", "step10", "step20"):
+        prompts = "prompts_winobias_fairdyn_1seed.csv"
+        assert (out / label / prompts).read_text() == (uninterrupted / label / prompts).read_text()
+
+    with LocalHub(root) as hub:
+        hub.fail("EleutherAI/tiny/step20/model.safetensors", times=1000, kind="truncate")
+        out = tmp_path / "failed"
+        proc = subprocess.run(hub_sweep(out, *revisions, "--retries", "1"),
+                              env=hub_environment(winobias_dir, hub, tmp_path / "hf2"), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0
+    assert "EleutherAI/tiny revision step20: download failed 2 times" in proc.stderr
+    assert (out / "step0" / "checkpoint.json").is_file() and (out / "step10" / "checkpoint.json").is_file()
+    assert not (out / "step20").exists()
 
 
 def test_bad_sweep_input_is_named(tmp_path):
@@ -191,3 +317,40 @@ def test_identical_weights_are_fingerprinted_warned_about_and_marked(
     assert rows == {0: "", 1: "0", 10: ""}
     assert "step 1 holds the same weights as step 0" in (report / "summary.md").read_text()
     assert json.loads((report / "analysis.json").read_text())["runs"]["sweep"]["same_weights_as"] == {"1": 0}
+
+
+@pytest.mark.slow
+def test_a_sweep_gives_what_lm_eval_gives_each_checkpoint_alone(tiny_checkpoints, winobias_dir, tmp_path, monkeypatch):
+    """One model object across the sweep (weights loaded into it, tokenizations kept) gives the
+    results and per-prompt values of lm-eval's own simple_evaluate on each folder alone; a
+    folder whose tokenizer files differ gets a model of its own."""
+    import json as json_
+
+    import pandas as pd
+    from lm_eval import simple_evaluate
+
+    from lm_eval_fairdyn.core.harness import EvalSettings
+    from lm_eval_fairdyn.core.task import PROMPT_KEYS, prompt_row
+
+    monkeypatch.setenv("FAIRDYN_WINOBIAS_DIR", str(winobias_dir))
+    folders = tmp_path / "checkpoints"
+    for label in ("step0", "step10", "step20"):
+        shutil.copytree(tiny_checkpoints / label, folders / label)
+    config = folders / "step20" / "tokenizer_config.json"  # same tokens, other file bytes
+    config.write_text(json_.dumps({**json_.loads(config.read_text()), "model_max_length": 4096}))
+    settings = EvalSettings(tasks=("winobias_fairdyn_1seed",), batch_size=4, device="cpu", limit=12)
+    out = tmp_path / "out"
+    sweep.run_sweep(sweep.folder_checkpoints(str(folders / "step*")), out, settings)
+    timings = [json_.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
+    assert [t["reused_model"] for t in timings] == [False, True, False]
+
+    manager = task_manager((), {"winobias_dir": str(winobias_dir)}, settings.tasks)
+    for label in ("step0", "step10", "step20"):
+        alone = simple_evaluate(model="hf-fairdyn", model_args=f"pretrained={folders / label}", tasks=list(settings.tasks),
+                                batch_size=4, device="cpu", limit=12, log_samples=True, bootstrap_iters=0,
+                                task_manager=manager)  # fmt: skip
+        swept = json_.loads((out / label / "results.json").read_text())
+        assert swept["results"] == json_.loads(json_.dumps(alone["results"])), label
+        rows = pd.DataFrame([prompt_row(s) for s in alone["samples"]["winobias_fairdyn_1seed"]])
+        expected = rows.sort_values(list(PROMPT_KEYS)).to_csv(index=False)
+        assert (out / label / "prompts_winobias_fairdyn_1seed.csv").read_text() == expected, label

@@ -1,5 +1,10 @@
 """``fairdyn sweep``: one lm-eval evaluation per checkpoint, resumable and shardable.
 
+One :class:`~lm_eval_fairdyn.core.harness.Evaluator` serves the whole sweep: tasks are loaded
+once, and the model object is kept across checkpoints of one layout (the next weights loaded into
+it, the tokenizations kept). Hub checkpoints are downloaded ahead of their evaluation and can be
+deleted after it (:mod:`lm_eval_fairdyn.dynamics.fetch`).
+
 Output folder layout::
 
     OUT/manifest.json                 sweep settings and the full checkpoint list, with each
@@ -8,7 +13,11 @@ Output folder layout::
     OUT/<label>/prompts_<task>.csv    per-prompt values of each fairness task (what the
                                       analysis' intervals resample)
     OUT/<label>/samples_<task>.jsonl  lm-eval's full per-prompt samples (with --log_samples)
-    OUT/<label>/checkpoint.json       label, step, model arguments, weights fingerprint: written last
+    OUT/<label>/checkpoint.json       label, step, model arguments, hub commit, weights fingerprint:
+                                      written last
+    OUT/timings.jsonl                 per evaluated checkpoint: seconds downloading, waiting for the
+                                      download, loading, tokenizing, in forward passes, evaluating
+                                      and writing
 
 A checkpoint's folder appears in one atomic rename once everything in it is written, so a
 folder that exists is complete; work in progress lives in ``OUT/.partial/`` and is redone
@@ -30,7 +39,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +48,10 @@ from tqdm import tqdm
 from lm_eval_fairdyn.core import harness
 from lm_eval_fairdyn.core.files import atomic_write_json, replace_folder
 from lm_eval_fairdyn.core.harness import EvalSettings
+from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
 from lm_eval_fairdyn.dynamics.results import step_from_text
+
+TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its seconds went
 
 logger = logging.getLogger("lm_eval_fairdyn")
 
@@ -49,6 +61,12 @@ class Checkpoint:
     label: str  # folder name in the sweep output
     step: int
     model_args: str  # lm-eval --model_args selecting this checkpoint
+    repo: str | None = None  # hub repository and revision (None: a local folder)
+    revision: str | None = None
+
+    @property
+    def hub(self) -> tuple[str, str] | None:
+        return (self.repo, self.revision) if self.repo and self.revision else None
 
 
 def hub_checkpoints(pretrained: str, revisions: list[str]) -> list[Checkpoint]:
@@ -57,19 +75,8 @@ def hub_checkpoints(pretrained: str, revisions: list[str]) -> list[Checkpoint]:
         step = step_from_text(revision)
         if step is None:
             raise ValueError(f"revision {revision!r} names no step (expected e.g. step1000)")
-        out.append(Checkpoint(revision, step, f"pretrained={pretrained},revision={revision}"))
+        out.append(Checkpoint(revision, step, f"pretrained={pretrained},revision={revision}", pretrained, revision))
     return sorted(out, key=lambda c: c.step)
-
-
-def hub_branches(pretrained: str) -> list[str]:
-    """The ``stepN`` branches of a hub repository (huggingface_hub.list_repo_refs)."""
-    from huggingface_hub import list_repo_refs
-
-    names = [b.name for b in list_repo_refs(pretrained).branches]
-    steps = [n for n in names if step_from_text(n) is not None]
-    if not steps:
-        raise ValueError(f"{pretrained}: no stepN branches among {names[:10]}")
-    return steps
 
 
 def folder_checkpoints(pattern: str) -> list[Checkpoint]:
@@ -160,40 +167,64 @@ def run_sweep(
     checkpoints: list[Checkpoint],
     out_dir: str | Path,
     settings: EvalSettings,
-    evaluate: Callable[[EvalSettings, str], dict] = harness.evaluate,
+    prefetch: int = 1,
+    cleanup: bool = False,
+    retries: int = 3,
 ) -> list[Path]:
     """Evaluate each checkpoint not yet finished in out_dir (its manifest created or confirmed
-    first); return the finished folders."""
+    first); return the finished folders. Hub checkpoints are downloaded ``prefetch`` ahead and,
+    with ``cleanup``, deleted from the hub cache once their results are written (``fetch``)."""
     out = Path(out_dir)
     write_manifest(out, checkpoints, settings)  # a folder holding another sweep's settings is refused here
     partial_root = out / ".partial"
     partial_root.mkdir(exist_ok=True)
-    done = []
-    progress = tqdm(checkpoints, desc="checkpoints", unit="ckpt")
-    for checkpoint in progress:
+    done, todo = [], []
+    for checkpoint in checkpoints:
         final = out / checkpoint.label
-        progress.set_postfix_str(checkpoint.label)
         if (final / "checkpoint.json").is_file():  # finished; its fingerprint may predate the manifest's
             fingerprint = json.loads((final / "checkpoint.json").read_text()).get("weights_fingerprint")
             if fingerprint is not None:
                 record_fingerprint(out, checkpoint.label, fingerprint)
             done.append(final)
-            continue
-        for stale in partial_root.glob(f"{checkpoint.label}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        partial = partial_root / f"{checkpoint.label}.{os.getpid()}"
-        results = evaluate(settings, checkpoint.model_args)
-        harness.write_results(partial, results, settings.log_samples)
-        fingerprint = (results.get("config") or {}).get("weights_fingerprint")
-        marker = {**asdict(checkpoint), "model": settings.model, "weights_fingerprint": fingerprint}
-        atomic_write_json(partial / "checkpoint.json", marker)
-        replace_folder(partial, final)  # only a folder without checkpoint.json can be there: never complete
-        done.append(final)
-        if fingerprint is not None:
-            same = record_fingerprint(out, checkpoint.label, fingerprint)
-            if same:
-                logger.warning(
-                    "%s holds the same weights as %s (fingerprint %s): their results are one model's; "
-                    "fairdyn analyze marks them", checkpoint.label, ", ".join(same), fingerprint[:16],
-                )  # fmt: skip
+        else:
+            todo.append(checkpoint)
+    evaluator = harness.Evaluator(settings)
+    fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries)
+    if todo:
+        fetcher.start()  # the first downloads run while lm-eval's tasks are loaded
+        evaluator.tasks()
+    progress = tqdm(zip(todo, fetcher, strict=True), total=len(todo), desc="checkpoints", unit="ckpt")
+    for index, (checkpoint, fetched) in enumerate(progress):
+        progress.set_postfix_str(checkpoint.label)
+        done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
+        fetcher.release(index, fetched)
     return done
+
+
+def _evaluate_one(checkpoint, fetched, evaluator, out: Path, partial_root: Path, settings) -> Path:
+    """Evaluate one checkpoint into ``.partial``, then move its folder into place whole."""
+    started = time.perf_counter()
+    for stale in partial_root.glob(f"{checkpoint.label}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = partial_root / f"{checkpoint.label}.{os.getpid()}"
+    results = evaluator.evaluate(checkpoint.model_args, folder=fetched.folder)
+    evaluated = time.perf_counter()
+    harness.write_results(partial, results, settings.log_samples)
+    fingerprint = (results.get("config") or {}).get("weights_fingerprint")
+    marker = {**asdict(checkpoint), "model": settings.model, "weights_fingerprint": fingerprint,
+              "commit": fetched.commit}  # fmt: skip
+    atomic_write_json(partial / "checkpoint.json", marker)
+    final = replace_folder(partial, out / checkpoint.label)  # only a folder without checkpoint.json was there
+    timing = {"label": checkpoint.label, "download_s": fetched.download_s, "wait_s": fetched.wait_s,
+              **evaluator.seconds, "evaluate_s": evaluated - started, "write_s": time.perf_counter() - evaluated,
+              "reused_model": evaluator.reused}  # fmt: skip
+    with (out / TIMINGS).open("a") as handle:
+        handle.write(json.dumps(timing) + "\n")
+    if fingerprint is not None:
+        same = record_fingerprint(out, checkpoint.label, fingerprint)
+        if same:
+            logger.warning(
+                "%s holds the same weights as %s (fingerprint %s): their results are one model's; "
+                "fairdyn analyze marks them", checkpoint.label, ", ".join(same), fingerprint[:16],
+            )  # fmt: skip
+    return final

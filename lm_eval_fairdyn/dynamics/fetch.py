@@ -1,0 +1,197 @@
+"""Hub checkpoints for a sweep: downloaded ahead, retried, checked whole, deleted when done.
+
+:class:`CheckpointFetcher` hands a sweep its checkpoints in order. A hub checkpoint
+(``--pretrained ORG/NAME --revisions ...``) is downloaded by one background thread with
+``huggingface_hub.snapshot_download`` into the hub cache, at most ``prefetch`` checkpoints ahead
+of the one being evaluated, so that checkpoint k+1 downloads while k is evaluated. With
+``cleanup``, a checkpoint's files are deleted from the cache (``scan_cache_dir().delete_revisions``)
+once its results are written; the deletion runs on the download thread, after the download in
+flight, so that no download and deletion touch the cache at once and at most ``prefetch + 1``
+checkpoints are on disk at any time.
+
+A download that fails (connection dropped, server error) is tried again ``retries`` times with
+a growing wait; a missing repository or revision is not retried. huggingface_hub writes each file
+under ``.incomplete`` and links it into the snapshot only when whole; before a snapshot is
+evaluated, every file the revision lists is checked to be there with its listed size, so a half
+checkpoint is never evaluated. A killed sweep resumes interrupted downloads on its next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from lm_eval_fairdyn.dynamics.results import step_from_text
+
+logger = logging.getLogger("lm_eval_fairdyn")
+
+# The files a model and its tokenizer need; weights as safetensors when the revision has them.
+FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.jinja", "*.py")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+class DownloadFailed(RuntimeError):
+    """A hub checkpoint could not be downloaded whole after every retry."""
+
+
+@dataclass
+class Fetched:
+    """A checkpoint ready to evaluate: its local folder (None: a local checkpoint, loaded by
+    name), the commit it resolved to, and the seconds spent downloading and waiting for it."""
+
+    folder: Path | None = None
+    commit: str | None = None
+    download_s: float = 0.0
+    wait_s: float = 0.0
+    attempts: int = 0
+
+
+def hub_branches(repo: str) -> list[str]:
+    """The ``stepN`` branches of a hub repository (``huggingface_hub.list_repo_refs``)."""
+    from huggingface_hub import list_repo_refs
+
+    names = [b.name for b in list_repo_refs(repo).branches]
+    steps = [n for n in names if step_from_text(n) is not None]
+    if not steps:
+        raise ValueError(f"{repo}: no stepN branches among {names[:10]}")
+    return steps
+
+
+def download(repo: str, revision: str, retries: int = 3, wait_s: float = 1.0) -> Fetched:
+    """Download a revision's model and tokenizer files into the hub cache, whole, retrying."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    started = time.perf_counter()
+    api = HfApi()
+    for attempt in range(1, retries + 2):
+        try:
+            info = api.model_info(repo, revision=revision, files_metadata=True)
+            sizes = {s.rfilename: s.size for s in info.siblings or []}
+            patterns = download_patterns(list(sizes))
+            folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=patterns))
+            check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)})
+            return Fetched(folder, info.sha, time.perf_counter() - started, attempts=attempt)
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            raise
+        except Exception as err:  # network errors, server errors, incomplete files: retried
+            if attempt > retries:
+                raise DownloadFailed(
+                    f"{repo} revision {revision}: download failed {attempt} times (last error: {err}). "
+                    "Finished checkpoints are kept: run the same command again to resume."
+                ) from err
+            logger.warning("%s revision %s: download attempt %d failed (%s); retrying", repo, revision, attempt, err)
+            time.sleep(wait_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def download_patterns(names: list[str]) -> list[str]:
+    """Config and tokenizer files, and the weights: safetensors when there, else ``*.bin``."""
+    weights = "*.safetensors" if any(_matches(n, ["*.safetensors"]) for n in names) else "*.bin"
+    return [*FILE_PATTERNS, weights]
+
+
+def _matches(name: str, patterns) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def check_complete(folder: Path, sizes: dict[str, int | None]) -> None:
+    """Every listed file is in the snapshot folder with its listed size, or IncompleteCheckpoint."""
+    for name, size in sorted(sizes.items()):
+        path = folder / name
+        if not path.is_file():
+            raise IncompleteCheckpoint(f"{folder}: {name} is missing")
+        if size is not None and path.stat().st_size != size:
+            raise IncompleteCheckpoint(f"{folder}: {name} has {path.stat().st_size} bytes, the hub lists {size}")
+
+
+class IncompleteCheckpoint(OSError):
+    """A downloaded snapshot lacks a file or holds one of the wrong size."""
+
+
+def delete_revision(repo: str, commit: str) -> None:
+    """Delete a revision's snapshot and the blobs no other cached revision uses."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = scan_cache_dir()
+    for cached in cache.repos:
+        if cached.repo_id == repo and any(r.commit_hash == commit for r in cached.revisions):
+            cache.delete_revisions(commit).execute()
+            return
+
+
+class CheckpointFetcher:
+    """Checkpoints in order, each with its :class:`Fetched`; hub ones downloaded ahead.
+
+    ``items``: (repo, revision) per checkpoint, or None for a local checkpoint. Iterate, and
+    call :meth:`release` once a checkpoint's results are written.
+    """
+
+    def __init__(self, items: list, prefetch: int = 1, cleanup: bool = False, retries: int = 3):
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be 0 or more, not {prefetch}")
+        self.items, self.prefetch, self.cleanup, self.retries = items, prefetch, cleanup, retries
+        self._futures: dict[int, Future] = {}
+        self._tasks: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Queue the first downloads now (the sweep sets up its evaluation meanwhile)."""
+        self._queue_ahead(0)
+
+    def __iter__(self):
+        finished = False
+        try:
+            for index, item in enumerate(self.items):
+                self._queue_ahead(index)
+                started = time.perf_counter()
+                fetched = self._futures.pop(index).result() if item is not None else Fetched()
+                fetched.wait_s = time.perf_counter() - started
+                yield fetched
+            finished = True
+        finally:
+            for future in self._futures.values():
+                future.cancel()
+            self._tasks.put(None)
+            if finished and self._thread is not None:
+                self._thread.join()  # the last deletion; an interrupted sweep does not wait
+
+    def release(self, index: int, fetched: Fetched) -> None:
+        """The checkpoint's results are written: with ``cleanup``, delete its files (queued
+        behind the download in flight)."""
+        item = self.items[index]
+        if self.cleanup and item is not None and fetched.commit is not None:
+            self._submit(lambda: delete_revision(item[0], fetched.commit))
+
+    def _queue_ahead(self, index: int) -> None:
+        """Queue the downloads of checkpoints index .. index + prefetch not queued yet."""
+        for ahead in range(index, min(index + self.prefetch + 1, len(self.items))):
+            item = self.items[ahead]
+            if item is not None and ahead not in self._futures:
+                self._futures[ahead] = self._submit(
+                    lambda repo=item[0], revision=item[1]: download(repo, revision, self.retries)
+                )
+
+    def _submit(self, work) -> Future:
+        if self._thread is None:  # a daemon thread: an interrupted sweep exits without waiting for it
+            self._thread = threading.Thread(target=self._work, name="fairdyn-download", daemon=True)
+            self._thread.start()
+        future: Future = Future()
+        self._tasks.put((work, future))
+        return future
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            work, future = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as err:  # handed to the sweep's thread
+                    future.set_exception(err)
