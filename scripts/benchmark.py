@@ -212,11 +212,11 @@ def sweep_cost(args) -> dict:
     root = tmp / "hub"
     for folder in folders:
         shutil.copytree(folder, root / "fairdyn" / "demo-suite" / folder.name)
-    mean_bytes = statistics.mean(sum(f.stat().st_size for f in folder.iterdir()) for folder in folders)
-    mean_eval = statistics.mean(t["evaluate_s"] for t in local[1:])
-    bandwidth = args.bandwidth or mean_bytes / mean_eval
+    # a download lasts as long as an evaluation, summed over the sweep (the first one included)
+    total_bytes = sum(f.stat().st_size for folder in folders for f in folder.iterdir())
+    bandwidth = args.bandwidth or total_bytes / sum(t["evaluate_s"] + t["write_s"] for t in local)
     hub_runs = {}
-    for prefetch in (0, 1):
+    for prefetch in (0, 1, 2):
         with LocalHub(root, bandwidth=bandwidth) as hub:
             hub_env = {**env, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp / f"hf{prefetch}")}
             out = tmp / f"hub{prefetch}"
@@ -240,7 +240,7 @@ def sweep_cost(args) -> dict:
         "sweep_wall_over_forward": local_s / forward,
         "per_checkpoint": [{k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()} for t in local],
         "hub_bandwidth_bytes_per_s": bandwidth,
-        "hub_checkpoint_bytes": mean_bytes,
+        "hub_checkpoint_bytes": total_bytes / len(folders),
         "hub": hub_runs,
     }
 

@@ -224,6 +224,37 @@ def test_cleanup_keeps_at_most_two_checkpoints_on_disk(uninterrupted, tiny_check
 
 
 @pytest.mark.slow
+def test_a_download_killed_halfway_is_never_evaluated_and_resumes(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """The sweep is killed while step0's weights are half downloaded: no checkpoint folder and no
+    weights file in the snapshot; the same command then finishes with the local results."""
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    root = hub_root(tmp_path, tiny_checkpoints, {"step0": "step0", "step10": "step10"})
+    home, out = tmp_path / "hf", tmp_path / "out"
+    command = hub_sweep(out, "--revisions", "step0,step10")
+    blobs = home / "hub" / "models--EleutherAI--tiny" / "blobs"
+    with LocalHub(root, bandwidth=2e6) as hub:
+        proc = subprocess.Popen(command, env=hub_environment(winobias_dir, hub, home),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 120
+        while not any(p.stat().st_size > 2_000_000 for p in blobs.glob("*.incomplete")) and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert any(p.stat().st_size > 2_000_000 for p in blobs.glob("*.incomplete"))  # killed halfway
+        assert not (out / "step0").exists()
+        assert not list(home.glob("hub/models--EleutherAI--tiny/snapshots/*/model.safetensors"))
+        hub.bandwidth = None
+        rerun = subprocess.run(command, env=hub_environment(winobias_dir, hub, home), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for label in ("step0", "step10"):
+        prompts = "prompts_winobias_fairdyn_1seed.csv"
+        assert (out / label / prompts).read_text() == (uninterrupted / label / prompts).read_text()
+
+
+@pytest.mark.slow
 def test_failed_downloads_are_retried_and_a_lasting_failure_is_named(
     uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
 ):
