@@ -3,6 +3,7 @@
     python scripts/benchmark.py overhead --prompts 192 --repeats 5
     python scripts/benchmark.py passes --prompts 96
     python scripts/benchmark.py sweep --batch_size 64
+    python scripts/benchmark.py sweep --batch_size 64 --tasks winobias_fairdyn --prefetch_modes 1 2
     python scripts/benchmark.py demo
     python scripts/benchmark.py tokenizer
 
@@ -195,19 +196,24 @@ def sweep_cost(args) -> dict:
     folders = checkpoint_folders(suite)
     tmp = Path(tempfile.mkdtemp())
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    common = ["--tasks", "winobias_fairdyn_1seed", "--batch_size", str(args.batch_size), "--device", "cpu"]
+    common = ["--tasks", args.tasks, "--batch_size", str(args.batch_size), "--device", "cpu"]
     fairdyn = [sys.executable, "-m", "lm_eval_fairdyn", "sweep"]
     local_out = tmp / "local"
     local_s = timed([*fairdyn, "--checkpoints", str(suite / "step*"), "--output_path", str(local_out), *common], env)
-    loop_json = tmp / "loop.json"
-    loop_s = timed([sys.executable, __file__, "loop", "--suite", str(suite), "--batch_size", str(args.batch_size),
-                    "--json", str(loop_json)], env)  # fmt: skip
-    loop = json.loads(loop_json.read_text())
-    for folder in folders:  # the loop's ranks are the sweep's Average Rank inputs, computed independently
-        rows = list(csv.DictReader((local_out / folder.name / "prompts_winobias_fairdyn_1seed.csv").open()))
-        swept = {f"{r['polarity']}/{r['line']}/{r['kind']}": int(r["ar"]) for r in rows}
-        assert swept == dict(loop["ranks"][folder.name]), f"the sweep's and the loop's ranks differ at {folder.name}"
     local = sweep_timings(local_out)
+    result = {"checkpoints": len(folders), "tasks": args.tasks, "fairdyn_sweep_s": local_s}
+    if args.tasks == "winobias_fairdyn_1seed":  # the loop scores the seed-0 prompts
+        loop_json = tmp / "loop.json"
+        loop_s = timed([sys.executable, __file__, "loop", "--suite", str(suite), "--batch_size", str(args.batch_size),
+                        "--json", str(loop_json)], env)  # fmt: skip
+        loop = json.loads(loop_json.read_text())
+        for folder in folders:  # the loop's ranks are the sweep's Average Rank inputs, computed independently
+            rows = list(csv.DictReader((local_out / folder.name / "prompts_winobias_fairdyn_1seed.csv").open()))
+            swept = {f"{r['polarity']}/{r['line']}/{r['kind']}": int(r["ar"]) for r in rows}
+            assert swept == dict(loop["ranks"][folder.name]), (
+                f"the sweep's and the loop's ranks differ at {folder.name}"
+            )
+        result |= {"minimal_loop_s": loop_s, "sweep_over_loop": local_s / loop_s, "loop_seconds": loop["seconds"]}
 
     root = tmp / "hub"
     for folder in folders:
@@ -216,7 +222,7 @@ def sweep_cost(args) -> dict:
     total_bytes = sum(f.stat().st_size for folder in folders for f in folder.iterdir())
     bandwidth = args.bandwidth or total_bytes / sum(t["evaluate_s"] + t["write_s"] for t in local)
     hub_runs = {}
-    for prefetch in (0, 1, 2):
+    for prefetch in args.prefetch_modes:
         with LocalHub(root, bandwidth=bandwidth) as hub:
             hub_env = {**env, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp / f"hf{prefetch}")}
             out = tmp / f"hub{prefetch}"
@@ -230,12 +236,7 @@ def sweep_cost(args) -> dict:
                                              "wall_over_sum": wall / (download + evaluate)}  # fmt: skip
     shutil.rmtree(tmp)
     forward = sum(t["forward_s"] for t in local)
-    return {
-        "checkpoints": len(folders),
-        "fairdyn_sweep_s": local_s,
-        "minimal_loop_s": loop_s,
-        "sweep_over_loop": local_s / loop_s,
-        "loop_seconds": loop["seconds"],
+    return result | {
         "sweep_forward_s": forward,
         "sweep_wall_over_forward": local_s / forward,
         "per_checkpoint": [{k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()} for t in local],
@@ -292,6 +293,8 @@ def main() -> None:
     parser.add_argument("--suite", help="loop: the checkpoint suite folder")
     parser.add_argument("--json", help="loop: write the result here")
     parser.add_argument("--bandwidth", type=float, help="sweep: the local hub's bytes/s (default: one evaluation's)")
+    parser.add_argument("--tasks", default="winobias_fairdyn_1seed", help="sweep: the tasks evaluated")
+    parser.add_argument("--prefetch_modes", type=int, nargs="+", default=[0, 1, 2], help="sweep: hub runs' --prefetch")
     args = parser.parse_args()
     if args.what == "loop":
         Path(args.json).write_text(json.dumps(minimal_loop(args)))

@@ -70,6 +70,11 @@ def test_suite_folders_load_with_pretrained_and_keep_answer_words_whole(biased_s
     assert model.config.model_type == "gpt_neox"
     for word in (" male", " female", " not"):
         assert len(tokenizer(word)["input_ids"]) == 1
+    # the monitoring's evaluations leave the trainer's tokenizer as it was: every checkpoint saves
+    # the same tokenizer files, so a sweep keeps one model object across the suite
+    files = {name: {(biased_suite / c / name).read_bytes() for c in info["checkpoints"]}
+             for name in ("tokenizer.json", "tokenizer_config.json")}  # fmt: skip
+    assert all(len(versions) == 1 for versions in files.values())
 
 
 def _pronoun_counts(text: str) -> tuple[int, int]:

@@ -11,15 +11,14 @@ would hand one checkpoint's answers to the next. Here every cache database belon
 - the tokenizer (its full serialisation) and the settings of lm-eval's model that change
   answers without changing weights (BOS token, maximum length, softmax and autocast dtypes).
 
-``fairdyn eval``, ``fairdyn sweep`` and ``FairnessCallback`` all cache through
-:class:`CheckpointCachingLM` (:func:`keyed_request_cache`); a model without PyTorch weights
-cannot be keyed and is refused.
+``fairdyn eval`` (through :func:`keyed_request_cache`), ``fairdyn sweep`` and ``FairnessCallback``
+(through ``harness.Evaluator``) all cache through :class:`CheckpointCachingLM`; a model without
+PyTorch weights cannot be keyed and is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 
@@ -98,15 +97,14 @@ class CheckpointCachingLM(CachingLM):
 
 
 @contextlib.contextmanager
-def keyed_request_cache(weights: str | None = None):
+def keyed_request_cache():
     """While active, lm-eval's own request cache (``simple_evaluate(use_cache=PREFIX)``, the CLI's
-    ``--use_cache``) is a :class:`CheckpointCachingLM`. Every evaluation of this project runs
-    inside it: ``fairdyn eval`` (lm-eval's CLI unchanged), ``fairdyn sweep``, the callback.
-    ``weights``: the evaluated model's fingerprint when the caller has it (not hashed again)."""
+    ``--use_cache``) is a :class:`CheckpointCachingLM`: ``fairdyn eval`` runs lm-eval's CLI
+    unchanged inside it. ``harness.Evaluator`` (sweep, callback) wraps its model directly."""
     import lm_eval.api.model as api
 
     original = api.CachingLM
-    api.CachingLM = functools.partial(CheckpointCachingLM, weights=weights) if weights else CheckpointCachingLM
+    api.CachingLM = CheckpointCachingLM
     try:
         yield
     finally:

@@ -1,8 +1,9 @@
 """Every lm-eval call of this project: task index, evaluation, flattened results, result files.
 
 ``fairdyn sweep``, ``FairnessCallback``, ``fairdyn demo``, the scripts and the tests evaluate
-through :func:`evaluate` with one :class:`EvalSettings`; ``fairdyn eval`` is lm-eval's own command
-line (``cli.run_lm_eval``) with the same task folder, model and keyed request cache.
+through an :class:`Evaluator` (or :func:`evaluate`, one evaluation) with one :class:`EvalSettings`;
+``fairdyn eval`` is lm-eval's own command line (``cli.run_lm_eval``) with the same task folder,
+model and keyed request cache.
 """
 
 from __future__ import annotations
