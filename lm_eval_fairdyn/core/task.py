@@ -74,8 +74,11 @@ def doc_to_text(doc) -> str:
     return doc["prompt"]
 
 
+_CHOICES = tuple(answer_continuations(OPTIONS))
+
+
 def doc_to_choice(doc) -> list[str]:
-    return answer_continuations(OPTIONS)
+    return list(_CHOICES)
 
 
 def _answer_logprob(answer) -> float:
