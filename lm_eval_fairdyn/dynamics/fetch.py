@@ -62,7 +62,7 @@ def hub_branches(repo: str) -> list[str]:
     return steps
 
 
-def download(repo: str, revision: str, retries: int = 3, wait_s: float = 1.0) -> Fetched:
+def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) -> Fetched:
     """Download a revision's model and tokenizer files into the hub cache, whole, retrying."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
