@@ -181,6 +181,14 @@ def test_all_branches_from_the_hub_give_the_local_results(uninterrupted, tiny_ch
         assert marker["model_args"] == f"pretrained=EleutherAI/tiny,revision={label}"
     assert cached_weights(tmp_path / "hf", root) == 3  # no --cleanup: the cache keeps them
 
+    offline = dict(environment(winobias_dir), HF_HOME=str(tmp_path / "hf"))  # HF_HUB_OFFLINE=1, no server
+    again = subprocess.run(hub_sweep(tmp_path / "offline", "--revisions", "step10,step30"), env=offline,
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode != 0 and "step30 is not in the hub cache and HF_HUB_OFFLINE=1" in again.stderr
+    assert (tmp_path / "offline" / "step10" / "prompts_winobias_fairdyn_1seed.csv").read_text() == local[
+        "step10/prompts_winobias_fairdyn_1seed.csv"
+    ]
+
 
 @pytest.mark.slow
 def test_cleanup_keeps_at_most_two_checkpoints_on_disk(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):

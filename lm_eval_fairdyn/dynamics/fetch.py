@@ -14,6 +14,7 @@ a growing wait; a missing repository or revision is not retried. huggingface_hub
 under ``.incomplete`` and links it into the snapshot only when whole; before a snapshot is
 evaluated, every file the revision lists is checked to be there with its listed size, so a half
 checkpoint is never evaluated. A killed sweep resumes interrupted downloads on its next run.
+Offline (``HF_HUB_OFFLINE=1``), a revision already downloaded is taken from the cache as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval_fairdyn.core.files import atomic_write_text
 from lm_eval_fairdyn.dynamics.results import step_from_text
 
 logger = logging.getLogger("lm_eval_fairdyn")
@@ -63,11 +65,25 @@ def hub_branches(repo: str) -> list[str]:
 
 
 def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) -> Fetched:
-    """Download a revision's model and tokenizer files into the hub cache, whole, retrying."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    """Download a revision's model and tokenizer files into the hub cache, whole, retrying.
+    Offline (``HF_HUB_OFFLINE=1``), the revision's snapshot already in the cache."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     started = time.perf_counter()
+    if constants.HF_HUB_OFFLINE:
+        try:
+            folder = Path(snapshot_download(repo, revision=revision, local_files_only=True))
+        except LocalEntryNotFoundError as err:
+            raise DownloadFailed(
+                f"{repo} revision {revision} is not in the hub cache and HF_HUB_OFFLINE=1 forbids downloading it"
+            ) from err
+        return Fetched(folder, folder.name, time.perf_counter() - started, attempts=0)
     api = HfApi()
     for attempt in range(1, retries + 2):
         try:
@@ -76,6 +92,10 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
             patterns = download_patterns(list(sizes))
             folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=patterns))
             check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)})
+            if revision != info.sha:  # the cache's refs/<branch>, as a download by branch name writes it
+                ref = folder.parent.parent / "refs" / revision
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(ref, info.sha)
             return Fetched(folder, info.sha, time.perf_counter() - started, attempts=attempt)
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
             raise
