@@ -74,15 +74,26 @@ def test_sweep_layout(uninterrupted):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
+    """Killed while step10 loads: step10's weights file is a named pipe for that run, so the sweep
+    finishes step0 and then blocks opening it, whatever the machine's speed."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (out / "step0" / "checkpoint.json").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (out / "step0" / "checkpoint.json").exists() and not (out / "step20").exists()
+    weights = tiny_checkpoints / "step10" / "model.safetensors"
+    saved = tmp_path / "step10.safetensors"
+    shutil.move(weights, saved)
+    os.mkfifo(weights)
+    try:
+        proc = subprocess.Popen(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 300
+        while not (out / "step0" / "checkpoint.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        weights.unlink()
+        shutil.move(saved, weights)
+    assert (out / "step0" / "checkpoint.json").exists()
+    assert not (out / "step10").exists() and not (out / "step20").exists()
     rerun = subprocess.run(
         sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True
     )
