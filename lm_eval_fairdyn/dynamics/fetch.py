@@ -19,6 +19,7 @@ Offline (``HF_HUB_OFFLINE=1``), a revision already downloaded is taken from the 
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import queue
 import threading
@@ -39,6 +40,10 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 class DownloadFailed(RuntimeError):
     """A hub checkpoint could not be downloaded whole after every retry."""
+
+
+class IncompleteCheckpoint(OSError):
+    """A downloaded snapshot lacks a file or holds one of the wrong size."""
 
 
 @dataclass
@@ -117,8 +122,6 @@ def download_patterns(names: list[str]) -> list[str]:
 
 
 def _matches(name: str, patterns) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
@@ -130,10 +133,6 @@ def check_complete(folder: Path, sizes: dict[str, int | None]) -> None:
             raise IncompleteCheckpoint(f"{folder}: {name} is missing")
         if size is not None and path.stat().st_size != size:
             raise IncompleteCheckpoint(f"{folder}: {name} has {path.stat().st_size} bytes, the hub lists {size}")
-
-
-class IncompleteCheckpoint(OSError):
-    """A downloaded snapshot lacks a file or holds one of the wrong size."""
 
 
 def delete_revision(repo: str, commit: str) -> None:
