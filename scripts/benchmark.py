@@ -180,16 +180,13 @@ def timed(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def sweep_timings(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
-
-
 def sweep_cost(args) -> dict:
     """fairdyn sweep over the demo suite's 17 checkpoints against the minimal loop (both whole
     processes, imports included), per-checkpoint times from the sweep's timings.jsonl, and the
     same sweep from a LocalHub whose bandwidth makes a download last about one evaluation."""
     import csv
 
+    from lm_eval_fairdyn.dynamics.sweep import read_timings
     from lm_eval_fairdyn.offline.hub import LocalHub
 
     suite = demo_suite()
@@ -200,7 +197,7 @@ def sweep_cost(args) -> dict:
     fairdyn = [sys.executable, "-m", "lm_eval_fairdyn", "sweep"]
     local_out = tmp / "local"
     local_s = timed([*fairdyn, "--checkpoints", str(suite / "step*"), "--output_path", str(local_out), *common], env)
-    local = sweep_timings(local_out)
+    local = read_timings(local_out)
     result = {"checkpoints": len(folders), "tasks": args.tasks, "fairdyn_sweep_s": local_s}
     if args.tasks == "winobias_fairdyn_1seed":  # the loop scores the seed-0 prompts
         loop_json = tmp / "loop.json"
@@ -229,7 +226,7 @@ def sweep_cost(args) -> dict:
             revisions = ",".join(f.name for f in folders)
             wall = timed([*fairdyn, "--pretrained", "fairdyn/demo-suite", "--revisions", revisions, "--output_path",
                           str(out), "--prefetch", str(prefetch), "--cleanup", *common], hub_env)  # fmt: skip
-        timings = sweep_timings(out)
+        timings = read_timings(out)
         download = sum(t["download_s"] for t in timings)
         evaluate = sum(t["evaluate_s"] + t["write_s"] for t in timings)
         hub_runs[f"prefetch={prefetch}"] = {"wall_s": wall, "download_s": download, "evaluate_s": evaluate,

@@ -64,7 +64,7 @@ def test_sweep_layout(uninterrupted):
         assert len(prompts) == 1 + 12 and prompts[0].startswith("split,polarity,line,seed,kind,gold,ar,jsdp")
         assert not list(folder.glob("samples_*"))  # lm-eval's full samples only with --log_samples
     assert not list((uninterrupted / ".partial").iterdir())
-    timings = [json.loads(line) for line in (uninterrupted / "timings.jsonl").read_text().splitlines()]
+    timings = sweep.read_timings(uninterrupted)
     assert [t["label"] for t in timings] == ["step0", "step10", "step20"]
     # one model object: the next checkpoints' weights are loaded into it, no token is encoded again
     assert [t["reused_model"] for t in timings] == [False, True, True]
@@ -156,6 +156,13 @@ def hub_sweep(out, *source):
             "--output_path", str(out)]  # fmt: skip
 
 
+def assert_same_prompts(out, reference, sources: dict[str, str]) -> None:
+    """Each checkpoint folder of ``out`` holds the prompt table of its source folder in ``reference``."""
+    prompts = "prompts_winobias_fairdyn_1seed.csv"
+    for label, source in sources.items():
+        assert (out / label / prompts).read_text() == (reference / source / prompts).read_text(), label
+
+
 def cached_weights(home, root) -> int:
     """Checkpoints whose weights are in the hub cache, whole or being downloaded: blobs are named
     by their ETag, the sha256 of the weights file (``.incomplete`` while downloading)."""
@@ -233,10 +240,8 @@ def test_cleanup_keeps_at_most_two_checkpoints_on_disk(uninterrupted, tiny_check
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert max(seen) == 2 and cached_weights(home, root) == 0
     assert not list((home / "hub" / "models--EleutherAI--tiny").glob("snapshots/*"))
-    for label, source in sources.items():
-        prompts = "prompts_winobias_fairdyn_1seed.csv"
-        assert (tmp_path / "out" / label / prompts).read_text() == (uninterrupted / source / prompts).read_text()
-    timings = [json.loads(line) for line in (tmp_path / "out" / "timings.jsonl").read_text().splitlines()]
+    assert_same_prompts(tmp_path / "out", uninterrupted, sources)
+    timings = sweep.read_timings(tmp_path / "out")
     assert [t["label"] for t in timings] == list(sources)
     assert timings[0]["download_s"] > 1  # about 13 MB at 8 MB/s
     assert all(t["wait_s"] < t["download_s"] for t in timings[1:])  # downloaded while the one before was evaluated
@@ -268,9 +273,7 @@ def test_a_download_killed_halfway_is_never_evaluated_and_resumes(
         hub.bandwidth = None
         rerun = subprocess.run(command, env=hub_environment(winobias_dir, hub, home), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    for label in ("step0", "step10"):
-        prompts = "prompts_winobias_fairdyn_1seed.csv"
-        assert (out / label / prompts).read_text() == (uninterrupted / label / prompts).read_text()
+    assert_same_prompts(out, uninterrupted, {"step0": "step0", "step10": "step10"})
 
 
 @pytest.mark.slow
@@ -289,9 +292,7 @@ def test_failed_downloads_are_retried_and_a_lasting_failure_is_named(
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert hub.downloads("*/step10/model.safetensors") >= 3 and hub.downloads("*/step20/model.safetensors") >= 2
-    for label in ("step0", "step10", "step20"):
-        prompts = "prompts_winobias_fairdyn_1seed.csv"
-        assert (out / label / prompts).read_text() == (uninterrupted / label / prompts).read_text()
+    assert_same_prompts(out, uninterrupted, {"step0": "step0", "step10": "step10", "step20": "step20"})
 
     with LocalHub(root) as hub:
         hub.fail("EleutherAI/tiny/step20/model.safetensors", times=1000, kind="truncate")
@@ -391,7 +392,7 @@ def test_a_sweep_gives_what_lm_eval_gives_each_checkpoint_alone(tiny_checkpoints
     settings = EvalSettings(tasks=("winobias_fairdyn_1seed",), batch_size=4, device="cpu", limit=12)
     out = tmp_path / "out"
     sweep.run_sweep(sweep.folder_checkpoints(str(folders / "step*")), out, settings)
-    timings = [json_.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
+    timings = sweep.read_timings(out)
     assert [t["reused_model"] for t in timings] == [False, True, False]
 
     manager = task_manager((), {"winobias_dir": str(winobias_dir)}, settings.tasks)

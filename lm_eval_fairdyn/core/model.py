@@ -80,7 +80,7 @@ class _RankingHook:
     def __init__(self, model: HFLMWithRank, inner, continuations: dict):
         self.model, self.inner, self.continuations = model, inner, continuations
         self.answers: dict = {}
-        self._scorer: tuple = (None, 0, None)  # (selected logits, row index, _RowScorer)
+        self._scorer: tuple = (None, 0, None)  # (selected logits, continuation length, _RowScorer)
 
     def add_partial(self, attr, req, res) -> None:
         if attr == "loglikelihood" and req in self.continuations:

@@ -92,8 +92,8 @@ class WeightLoader:
     tensor of the model. :meth:`for_model` returns None otherwise.
     """
 
-    def __init__(self, model, targets: dict):
-        self.model, self.targets = model, targets
+    def __init__(self, targets: dict):
+        self.targets = targets
 
     @classmethod
     def for_model(cls, model, layout: CheckpointLayout) -> WeightLoader | None:
@@ -114,7 +114,7 @@ class WeightLoader:
         covered = {targets[name].data_ptr() for name in in_files}
         if covered != set(by_storage):
             return None  # a model tensor no checkpoint tensor fills (tied ones share storage)
-        return cls(model, {name: targets[name] for name in in_files})
+        return cls({name: targets[name] for name in in_files})
 
     def load(self, folder: str | Path) -> None:
         """Copy every tensor of the folder's safetensors files into its model tensor (cast to

@@ -55,7 +55,6 @@ class Fetched:
     commit: str | None = None
     download_s: float = 0.0
     wait_s: float = 0.0
-    attempts: int = 0
 
 
 def hub_branches(repo: str) -> list[str]:
@@ -88,7 +87,7 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
             raise DownloadFailed(
                 f"{repo} revision {revision} is not in the hub cache and HF_HUB_OFFLINE=1 forbids downloading it"
             ) from err
-        return Fetched(folder, folder.name, time.perf_counter() - started, attempts=0)
+        return Fetched(folder, folder.name, time.perf_counter() - started)
     api = HfApi()
     for attempt in range(1, retries + 2):
         try:
@@ -101,7 +100,7 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
                 ref = folder.parent.parent / "refs" / revision
                 ref.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(ref, info.sha)
-            return Fetched(folder, info.sha, time.perf_counter() - started, attempts=attempt)
+            return Fetched(folder, info.sha, time.perf_counter() - started)
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
             raise
         except Exception as err:  # network errors, server errors, incomplete files: retried

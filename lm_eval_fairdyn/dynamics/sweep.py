@@ -53,6 +53,12 @@ from lm_eval_fairdyn.dynamics.results import step_from_text
 
 TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its seconds went
 
+
+def read_timings(out: str | Path) -> list[dict]:
+    """A sweep folder's ``timings.jsonl``: one dict per evaluated checkpoint, in order."""
+    return [json.loads(line) for line in (Path(out) / TIMINGS).read_text().splitlines()]
+
+
 logger = logging.getLogger("lm_eval_fairdyn")
 
 
