@@ -135,16 +135,23 @@ def _add_sweep(commands) -> None:
         help="lm-eval's request cache, one database per checkpoint (keyed by its weights)",
     )
     sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
-    sweep.add_argument("--prefetch", type=int, default=1, metavar="K",
+    sweep.add_argument("--prefetch", type=_count, default=1, metavar="K",
                        help="hub checkpoints: download up to K ahead of the one being evaluated (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--cleanup", action="store_true",
                        help="hub checkpoints: delete each one's files from the hub cache once its results are written "
                        "(at most K+1 checkpoints on disk)")  # fmt: skip
-    sweep.add_argument("--retries", type=int, default=3,
+    sweep.add_argument("--retries", type=_count, default=3,
                        help="hub checkpoints: tries again after a failed download (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--log_samples", action="store_true",
                        help="also write lm-eval's samples_<task>.jsonl (prompts_<task>.csv are always written)")  # fmt: skip
     sweep.set_defaults(handler=_sweep)
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more (``--prefetch``, ``--retries``)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return int(text)
 
 
 def _batch_size(text: str) -> int | str:

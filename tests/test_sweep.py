@@ -14,6 +14,7 @@ from conftest import run_concurrently
 
 from lm_eval_fairdyn.core.harness import task_manager
 from lm_eval_fairdyn.dynamics import schedule, sweep
+from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
 
 
 def sweep_command(checkpoints, out, *extra):
@@ -318,6 +319,12 @@ def test_bad_sweep_input_is_named(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--revisions", "step0",
                            "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "need --pretrained" in proc.stderr
+    for flag in ("--prefetch", "--retries"):
+        proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--pretrained", "x/y", "--revisions",
+                               "step0", flag, "-1", "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and f"argument {flag}: expected a whole number, 0 or more, not '-1'" in proc.stderr
+    with pytest.raises(ValueError, match="prefetch and retries must be 0 or more"):
+        CheckpointFetcher([None], retries=-1)
 
 
 def test_task_manager_indexes_lm_evals_own_tasks_only_when_asked_for(tmp_path):

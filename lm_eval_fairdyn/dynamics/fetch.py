@@ -153,8 +153,8 @@ class CheckpointFetcher:
     """
 
     def __init__(self, items: list, prefetch: int = 1, cleanup: bool = False, retries: int = 3):
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be 0 or more, not {prefetch}")
+        if prefetch < 0 or retries < 0:
+            raise ValueError(f"prefetch and retries must be 0 or more, not {prefetch} and {retries}")
         self.items, self.prefetch, self.cleanup, self.retries = items, prefetch, cleanup, retries
         self._futures: dict[int, Future] = {}
         self._tasks: queue.Queue = queue.Queue()
