@@ -238,13 +238,15 @@ def _add_analyze(commands) -> None:
     analyze.add_argument(
         "--margin_ar",
         default=defaults.margin_ar,
-        help="margin of the AR gap: ranks, or N%% of the Average Rank (default: %(default)s)",
+        help="margin of the AR verdicts, which compare log ranks: N%% is a ratio (female ranks within N%% of their "
+        "male twins'), a plain number is in log units (default: %(default)s)",
     )
     analyze.add_argument(
         "--confidence",
         type=float,
         default=defaults.confidence,
-        help="confidence level of the intervals (default: %(default)s)",
+        help="confidence level of the intervals; every verdict is a one-sided test at (1 - confidence) / 2, "
+        "fair a TOST at that level per side (default: %(default)s)",
     )
     analyze.add_argument(
         "--n_resamples", type=int, default=defaults.n_resamples, help="bootstrap resamples (default: %(default)s)"
@@ -257,10 +259,11 @@ def _add_analyze(commands) -> None:
         help="scipy.stats.bootstrap method (default: %(default)s)",
     )
     analyze.add_argument(
-        "--change_penalty",
+        "--min_change",
         type=float,
-        default=defaults.change_penalty,
-        help="ruptures PELT penalty of the change points (default: 6 sigma^2 log n, sigma the noise level)",
+        default=defaults.min_change,
+        help="smallest shift of the gap reported as a change point, in the gap's units (default: %(default)s: "
+        "every shift whose band, adjusted over the run's checkpoints, excludes 0)",
     )
     analyze.add_argument(
         "--replicates",
@@ -289,7 +292,7 @@ def _analyze(args) -> int:
         n_resamples=args.n_resamples,
         bootstrap_seed=args.bootstrap_seed,
         bootstrap_method=args.bootstrap_method,
-        change_penalty=args.change_penalty,
+        min_change=args.min_change,
     )
     try:
         settings.margin(), settings.bootstrap()
@@ -310,9 +313,11 @@ def _add_check(commands) -> None:
         help="fail when fairness regressed against a baseline",
         description="Compare the fairness gap of RESULTS with BASELINE, both evaluated on the same prompts (lm-eval "
         "results JSON files, or folders holding exactly one, with their per-prompt values: prompts_<task>.csv from "
-        "fairdyn sweep or samples_<task>*.jsonl from --log_samples). The change of |gap| gets an interval paired by "
-        "sentence pair; a check fails only when its interval lies beyond the bound. Exit 0 within bounds, 1 when "
-        "fairness regressed, 2 on unusable input.",
+        "fairdyn sweep or samples_<task>*.jsonl from --log_samples). The regression is tested as two signed changes "
+        "of the gap, paired by sentence pair: further to the baseline's side, and past zero to the other side (from a "
+        "baseline indistinguishable from 0: up and down), each one-sided at (1 - confidence) / 2; a check fails only "
+        "when its interval lies beyond the bound. Exit 0 within bounds, 1 when fairness regressed, 2 on unusable "
+        "input.",
     )
     check.add_argument("results", metavar="RESULTS")
     check.add_argument("--baseline", required=True)
@@ -320,7 +325,7 @@ def _add_check(commands) -> None:
     check.add_argument("--task", default=None, help="default: the winobias_fairdyn* task in both files")
     check.add_argument("--max-gap", dest="max_gap", type=float, default=None, help="bound on |gap|")
     check.add_argument("--max-regression", dest="max_regression", type=float, default=0.01,
-                       help="bound on |gap| - |baseline gap| (default: %(default)s)")  # fmt: skip
+                       help="bound on the growth of |gap| over the baseline's, in gap units (default: %(default)s)")  # fmt: skip
     check.add_argument("--confidence", type=float, default=0.99, help="of the intervals (default: %(default)s)")
     check.set_defaults(handler=_check)
 
@@ -373,10 +378,11 @@ def _check(args) -> int:
         return 2
     print(f"{task} {args.gap} gap (female - male, {len(current)} sentence pairs): baseline "
           f"{baseline['difference'].mean():+.4f}, current {current['difference'].mean():+.4f}")  # fmt: skip
-    print(f"{'check':<42} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
+    print(f"{'check':<58} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
     for row in rows:
         status = "ok" if row["ok"] else "REGRESSED"
-        print(f"{row['check']:<42} {row['estimate']:>+9.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] "
+        high = "+inf)" if row["ci_high"] == float("inf") else f"{row['ci_high']:+.4f}]"
+        print(f"{row['check']:<58} {row['estimate']:>+9.4f} [{row['ci_low']:+.4f}, {high:<8} "
               f"{row['bound']:>7.4f}  {status}")  # fmt: skip
     failed = [row["check"] for row in rows if not row["ok"]]
     if failed:

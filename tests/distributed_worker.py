@@ -28,7 +28,7 @@ def main(rank: int, world_size: int, port: str, model_dir: str, winobias_dir: st
 
     trainer = Trainer()
     task = "winobias_fairdyn_1seed"
-    rule = StopRule(gap=f"{task}/jsdp_gap", max_abs_gap=0.0, significant_only=False)
+    rule = StopRule(gap=f"{task}/jsdp_gap", max_abs_gap=0.0, test="threshold")
     callback = FairnessCallback(
         trainer, tasks=[task], every=1, limit=8, stop_rule=rule, metadata={"winobias_dir": winobias_dir}
     )

@@ -68,7 +68,7 @@ def trainer_with_callback(output_dir: Path, synthetic_dir: Path):
     trainer = Trainer(model=model, args=args, train_dataset=TrainingStream(TINY, tokenizer, text_ids).dataset(),
                       data_collator=default_data_collator, processing_class=tokenizer)  # fmt: skip
     # Strikes build up at every evaluation; the third in a row stops training.
-    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, significant_only=False, patience=3)
+    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, test="threshold", patience=3)
     callback = FairnessCallback(trainer, tasks=[FAIRNESS_TASK], every=2, limit=24, stop_rule=rule,
                                 metadata={"winobias_dir": str(synthetic_dir)})  # fmt: skip
     trainer.add_callback(callback)

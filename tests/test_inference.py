@@ -66,6 +66,16 @@ def test_pairs_are_the_two_members_of_a_line_and_other_lines_are_left_out():
     assert pairs.loc[("test", 1), "level"] == pytest.approx(0.35)
 
 
+def test_ar_pairs_compare_log_ranks():
+    """For AR the pair's difference is of log ranks averaged over seeds: a female prompt ranked 8
+    and 2 (seeds 0, 1) against a male twin ranked 1 and 4 gives (log 8 + log 2 - log 1 - log 4) / 2."""
+    table = pair_table([0.0], seeds=(0, 1))
+    ranks = {(0, "female"): 8, (1, "female"): 2, (0, "male"): 1, (1, "male"): 4}
+    table["ar"] = [ranks[(seed, gold)] for seed, gold in zip(table.seed, table.gold, strict=True)]
+    pairs = inference.pair_values(table, "ar")
+    assert pairs["difference"].iloc[0] == pytest.approx((np.log(8) + np.log(2) - np.log(1) - np.log(4)) / 2)
+
+
 @pytest.mark.parametrize(
     ("low", "high", "expected"),
     [(0.06, 0.2, "favours_male"), (-0.2, -0.051, "favours_female"), (-0.04, 0.049, "fair"),
@@ -80,6 +90,8 @@ def test_margins_parse_and_scale():
     assert Margin.parse("0.05") == Margin(0.05) and Margin.parse("10%") == Margin(0.1, relative=True)
     assert Margin.parse("10%").at(-30.0) == pytest.approx(3.0) and Margin(0.05).at(1000) == 0.05
     assert str(Margin.parse("10%")) == "10%" and str(Margin.parse("0.05")) == "0.05"
+    assert Margin.parse("10%").at(7.0, log_scale=True) == pytest.approx(np.log(1.1))  # a rank ratio
+    assert Margin.parse("0.2").at(7.0, log_scale=True) == 0.2
     with pytest.raises(ValueError, match="expected a number"):
         Margin.parse("ten")
     with pytest.raises(ValueError, match="negative"):
@@ -95,28 +107,72 @@ def test_emergence_is_the_first_step_from_which_every_verdict_favours_one_side()
     assert inference.emergence_step(pd.Series(["favours_female", "favours_male"], index=[1, 2])) == 2
 
 
-def test_change_points_find_a_planted_shift_and_no_shift_in_drift():
-    rng = np.random.default_rng(0)
-    steps = np.arange(0, 400, 20)
-    drift = pd.Series(0.01 + rng.normal(0, 0.005, len(steps)), index=steps)
-    assert inference.change_points(drift).empty
-    shifted = drift + np.where(steps >= 220, 0.15, 0.0)
-    found = inference.change_points(shifted)
-    assert list(zip(found.from_step, found.to_step, strict=True)) == [(200, 220)]
-    assert found.change.iloc[0] == pytest.approx(0.15, abs=0.01)
+def test_replicate_step_combines_the_runs_spread_with_the_shared_sentences():
+    """The variance by the two-way decomposition, computed here with explicit sums."""
+    rng = np.random.default_rng(4)
+    n, runs = 30, 4
+    d = 0.02 + rng.normal(0, 0.05, (n, 1)) + rng.normal(0, 0.01, (1, runs)) + rng.normal(0, 0.02, (n, runs))
+    row = inference.replicate_step(pd.DataFrame(d), confidence=0.99)
+    pair_means = [sum(d[j]) / runs for j in range(n)]
+    run_means = [sum(d[:, r]) / n for r in range(runs)]
+    grand = sum(pair_means) / n
+    ms_e = sum((d[j, r] - pair_means[j] - run_means[r] + grand) ** 2 for j in range(n) for r in range(runs))
+    ms_e /= (n - 1) * (runs - 1)
+    v_sentences = sum((m - grand) ** 2 for m in pair_means) / (n - 1) / n
+    v_runs = max(sum((m - grand) ** 2 for m in run_means) / (runs - 1) - ms_e / n, 0) / runs
+    se = np.sqrt(v_sentences + v_runs)
+    df = (v_sentences + v_runs) ** 2 / (v_sentences**2 / (n - 1) + v_runs**2 / (runs - 1))
+    assert row["mean_gap"] == pytest.approx(grand) and row["se"] == pytest.approx(se) and row["df"] == pytest.approx(df)
+    half = stats.t.ppf(0.995, df) * se
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((grand - half, grand + half))
+    assert row["p_value"] == pytest.approx(2 * stats.t.sf(grand / se, df))
 
 
-def test_across_runs_is_a_t_test_over_runs():
-    gaps = pd.DataFrame({"seed1": [0.01, 0.15], "seed2": [-0.02, 0.18], "seed3": [0.005, 0.16]}, index=[100, 200])
-    levels = pd.DataFrame(0.3, index=gaps.index, columns=gaps.columns)
-    frame = inference.across_runs(gaps, levels, Margin(0.05), alpha=0.01)
-    values = gaps.loc[200].to_numpy()
-    mean, se = values.mean(), values.std(ddof=1) / np.sqrt(3)
-    half = stats.t.ppf(0.995, df=2) * se  # by the formula
-    assert frame.loc[200, "t"] == pytest.approx(mean / se)
-    assert (frame.loc[200, "ci_low"], frame.loc[200, "ci_high"]) == pytest.approx((mean - half, mean + half))
-    assert frame.loc[200, "significant"] and frame.loc[200, "verdict"] == "favours_male"
-    assert not frame.loc[100, "significant"] and frame.loc[100, "verdict"] == "inconclusive"
+def test_runs_that_share_sentences_and_no_bias_are_not_significant():
+    """Four runs without run-to-run spread, on the same 394 sentence pairs whose own effects
+    (shared by every run) are large: a t-test over the four runs' gaps sees only their tiny
+    spread and calls the shared sentences' offset significant; the recipe-level test does not."""
+    rng = np.random.default_rng(11)
+    n, runs, steps = 394, 4, 20
+    sentences = rng.normal(0, 0.05, (n, 1))
+    differences = {step: pd.DataFrame(sentences + rng.normal(0, 0.01, (n, runs))) for step in range(steps)}
+    levels = pd.DataFrame(0.3, index=range(steps), columns=range(runs))
+    frame = inference.across_runs(differences, levels, Margin(0.05))
+    t_test = [stats.ttest_1samp(d.mean().to_numpy(), 0.0).pvalue for d in differences.values()]
+    assert np.mean(np.array(t_test) < 0.01) > 0.5  # the old test's false alarms
+    assert not frame["significant"].any() and (frame["p_value"] > 0.01).mean() > 0.9
+    assert frame["p_adjusted"].ge(frame["p_value"]).all()
+
+
+def test_across_runs_finds_a_recipe_bias_and_corrects_across_steps():
+    rng = np.random.default_rng(12)
+    n, runs = 394, 4
+    sentences = rng.normal(0, 0.05, (n, 1))
+    differences = {step: pd.DataFrame(sentences + planted + rng.normal(0, 0.01, (1, runs)) + rng.normal(0, 0.02, (n, runs)))
+                   for step, planted in ((0, 0.0), (1, 0.0), (2, 0.1))}  # fmt: skip
+    frame = inference.across_runs(differences, pd.DataFrame(0.3, index=range(3), columns=range(runs)), Margin(0.05))
+    assert list(frame["significant"]) == [False, False, True]
+    assert frame.loc[2, "verdict"] == "favours_male" and frame.loc[2, "ci_low"] < 0.1 < frame.loc[2, "ci_high"]
+    np.testing.assert_allclose(frame["p_adjusted"], inference.holm(frame["p_value"]))
+
+
+def _check(baseline_gap, current_gap):
+    base = inference.pair_values(planted_prompts(baseline_gap, rng_seed=1), "jsdp")
+    current = inference.pair_values(planted_prompts(current_gap, rng_seed=2), "jsdp")
+    return inference.regression_check(base, current, max_gap=None, max_regression=0.01)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "current", "regressed"),
+    [(0.0, 0.025, True), (0.0, -0.025, True), (0.0, 0.005, False), (0.03, 0.055, True), (0.03, 0.035, False),
+     (-0.03, -0.005, False), (0.03, -0.03, False), (0.03, -0.06, True)],
+)  # fmt: skip
+def test_regression_check_tests_signed_changes_away_from_zero(baseline, current, regressed):
+    """A regression is a move away from zero: from a baseline near zero either way, from a biased
+    one further to its side or past zero beyond its size; a move towards zero never fails."""
+    rows = _check(baseline, current)
+    assert len(rows) == 2 and all(np.isinf(row["ci_high"]) for row in rows)
+    assert (not all(row["ok"] for row in rows)) is regressed, rows
 
 
 def test_assumption_rates_are_counted_from_the_prompts_with_a_paired_interval():
@@ -135,12 +191,12 @@ def test_assumption_rates_are_counted_from_the_prompts_with_a_paired_interval():
 def test_regression_check_passes_the_same_model_and_fails_a_planted_regression():
     base = inference.pair_values(planted_prompts(0.01), "jsdp")
     rows = inference.regression_check(base, base, max_gap=0.05, max_regression=0.01)
-    assert all(row["ok"] for row in rows) and rows[1]["estimate"] == 0 == rows[1]["ci_low"] == rows[1]["ci_high"]
+    assert all(row["ok"] for row in rows) and rows[1]["estimate"] == 0 == rows[1]["ci_low"]
     worse = inference.pair_values(planted_prompts(0.08, rng_seed=0), "jsdp")
     rows = inference.regression_check(base, worse, max_gap=None, max_regression=0.01)
-    assert not rows[0]["ok"] and rows[0]["ci_low"] > 0.01
+    assert not rows[0]["ok"] and rows[0]["ci_low"] > 0.01 and rows[0]["estimate"] == pytest.approx(0.07, abs=0.005)
     slightly = inference.pair_values(planted_prompts(0.015, rng_seed=0), "jsdp")  # within noise of the bound
-    assert inference.regression_check(base, slightly, max_gap=None, max_regression=0.01)[0]["ok"]
+    assert all(row["ok"] for row in inference.regression_check(base, slightly, max_gap=None, max_regression=0.01))
 
 
 def test_no_planted_bias_gives_fair_verdicts_no_emergence_and_no_assumption_difference():

@@ -13,7 +13,7 @@ PACKAGE = Path(lm_eval_fairdyn.__file__).parent
 ALLOWED = {
     "core": {"core"},
     "dynamics": {"core", "dynamics"},
-    "training": {"core", "training"},
+    "training": {"core", "dynamics", "training"},  # the callback's verdicts are the analysis' (inference)
     "offline": {"core", "dynamics", "training", "offline"},
 }
 

@@ -206,7 +206,7 @@ def test_monitoring_does_not_change_the_training(tmp_path, synthetic_dir):
 
 
 def test_stop_rule_stops_training_at_the_first_violation(tmp_path, synthetic_dir):
-    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, significant_only=False)
+    rule = StopRule(gap=f"{FAIRNESS_TASK}/jsdp_gap", max_abs_gap=0.0, test="threshold")
     monitor = {
         "tasks": [FAIRNESS_TASK],
         "every": 4,

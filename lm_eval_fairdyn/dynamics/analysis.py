@@ -16,7 +16,7 @@ from scipy import stats
 from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
 from lm_eval_fairdyn.core.metric_table import metric
 from lm_eval_fairdyn.core.metrics import fairness_increase
-from lm_eval_fairdyn.dynamics import inference
+from lm_eval_fairdyn.dynamics import changes, inference
 from lm_eval_fairdyn.dynamics.results import ResultsError
 
 CORRECTIONS = ("holm", "bh", "none")
@@ -45,14 +45,7 @@ def adjust_pvalues(pvalues, method: str = "holm") -> np.ndarray:
     if method == "bh":
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
         return out
-    values = p[ok]
-    order = np.argsort(values)
-    m = len(values)
-    stepped = np.maximum.accumulate((m - np.arange(m)) * values[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(stepped, 1.0)
-    out[ok] = adjusted
-    return out
+    return inference.holm(p)
 
 
 def paper_test(table: pd.DataFrame, run: str, task: str, base: str = "jsdp", correction: str = "holm") -> pd.DataFrame:
@@ -82,27 +75,13 @@ def same_weights_as(fingerprints: pd.Series) -> pd.Series:
 
 
 def largest_jumps(values: pd.Series, n: int = 5) -> pd.DataFrame:
-    """The n largest absolute changes between consecutive checkpoints."""
+    """The n largest absolute changes between consecutive checkpoints, without intervals (for
+    results without per-prompt values; ``changes.jumps`` otherwise)."""
     values = values.dropna().sort_index()
     steps = values.index.to_numpy()
     change = np.diff(values.to_numpy())
     frame = pd.DataFrame({"from_step": steps[:-1], "to_step": steps[1:], "change": change})
     return frame.reindex(frame["change"].abs().sort_values(ascending=False).index).head(n).reset_index(drop=True)
-
-
-def jump_intervals(jumps: pd.DataFrame, prompts: pd.DataFrame, settings) -> pd.DataFrame:
-    """The jumps with ``ci_low``, ``ci_high``: the change of the gap between the two checkpoints,
-    paired by sentence pair (``inference.change_interval``)."""
-    by_step = {int(step): p for step, p in prompts.groupby("step")}
-    bounds = []
-    for jump in jumps.itertuples():
-        steps = (int(jump.from_step), int(jump.to_step))
-        if not all(step in by_step for step in steps):
-            bounds.append((np.nan, np.nan))
-            continue
-        before, after = (inference.pair_values(by_step[step], settings.gap_metric) for step in steps)
-        bounds.append(inference.change_interval(before, after, settings.bootstrap())[1:3])
-    return jumps.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
 
 
 def pareto_front(performance: pd.Series, gap: pd.Series, higher_is_better: bool = True) -> pd.DataFrame:
@@ -213,7 +192,12 @@ class Settings:
     n_resamples: int = 9999
     bootstrap_seed: int = 0
     bootstrap_method: str = "percentile"
-    change_penalty: float | None = None  # ruptures penalty; None: inference.change_points' default
+    min_change: float = 0.0  # smallest shift reported as a change point (gap units), beside its band
+    jumps: int = 5  # largest jumps listed (the significant ones are all listed)
+
+    def __post_init__(self):
+        if self.gap_metric not in inference.MEASURES:
+            raise ValueError(f"gap metric {self.gap_metric!r}: choose from {sorted(inference.MEASURES)}")
 
     def margin(self) -> inference.Margin:
         """The margin of ``gap_metric``."""
@@ -230,7 +214,8 @@ class RunAnalysis:
     significance: pd.DataFrame  # per step: the verdict's interval and the paper's test
     emergence_step: int | None
     jumps: pd.DataFrame
-    change_points: pd.DataFrame
+    change_points: pd.DataFrame  # empty and ``trend`` None without per-prompt values
+    trend: dict | None
     early_stop: EarlyStop
     pareto: pd.DataFrame
     performance: pd.Series
@@ -334,16 +319,22 @@ def analyze_run(
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
-    jumps = largest_jumps(gap)
-    if not prompts.empty and settings.gap_metric in prompts and prompts[settings.gap_metric].notna().any():
-        jumps = jump_intervals(jumps, prompts, settings)
+    if (sig["verdict"] != "unavailable").any():
+        gaps = changes.GapSeries.from_prompts(prompts, settings.gap_metric, settings.bootstrap())
+        every = changes.jumps(gaps)
+        jumps = every[(every.index < settings.jumps) | every["significant"]].reset_index(drop=True)
+        shifts = changes.change_points(gaps, settings.min_change)
+        run_trend = changes.trend(gaps, shifts)
+    else:
+        jumps, shifts, run_trend = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS), None
     return RunAnalysis(
         run=run,
         fairness_task=task,
         significance=sig,
         emergence_step=inference.emergence_step(sig["verdict"]),
         jumps=jumps,
-        change_points=inference.change_points(gap, settings.change_penalty),
+        change_points=shifts,
+        trend=run_trend,
         early_stop=early_stopping(
             performance, gap, settings.tolerance, settings.relative, higher_is_better, settings.performance
         ),  # fmt: skip
@@ -354,15 +345,18 @@ def analyze_run(
 
 
 def replicate_analysis(prompts: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """Runs of one configuration (training seeds) as replicates: per step, each run's gap
-    (mean paired difference), then ``inference.across_runs`` over the runs."""
+    """Runs of one recipe (training seeds) as replicates: per step, the pairs x runs table of
+    paired differences (the pairs every run has at that step), then ``inference.across_runs``;
+    each run's own gap beside it as ``gap_<run>``."""
     measure = settings.gap_metric
-    gaps, levels = {}, {}
-    for (run, step), at_step in prompts.groupby(["run", "step"]):
-        pairs = inference.pair_values(at_step, measure)
-        gaps[(int(step), run)] = pairs["difference"].mean()
-        levels[(int(step), run)] = pairs["level"].mean()
-    gaps_frame = pd.Series(gaps).unstack()
-    levels_frame = pd.Series(levels).unstack()
-    frame = inference.across_runs(gaps_frame, levels_frame, settings.margin(), settings.alpha)
-    return frame.join(gaps_frame.add_prefix("gap_"))
+    differences, levels = {}, {}
+    for step, at_step in prompts.groupby("step"):
+        per_run = {run: inference.pair_values(p, measure) for run, p in at_step.groupby("run")}
+        differences[int(step)] = pd.DataFrame({run: v["difference"] for run, v in per_run.items()}).dropna()
+        levels[int(step)] = {run: v["level"].mean() for run, v in per_run.items()}
+    frame = inference.across_runs(
+        differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(),
+        inference.MEASURES[measure].log, settings.confidence, settings.alpha,
+    )  # fmt: skip
+    gaps = pd.DataFrame({step: d.mean() for step, d in differences.items()}).T
+    return frame.join(gaps.add_prefix("gap_"))

@@ -1,6 +1,7 @@
 """What the analysis concludes from per-prompt values: counterfactual pairs, sentence-level
-bootstrap intervals, verdicts with a margin, emergence, change points, training seeds as
-replicates, assumption rates (README, "Verdicts").
+bootstrap intervals, verdicts with a margin, emergence, training seeds as replicates,
+assumption rates, the regression check (README, "Verdicts"; docs/STATISTICS.md). Conclusions
+across the checkpoints of one run (jumps, change points, trend) are ``changes``'.
 
 Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read_prompts``'.
 
@@ -8,14 +9,20 @@ Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read
   (same split): the same sentence with the pronoun's gender swapped, so one referent prompt
   has gold "male" and the other "female", with the same option order per seed. Lines whose
   pronouns do not differ in gender (WinoBias test 382 and 384) are not pairs and are left out.
+- Measure: JSD-P's gold part as it is; Average Rank as log ranks (``MEASURES``): ranks spread
+  over four orders of magnitude, and the mean of log ranks, bounded by log(vocabulary), has an
+  interval that keeps its level where the mean of raw ranks does not (docs/STATISTICS.md).
 - Unit of sampling: the sentence pair (all its prompts: 2 sentences x 2 kinds x seeds). The
   pair's difference d_j = mean over seeds of value(female member) - value(male member); the
   gap is mean_j d_j (positive: the female prompts have the higher rank / JSD-P, i.e. the model
   favours male).
 - Interval: percentile bootstrap over pairs (``scipy.stats.bootstrap``, seeded), at
-  ``confidence`` (default 0.99, matching alpha 0.01).
+  ``confidence`` (default 0.99).
 - Verdict: with margin m, ``favours_male`` if low > m, ``favours_female`` if high < -m,
-  ``fair`` if -m < low and high < m (an equivalence test), else ``inconclusive``.
+  ``fair`` if -m < low and high < m, else ``inconclusive``. One level for every verdict: each
+  is a one-sided test at (1 - confidence) / 2 = 0.005 (``fair``: both one-sided tests of a
+  TOST at 0.005), so a checkpoint whose true gap lies on the other side of the margin gets a
+  wrong verdict at most 0.5% of the time.
 """
 
 from __future__ import annotations
@@ -47,10 +54,39 @@ LIMITS = (
 BOOTSTRAP_METHODS = ("percentile", "basic", "BCa")
 
 
+def level_sentence(confidence: float) -> str:
+    """The one level every verdict is tested at, in words."""
+    one_sided = f"{100 * (1 - confidence) / 2:g}%"
+    return (
+        f"every verdict reads the {100 * confidence:g}% interval: favours_male and favours_female are one-sided tests "
+        f"at {one_sided} that the gap lies beyond the margin, fair is an equivalence test (TOST) at {one_sided} per "
+        f"side"
+    )
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A per-prompt value whose female - male gap the verdicts test: ``column`` of the prompt
+    tables, taken as ``log`` (natural) when the values are ranks."""
+
+    name: str
+    column: str
+    log: bool
+    label: str
+
+
+MEASURES = {
+    "jsdp": Measure("jsdp", "jsdp", False, "JSD-P gold part"),
+    "ar": Measure("ar", "ar", True, "log rank (Average Rank's verdict scale)"),
+}
+
+
 @dataclass(frozen=True)
 class Margin:
     """A margin of practical significance: ``value`` in the gap's units, or, when ``relative``,
-    a fraction of the measure's level (mean of the male and female groups) at that checkpoint.
+    a fraction: of the measure's level (mean of the male and female groups) at that checkpoint,
+    or, for a log measure (AR), a ratio: ``10%`` is log(1.1), female ranks 10% above or below
+    their male twins'.
 
     Parsed from ``"0.05"`` (absolute) or ``"10%"`` (relative)."""
 
@@ -72,13 +108,16 @@ class Margin:
     def __str__(self) -> str:
         return f"{100 * self.value:g}%" if self.relative else f"{self.value:g}"
 
-    def at(self, level: float) -> float:
-        """The margin in the gap's units for a checkpoint whose measure is at ``level``."""
+    def at(self, level: float, log_scale: bool = False) -> float:
+        """The margin in the gap's units for a checkpoint whose measure is at ``level``; on a
+        log scale a relative margin is the log of the ratio 1 + value."""
+        if log_scale:
+            return float(np.log1p(self.value)) if self.relative else self.value
         return self.value * abs(level) if self.relative else self.value
 
 
-# JSD-P's gold part lies in [0, 1/2]: 0.05 is a tenth of its range. AR has no upper bound, so its
-# margin is a tenth of the checkpoint's own Average Rank (mean of the male and female groups).
+# JSD-P's gold part lies in [0, 1/2]: 0.05 is a tenth of its range. AR has no upper bound; its
+# verdicts compare log ranks, and the margin is a ratio: female ranks within 10% of their twins'.
 DEFAULT_MARGINS = {"jsdp": Margin(0.05), "ar": Margin(0.10, relative=True)}
 
 
@@ -100,12 +139,16 @@ class Bootstrap:
 
 def pair_values(prompts: pd.DataFrame, measure: str = "jsdp") -> pd.DataFrame:
     """Per counterfactual pair (split, line): ``female`` and ``male``, the mean over seeds of each
-    member's value; ``difference`` = female - male and ``level`` = (female + male) / 2.
+    member's value (log rank for ``ar``); ``difference`` = female - male and ``level`` =
+    (female + male) / 2.
 
     Only referent prompts whose (split, line, seed) has exactly one male and one female member
     count; other lines (not minimal pairs, or cut by ``--limit``) are left out."""
+    spec = MEASURES[measure]
     referent = prompts[prompts["kind"] == "referent"]
-    members = referent.pivot_table(index=[*PAIR, "seed"], columns="gold", values=measure, aggfunc=["mean", "count"])
+    if spec.log:
+        referent = referent.assign(**{spec.column: np.log(referent[spec.column].astype(float))})
+    members = referent.pivot_table(index=[*PAIR, "seed"], columns="gold", values=spec.column, aggfunc=["mean", "count"])
     complete = (members["count"].reindex(columns=["male", "female"]) == 1).all(axis=1)
     values = members["mean"].reindex(columns=["male", "female"])[complete].dropna()
     per_pair = values.groupby(level=PAIR).mean()
@@ -146,13 +189,14 @@ def verdict(low: float, high: float, margin: float) -> str:
 
 
 def gap_table(prompts: pd.DataFrame, measure: str, margin: Margin, settings: Bootstrap = Bootstrap()) -> pd.DataFrame:
-    """Per step of one run's per-prompt table: pairs, gap (mean paired difference), ci_low,
-    ci_high, margin (in the gap's units), verdict."""
+    """Per step of one run's per-prompt table: pairs, gap (mean paired difference; for ``ar``
+    of log ranks, so exp(gap) is the typical ratio of a female prompt's rank to its male
+    twin's), ci_low, ci_high, margin (in the gap's units), verdict."""
     rows = {}
     for step, at_step in prompts.groupby("step", sort=True):
         pairs = pair_values(at_step, measure)
         gap, low, high = interval([pairs["difference"]], np.mean, settings)
-        m = margin.at(pairs["level"].mean()) if len(pairs) else np.nan
+        m = margin.at(pairs["level"].mean(), MEASURES[measure].log) if len(pairs) else np.nan
         rows[int(step)] = {"pairs": len(pairs), "gap": gap, "ci_low": low, "ci_high": high, "margin": m,
                            "verdict": verdict(low, high, m)}  # fmt: skip
     frame = pd.DataFrame.from_dict(rows, orient="index")
@@ -187,70 +231,78 @@ def emergence_step(verdicts: pd.Series) -> int | None:
     return int(later.min())
 
 
-CHANGE_PENALTY_FACTOR = 6.0
+def replicate_step(differences: pd.DataFrame, confidence: float = 0.99) -> dict:
+    """Runs of one recipe (training seeds) evaluated on the same sentence pairs, at one step:
+    ``differences`` has a row per sentence pair and a column per run (d_jr).
+
+    Model: d_jr = mu + s_j + u_r + e_jr, s the sentence, u the run, e the rest. The recipe's gap
+    is mu, estimated by the mean over runs of the runs' gaps, G = mean_jr d_jr, whose variance
+    is sigma_s^2 / n + sigma_u^2 / R + sigma_e^2 / (n R): the sentences are shared by every
+    run, so the runs' spread alone (a t-test over runs) misses sigma_s^2 / n. Estimated as
+
+        V = var_j(mean_r d_jr) / n  +  max(var_r(G_r) - MS_e / n, 0) / R
+
+    (the first term is the sentence-pair bootstrap's variance of G, which includes the
+    sigma_e^2 / (n R); the second the between-run component alone, MS_e the two-way residual
+    mean square), with Satterthwaite's degrees of freedom. Returns mean_gap, se, df, t,
+    p_value (two-sided, against 0), ci_low, ci_high at ``confidence``, sd (of the runs' gaps)."""
+    d = differences.dropna().to_numpy(dtype=float)
+    n, runs = d.shape
+    empty = {"mean_gap": float(d.mean()) if d.size else np.nan, "sd": np.nan, "se": np.nan, "df": np.nan,
+             "t": np.nan, "p_value": np.nan, "ci_low": np.nan, "ci_high": np.nan}  # fmt: skip
+    if runs < 2 or n < 2:
+        return empty
+    per_run, per_pair, grand = d.mean(axis=0), d.mean(axis=1), d.mean()
+    residual = d - per_pair[:, None] - per_run[None, :] + grand
+    ms_e = float((residual**2).sum() / ((n - 1) * (runs - 1)))
+    v_sentences = float(per_pair.var(ddof=1) / n)
+    v_runs = max(float(per_run.var(ddof=1)) - ms_e / n, 0.0) / runs
+    v = v_sentences + v_runs
+    if v <= 0:
+        return empty | {"sd": float(per_run.std(ddof=1))}
+    df = v**2 / (v_sentences**2 / (n - 1) + v_runs**2 / (runs - 1))
+    se, t = np.sqrt(v), grand / np.sqrt(v)
+    half = stats.t.ppf(0.5 + confidence / 2, df) * se
+    return {"mean_gap": grand, "sd": float(per_run.std(ddof=1)), "se": se, "df": df, "t": t,
+            "p_value": float(2 * stats.t.sf(abs(t), df)), "ci_low": grand - half, "ci_high": grand + half}  # fmt: skip
 
 
-def noise_level(signal: np.ndarray) -> float:
-    """Robust noise level of a series: 1.4826 MAD of its first differences / sqrt 2."""
-    d = np.diff(signal)
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
-
-
-def change_points(values: pd.Series, penalty: float | None = None) -> pd.DataFrame:
-    """Sudden changes of a series over steps: ``ruptures.Pelt`` (least-squares cost) on the values
-    in step order. Each change lies between ``from_step`` and ``to_step``; ``before`` and ``after``
-    are the means of the segments either side.
-
-    ``penalty`` None: 6 sigma^2 log(n), with sigma the noise level estimated from the first
-    differences (1.4826 MAD / sqrt 2). Calibrated by ``scripts/change_points.py``: on white noise
-    of 12 to 40 checkpoints about 2% of series show a spurious change, and a shift of 4 sigma
-    half-way is found in about 94%."""
-    import ruptures
-
-    values = values.dropna().sort_index()
-    columns = ["from_step", "to_step", "before", "after", "change"]
-    if len(values) < 3:
-        return pd.DataFrame(columns=columns)
-    signal = values.to_numpy(dtype=float)
-    if penalty is None:
-        sigma = noise_level(signal)
-        penalty = CHANGE_PENALTY_FACTOR * max(sigma, 1e-12) ** 2 * np.log(len(signal))
-    ends = ruptures.Pelt(model="l2", min_size=1, jump=1).fit(signal.reshape(-1, 1)).predict(pen=penalty)
-    bounds = [0, *ends]
-    steps = values.index.to_numpy()
-    rows = []
-    for start, cut, stop in zip(bounds[:-2], bounds[1:-1], bounds[2:], strict=True):
-        before, after = signal[start:cut].mean(), signal[cut:stop].mean()
-        rows.append({"from_step": int(steps[cut - 1]), "to_step": int(steps[cut]), "before": before, "after": after,
-                     "change": after - before})  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
-
-
-def across_runs(gaps: pd.DataFrame, levels: pd.DataFrame, margin: Margin, alpha: float = 0.01) -> pd.DataFrame:
-    """Training runs of one configuration as replicates (the run is the unit): per step (rows of
-    ``gaps``, one column per run, NaN where a run lacks the step), a one-sample t-test of the
-    runs' gaps against 0 and its 1 - alpha interval, and the verdict of that interval.
-
-    ``levels``: the runs' measure levels (for a relative margin). Steps with fewer than two runs
-    get no test. Assumes the runs' gaps are roughly normal around the recipe's gap (each is a mean
-    over hundreds of sentence pairs)."""
+def across_runs(
+    differences: dict[int, pd.DataFrame], levels: pd.DataFrame, margin: Margin, log_scale: bool = False,
+    confidence: float = 0.99, alpha: float = 0.01,
+) -> pd.DataFrame:  # fmt: skip
+    """Training runs of one recipe as replicates (README, "Training seeds as replicates"): per
+    step (keys of ``differences``: pairs x runs, see ``replicate_step``), the recipe's gap with
+    its interval and p-value, ``p_adjusted`` (Holm across the steps, so that ``significant``,
+    p_adjusted < alpha, keeps a family-wise error of alpha over the whole run) and the verdict
+    of the interval against the margin. ``levels``: the runs' measure levels (for a relative
+    margin), steps x runs."""
     rows = {}
-    for step, row in gaps.sort_index().iterrows():
-        present = row.dropna()
-        n = len(present)
-        entry = {"runs": n, "mean_gap": present.mean() if n else np.nan, "sd": np.nan, "t": np.nan,
-                 "p_value": np.nan, "ci_low": np.nan, "ci_high": np.nan}  # fmt: skip
-        if n >= 2 and np.ptp(present.to_numpy()) > 0:
-            test = stats.ttest_1samp(present.to_numpy(), 0.0)
-            ci = test.confidence_interval(1 - alpha)
-            entry.update(sd=present.std(ddof=1), t=test.statistic, p_value=test.pvalue, ci_low=ci.low, ci_high=ci.high)
-        m = margin.at(levels.loc[step, present.index].mean()) if n else np.nan
-        entry.update(margin=m, significant=bool(entry["p_value"] < alpha), verdict=verdict(entry["ci_low"],
-                     entry["ci_high"], m))  # fmt: skip
-        rows[int(step)] = entry
+    for step in sorted(differences):
+        d = differences[step]
+        entry = {"runs": d.shape[1], "pairs": len(d.dropna())} | replicate_step(d, confidence)
+        m = margin.at(levels.loc[step, d.columns].mean(), log_scale)
+        rows[int(step)] = entry | {"margin": m, "verdict": verdict(entry["ci_low"], entry["ci_high"], m)}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "step"
+    frame["p_adjusted"] = holm(frame["p_value"].to_numpy())
+    frame["significant"] = frame["p_adjusted"] < alpha
     return frame
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error): p_(i) * (m - i + 1), made monotone and
+    capped at 1; NaN stay NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    values = p[ok]
+    order = np.argsort(values)
+    stepped = np.maximum.accumulate((len(values) - np.arange(len(values))) * values[order])
+    adjusted = np.empty(len(values))
+    adjusted[order] = np.minimum(stepped, 1.0)
+    out[ok] = adjusted
+    return out
 
 
 def assumption_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
@@ -301,14 +353,36 @@ def regression_check(
     lies entirely beyond the bound (a violation shown with confidence ``settings.confidence``).
 
     - ``-max_gap <= gap <= max_gap``: fails when the gap's interval lies beyond +-max_gap;
-    - ``|gap| - |baseline gap| <= max_regression``: the change of |gap|, paired by sentence pair."""
+    - regression, ``|gap| - |baseline gap| <= max_regression``, tested without |.|, whose kink
+      at zero costs power near a fair baseline: with s the baseline's side (the sign of its gap
+      when its interval excludes 0), two signed changes, each paired by sentence pair and each
+      one-sided at (1 - confidence) / 2: s (gap - baseline) (further to the baseline's side) and
+      -s (gap + baseline) (past zero to the other side, beyond the baseline's size). A baseline
+      indistinguishable from 0 has no side, and its two changes are +(gap - baseline) and
+      -(gap - baseline): a move away from zero either way. docs/STATISTICS.md gives the size and
+      power."""
     rows = []
     if max_gap is not None:
         gap, low, high = interval([current["difference"]], np.mean, settings)
         rows.append({"check": "-max-gap <= gap <= max-gap", "estimate": gap, "ci_low": low, "ci_high": high,
                      "bound": max_gap, "ok": not (low > max_gap or high < -max_gap)})  # fmt: skip
     if max_regression is not None:
-        change, low, high, _ = change_interval(baseline, current, settings, absolute=True)
-        rows.append({"check": "|gap| - |baseline gap| <= max-regression", "estimate": change, "ci_low": low,
-                     "ci_high": high, "bound": max_regression, "ok": not low > max_regression})  # fmt: skip
+        joined = baseline[["difference"]].join(current[["difference"]], how="inner", suffixes=("_b", "_c"))
+        b, c = joined["difference_b"], joined["difference_c"]
+        _, b_low, b_high = interval([b], np.mean, settings)
+        side = 1 if b_low > 0 else -1 if b_high < 0 else 0
+        if side == 0:
+            tests = [("gap moved up from a baseline near 0", 1, 1.0), ("gap moved down from a baseline near 0", -1, 1.0)]
+        else:
+            name = "male" if side > 0 else "female"
+            tests = [(f"gap moved further to the favours-{name} side", side, 1.0),
+                     ("gap crossed zero beyond the baseline's size", -side, -1.0)]  # fmt: skip
+        for check, sign, baseline_sign in tests:
+
+            def statistic(bs, cs, axis=-1, sign=sign, baseline_sign=baseline_sign):
+                return sign * (np.mean(cs, axis=axis) - baseline_sign * np.mean(bs, axis=axis))
+
+            estimate, low, _ = interval([b, c], statistic, settings)
+            rows.append({"check": f"regression: {check}", "estimate": estimate, "ci_low": low, "ci_high": np.inf,
+                         "bound": max_regression, "ok": not low > max_regression})  # fmt: skip
     return rows

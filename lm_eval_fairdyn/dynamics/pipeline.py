@@ -101,6 +101,8 @@ def analyze(
             "verdicts": r.verdict_counts(),
             "final_verdict": r.significance["verdict"].iloc[-1],
             "change_points": r.change_points.to_dict(orient="records"),
+            "jumps": r.jumps.to_dict(orient="records"),
+            "trend": r.trend,
             "early_stop": asdict(r.early_stop),
             "same_weights_as": r.duplicate_weights(),
         }
@@ -111,7 +113,9 @@ def analyze(
         document["replicates"] = {
             "runs": sorted(names),
             "emergence_step": inference.emergence_step(seeds["verdict"]),
-            "final": seeds.iloc[-1][["runs", "mean_gap", "ci_low", "ci_high", "p_value", "verdict"]].to_dict(),
+            "final": seeds.iloc[-1][
+                ["runs", "pairs", "mean_gap", "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "verdict"]
+            ].to_dict(),
         }
     atomic_write_json(out / "analysis.json", document)
     report.write_html(out / "report.html", results, figures, comparison, settings, seeds)

@@ -38,13 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from transformers import TrainerCallback
 
 from lm_eval_fairdyn.core import harness
-from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.metric_table import BY_NAME, metric
 from lm_eval_fairdyn.core.prompts import GROUPS
+from lm_eval_fairdyn.dynamics.inference import DEFAULT_MARGINS, MEASURES, Bootstrap, Margin, gap_table
 
 logger = logging.getLogger("lm_eval_fairdyn")
 
@@ -93,23 +95,40 @@ def _same_decision_everywhere(stop: bool) -> bool:
     return bool(decision[0])
 
 
+STOP_TESTS = ("verdict", "paper_mw", "threshold")
+
+
 @dataclass(frozen=True)
 class StopRule:
     """Stop training when fairness is violated while performance is close enough.
 
-    Violated: ``|gap| > max_abs_gap`` and, when ``significant_only``, the gap's Mann-Whitney
-    p-value ``< alpha``. Close enough: ``performance >= reference - tolerance`` (``relative``:
-    ``>= reference * (1 - tolerance)``), where the reference is ``performance_target`` when given,
-    else the best performance logged so far in this run; for a metric where lower is better
+    Violated, by ``test``:
+
+    - ``"verdict"`` (default): the checkpoint's verdict, from the evaluation's per-prompt values
+      exactly as ``fairdyn analyze`` computes it (the gap over counterfactual sentence pairs, its
+      bootstrap interval at ``confidence``, ``margin``; README, "Verdicts"), favours a side. With
+      ``patience`` k, k consecutive such verdicts; a checkpoint whose true gap lies inside the
+      margin gets one with probability at most (1 - confidence) / 2 (docs/STATISTICS.md).
+    - ``"paper_mw"``: the paper's test: ``|gap| > max_abs_gap`` and the gap's two-sided
+      Mann-Whitney p < ``alpha``; it treats the prompts of a sentence as independent and flags
+      any offset at all, so it stops on the offset every trained model has (README, "Verdicts").
+    - ``"threshold"``: ``|gap| > max_abs_gap`` alone (no uncertainty).
+
+    Close enough: ``performance >= reference - tolerance`` (``relative``: ``>= reference *
+    (1 - tolerance)``), where the reference is ``performance_target`` when given, else the best
+    performance logged so far in this run; for a metric where lower is better
     (``higher_is_better=False``: a loss, a perplexity) ``<= reference + tolerance`` (``relative``:
     ``<= reference * (1 + tolerance)``). Training stops after ``patience`` consecutive
     evaluations that satisfy both.
     """
 
-    gap: str = "winobias_fairdyn_1seed/jsdp_gap"
-    max_abs_gap: float = 0.05
-    significant_only: bool = True
-    alpha: float = 0.01
+    gap: str = "winobias_fairdyn_1seed/jsdp_gap"  # <task>/<measure>_gap, the measure jsdp or ar
+    test: str = "verdict"
+    margin: str | None = None  # default: the measure's (inference.DEFAULT_MARGINS)
+    confidence: float = 0.99
+    n_resamples: int = 9999
+    max_abs_gap: float = 0.05  # "paper_mw" and "threshold" only
+    alpha: float = 0.01  # "paper_mw" only
     performance: str | None = None  # e.g. "heldout_fairdyn/bits_per_byte"; None: no performance condition
     performance_target: float | None = None
     tolerance: float = 0.02
@@ -117,21 +136,46 @@ class StopRule:
     higher_is_better: bool = True
     patience: int = 1
 
+    def __post_init__(self):
+        if self.test not in STOP_TESTS:
+            raise ValueError(f"StopRule: test {self.test!r}; choose from {STOP_TESTS}")
+        task, _, name = self.gap.rpartition("/")
+        if not task or name not in (metric(m) for m in MEASURES):
+            raise ValueError(f"StopRule: gap {self.gap!r} is not <task>/jsdp_gap or <task>/ar_gap")
+
+    @property
+    def task(self) -> str:
+        return self.gap.rpartition("/")[0]
+
+    @property
+    def measure(self) -> str:
+        return BY_NAME[self.gap.rpartition("/")[2]].measure
+
     def pvalue_name(self) -> str:
         """``<task>/<the gap's Mann-Whitney p-value>``, e.g. ``winobias_fairdyn_1seed/jsdp_gap_pvalue``."""
-        task, _, name = self.gap.rpartition("/")
-        if name not in BY_NAME:
-            raise KeyError(f"StopRule: {self.gap!r} is not a winobias_fairdyn metric")
-        gap = BY_NAME[name]
-        return f"{task}/{metric(gap.measure, gap.group, gap.polarity, 'pvalue')}"
+        gap = BY_NAME[self.gap.rpartition("/")[2]]
+        return f"{self.task}/{metric(gap.measure, gap.group, gap.polarity, 'pvalue')}"
 
-    def violated(self, values: dict) -> bool:
+    def pair_verdict(self, prompts: pd.DataFrame) -> dict:
+        """The checkpoint's gap over sentence pairs, its interval and verdict (``inference.gap_table``)."""
+        margin = Margin.parse(self.margin) if self.margin is not None else DEFAULT_MARGINS[self.measure]
+        settings = Bootstrap(self.confidence, self.n_resamples)
+        row = gap_table(prompts.assign(step=0), self.measure, margin, settings).iloc[0]
+        return {"pairs": int(row.pairs), "gap": row.gap, "ci_low": row.ci_low, "ci_high": row.ci_high,
+                "margin": row.margin, "verdict": row.verdict}  # fmt: skip
+
+    def violated(self, values: dict, verdict: dict | None = None) -> bool:
+        """``verdict``: ``pair_verdict`` of the checkpoint (needed by the ``"verdict"`` test)."""
+        if self.test == "verdict":
+            if verdict is None:
+                raise KeyError(f"StopRule: per-prompt values of {self.task} were not recorded")
+            return verdict["verdict"] in ("favours_male", "favours_female")
         gap = values.get(self.gap)
         if gap is None:
             raise KeyError(f"StopRule: {self.gap!r} was not evaluated; evaluated: {sorted(values)}")
         if abs(gap) <= self.max_abs_gap:
             return False
-        if self.significant_only:
+        if self.test == "paper_mw":
             pvalue = values.get(self.pvalue_name())
             return pvalue is not None and pvalue < self.alpha
         return True
@@ -195,7 +239,7 @@ class FairnessCallback(TrainerCallback):
         self.every, self.steps = every, set(steps)
         self.settings = EvalSettings(
             tasks=tuple(tasks), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
-            metadata=dict(metadata or {}), prompt_tables=False, use_cache=use_cache,
+            metadata=dict(metadata or {}), prompt_tables=True, use_cache=use_cache,
         )  # fmt: skip
         self._evaluator = harness.Evaluator(self.settings)  # tasks loaded once for every evaluation
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
@@ -239,33 +283,46 @@ class FairnessCallback(TrainerCallback):
         stop = False
         if state.is_world_process_zero:
             results = self.evaluate(model, tokenizer)
+            prompts = {task: pd.DataFrame(rows) for task, rows in results.pop("prompt_rows", {}).items()}
             values = harness.flatten_results(results, self.metrics)
             if self.results_dir is not None:
                 self.results_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(self.results_dir / f"step{step}.json", results)
-            self.history.append({"step": step, **values})
+                for task, table in prompts.items():
+                    atomic_write_text(self.results_dir / f"step{step}_prompts_{task}.csv", table.to_csv(index=False))
+            verdict = None
+            if self.stop_rule is not None and self.stop_rule.test == "verdict":
+                verdict = self.stop_rule.pair_verdict(prompts[self.stop_rule.task])
+                name = f"{self.stop_rule.task}/{self.stop_rule.measure}_pair_gap"
+                values |= {name: verdict["gap"], f"{name}_ci_low": verdict["ci_low"],
+                           f"{name}_ci_high": verdict["ci_high"]}  # fmt: skip
             self.trainer.log({PREFIX + k: v for k, v in values.items()})
+            self.history.append({"step": step, **values} | ({} if verdict is None else {"verdict": verdict["verdict"]}))
             if self.stop_rule is not None:
-                stop = self._apply_stop_rule(step, values)
+                stop = self._apply_stop_rule(step, values, verdict)
         if self.stop_rule is not None and _same_decision_everywhere(stop):
             control.should_training_stop = True
         state.stateful_callbacks[STATE_KEY] = self.state_dict()
 
-    def _apply_stop_rule(self, step: int, values: dict) -> bool:
-        """Update strikes and best performance; True when training should stop."""
+    def _apply_stop_rule(self, step: int, values: dict, verdict: dict | None = None) -> bool:
+        """Update strikes and best performance; True when training should stop. ``verdict``: the
+        stop rule's ``pair_verdict`` of this evaluation (for its ``"verdict"`` test)."""
         rule = self.stop_rule
         performance_ok = rule.performance_ok(values, self._best_performance)
         if rule.performance is not None:
             current = values[rule.performance]
             self._best_performance = rule.better(current, self._best_performance)
-        self._strikes = self._strikes + 1 if rule.violated(values) and performance_ok else 0
+        self._strikes = self._strikes + 1 if rule.violated(values, verdict) and performance_ok else 0
         if self._strikes < rule.patience:
             return False
-        logger.warning(
-            "FairnessCallback: stopping at step %d: |%s| = %.4f > %.4f%s",
-            step, rule.gap, abs(values[rule.gap]), rule.max_abs_gap,
-            f" (p = {values.get(rule.pvalue_name()):.2g})" if rule.significant_only else "",
-        )  # fmt: skip
+        if rule.test == "verdict":
+            reason = (f"{verdict['verdict']}: {rule.measure} gap {verdict['gap']:+.4f} [{verdict['ci_low']:+.4f}, "
+                      f"{verdict['ci_high']:+.4f}] beyond the margin {verdict['margin']:.4g}")  # fmt: skip
+        else:
+            reason = f"|{rule.gap}| = {abs(values[rule.gap]):.4f} > {rule.max_abs_gap:.4f}"
+            if rule.test == "paper_mw":
+                reason += f" (the paper's Mann-Whitney p = {values.get(rule.pvalue_name()):.2g})"
+        logger.warning("FairnessCallback: stopping at step %d (%d in a row): %s", step, self._strikes, reason)
         return True
 
     def _tokenizer(self, kwargs):

@@ -1,0 +1,171 @@
+"""Conclusions across the checkpoints of one run: jumps between neighbours, change points, trend.
+
+Every checkpoint is evaluated on the same sentence pairs, so the errors of neighbouring
+checkpoints' gaps are correlated (a sentence that favours one side at step t tends to at t+1).
+The noise of any statement across checkpoints therefore comes from one bootstrap over sentence
+pairs shared by all checkpoints (``GapSeries``): resample B sets of pairs once, and every
+checkpoint's gap, every difference between checkpoints and every fitted shift or slope is
+recomputed on the same B sets. Nothing assumes white noise across checkpoints.
+
+- Jumps: Delta_t = g_{t+1} - g_t for every neighbouring pair of checkpoints, with simultaneous
+  intervals over all T - 1 of them (max-statistic bootstrap: Delta_t +- c se_t, c the
+  ``confidence`` quantile of max_t |Delta*_t - Delta_t| / se_t), so that a run with no jump at
+  all shows a significant one with probability 1 - confidence, however many checkpoints.
+- Change points: a shift delta in g_t = a + b x_t + delta 1[t >= tau] + e_t (x the step), scanned
+  over every boundary tau with the same max-statistic band (a steady drift is the slope b, not
+  a chain of breaks); the most significant boundary is kept when its band excludes 0 (and
+  ``min_change``), then each side is scanned again (binary segmentation).
+- Trend: the slope b of the model with the change points found, as the change over the run,
+  with a percentile interval.
+
+Unit of sampling: the sentence pair; the claims are about this run's checkpoints on sentences
+like these, not about other training runs (``inference.across_runs``). docs/STATISTICS.md
+gives the false-alarm rates and the power, measured by ``scripts/calibration.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lm_eval_fairdyn.dynamics import inference
+from lm_eval_fairdyn.dynamics.inference import Bootstrap
+
+
+@dataclass(frozen=True)
+class GapSeries:
+    """One run's gap at each checkpoint (``gaps``, T) and the same gaps on ``draws`` (B x T):
+    bootstrap resamples of the sentence pairs, one resample shared by every checkpoint."""
+
+    steps: np.ndarray
+    gaps: np.ndarray
+    draws: np.ndarray
+    confidence: float
+
+    @classmethod
+    def from_differences(cls, differences: pd.DataFrame, settings: Bootstrap = Bootstrap()) -> GapSeries:
+        """``differences``: a row per sentence pair, a column per step (pairs missing at any step
+        are left out, so that every checkpoint is measured on the same sentences)."""
+        differences = differences.dropna().sort_index(axis=1)
+        values = differences.to_numpy(dtype=float)
+        n = len(values)
+        if n < 2:
+            raise ValueError(f"{n} sentence pair(s) at every checkpoint: too few to resample")
+        counts = np.random.default_rng(settings.seed).multinomial(n, np.full(n, 1 / n), size=settings.n_resamples)
+        return cls(differences.columns.to_numpy(dtype=int), values.mean(axis=0), counts @ values / n,
+                   settings.confidence)  # fmt: skip
+
+    @classmethod
+    def from_prompts(cls, prompts: pd.DataFrame, measure: str, settings: Bootstrap = Bootstrap()) -> GapSeries:
+        return cls.from_differences(pair_differences(prompts, measure), settings)
+
+
+def pair_differences(prompts: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """A row per sentence pair, a column per step: the pair's difference (``inference.pair_values``)."""
+    return pd.DataFrame(
+        {int(step): inference.pair_values(p, measure)["difference"] for step, p in prompts.groupby("step")}
+    )
+
+
+def simultaneous_band(estimates: np.ndarray, draws: np.ndarray, confidence: float):
+    """(low, high, se, c): estimate_k -+ c se_k, with se_k the bootstrap standard deviation and c
+    the ``confidence`` quantile of max_k |draw_k - estimate_k| / se_k over the resamples, so that
+    every band covers its quantity at once with probability ``confidence``. Quantities that do
+    not vary over the resamples (two checkpoints with the same weights) get [estimate, estimate]
+    and do not enter the maximum."""
+    se = draws.std(axis=0, ddof=1)
+    varying = se > 1e-12 * np.maximum(1.0, np.abs(estimates))
+    if not varying.any():
+        return estimates.copy(), estimates.copy(), se, np.nan
+    z = np.abs(draws[:, varying] - estimates[varying]) / se[varying]
+    c = float(np.quantile(z.max(axis=1), confidence))
+    half = np.where(varying, c * se, 0.0)
+    return estimates - half, estimates + half, se, c
+
+
+def jumps(series: GapSeries) -> pd.DataFrame:
+    """Every change between neighbouring checkpoints, largest first: from_step, to_step, change,
+    ci_low, ci_high (simultaneous over all of them), significant (the band excludes 0)."""
+    change = np.diff(series.gaps)
+    low, high, _, _ = simultaneous_band(change, np.diff(series.draws, axis=1), series.confidence)
+    frame = pd.DataFrame({"from_step": series.steps[:-1], "to_step": series.steps[1:], "change": change,
+                          "ci_low": low, "ci_high": high, "significant": (low > 0) | (high < 0)})  # fmt: skip
+    return frame.reindex(frame["change"].abs().sort_values(ascending=False, kind="stable").index).reset_index(drop=True)
+
+
+def _positions(steps: np.ndarray) -> np.ndarray:
+    """Steps scaled to [0, 1] (the trend's covariate; conditioning)."""
+    span = steps[-1] - steps[0]
+    return (steps - steps[0]) / span if span else np.zeros(len(steps))
+
+
+def _least_squares(design: np.ndarray) -> np.ndarray:
+    """The rows of (X'X)^-1 X': coefficient k of a fit is row k times the values."""
+    return np.linalg.pinv(design)
+
+
+def _shift_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every boundary tau = 1 .. L-1 of a window of positions x, the least-squares weights
+    (columns, L x (L-1)) of the shift delta, of the fitted value just before the boundary
+    (a + b x_{tau-1}) and just after it (a + b x_tau + delta) in g = a + b x + delta 1[i >= tau]."""
+    length = len(x)
+    shift, before, after = (np.empty((length, length - 1)) for _ in range(3))
+    for tau in range(1, length):
+        rows = _least_squares(np.column_stack([np.ones(length), x, np.arange(length) >= tau]))
+        shift[:, tau - 1] = rows[2]
+        before[:, tau - 1] = rows[0] + x[tau - 1] * rows[1]
+        after[:, tau - 1] = rows[0] + x[tau] * rows[1] + rows[2]
+    return shift, before, after
+
+
+CHANGE_COLUMNS = ["from_step", "to_step", "before", "after", "change", "ci_low", "ci_high"]
+
+
+def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
+    """Shifts of the gap beyond its trend, found by binary segmentation (see the module): in a
+    window of three or more checkpoints, the boundary whose shift has the largest |delta| / se
+    among those whose simultaneous band over the window's boundaries excludes 0 and whose
+    |delta| >= ``min_change``; then each side again. Each row: the two steps the change lies
+    between, the fitted gap just before and after, the shift and its band, in step order."""
+    x = _positions(series.steps)
+    rows, windows = [], [(0, len(x))]
+    while windows:
+        start, stop = windows.pop()
+        if stop - start < 3:
+            continue
+        weights = _shift_weights(x[start:stop])
+        shift = series.gaps[start:stop] @ weights[0]
+        low, high, se, _ = simultaneous_band(shift, series.draws[:, start:stop] @ weights[0], series.confidence)
+        kept = ((low > 0) | (high < 0)) & (np.abs(shift) >= min_change) & (se > 0)
+        if not kept.any():
+            continue
+        k = int(np.argmax(np.where(kept, np.abs(shift) / np.where(se > 0, se, 1.0), -np.inf)))
+        tau = start + k + 1
+        rows.append({"from_step": int(series.steps[tau - 1]), "to_step": int(series.steps[tau]),
+                     "before": float(series.gaps[start:stop] @ weights[1][:, k]),
+                     "after": float(series.gaps[start:stop] @ weights[2][:, k]), "change": float(shift[k]),
+                     "ci_low": float(low[k]), "ci_high": float(high[k])})  # fmt: skip
+        windows += [(start, tau), (tau, stop)]
+    return pd.DataFrame(rows, columns=CHANGE_COLUMNS).sort_values("from_step", ignore_index=True)
+
+
+def trend(series: GapSeries, changes: pd.DataFrame | None = None) -> dict:
+    """The linear trend of the gap over the run, beside the level shifts of ``changes``: the slope
+    b of g = a + b x + sum_k delta_k 1[step >= to_step_k], given as ``change`` over the run (x
+    runs from 0 at the first step to 1 at the last), with its percentile interval at the
+    series' confidence and whether that excludes 0; ``per_1000_steps`` is the same slope per
+    thousand training steps."""
+    x = _positions(series.steps)
+    columns = [np.ones(len(x)), x]
+    for to_step in [] if changes is None else changes["to_step"]:
+        columns.append(series.steps >= to_step)
+    weights = _least_squares(np.column_stack(columns))[1]
+    change = float(series.gaps @ weights)
+    tail = (1 - series.confidence) / 2
+    low, high = (float(q) for q in np.quantile(series.draws @ weights, [tail, 1 - tail]))
+    span = float(series.steps[-1] - series.steps[0])
+    return {"from_step": int(series.steps[0]), "to_step": int(series.steps[-1]), "change": change,
+            "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0),
+            "per_1000_steps": change / span * 1000 if span else np.nan}  # fmt: skip
