@@ -109,3 +109,34 @@ def test_distributed_only_the_main_process_evaluates_and_all_stop_together(neox_
     main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2))
     assert main == {"evaluations": 1, "logged": 1, "stop": True}
     assert other == {"evaluations": 0, "logged": 0, "stop": True}  # the main process's decision
+
+
+@pytest.mark.parametrize(("planted", "stops"), [(0.1, True), (0.0, False)])
+def test_the_default_stop_rule_stops_on_a_planted_bias_and_not_without_one(planted, stops):
+    """The default rule reads the checkpoint's verdict from its per-prompt values, as fairdyn
+    analyze does: three evaluations of prompts with a planted JSD-P gap of 0.1 (margin 0.05) are
+    three favours_male verdicts and stop training at the third (patience 3); three without a
+    bias are fair and never stop it. The paper's test is not consulted."""
+    from conftest import planted_prompts
+
+    rule = StopRule(patience=3)
+    assert rule.test == "verdict" and rule.task == "winobias_fairdyn_1seed" and rule.measure == "jsdp"
+    callback = FairnessCallback.__new__(FairnessCallback)  # the stop-rule bookkeeping alone, no trainer
+    callback.stop_rule, callback._strikes, callback._best_performance = rule, 0, None
+    decisions, verdicts = [], []
+    for step in (1, 2, 3):
+        verdict = rule.pair_verdict(planted_prompts(planted, rng_seed=step))
+        verdicts.append(verdict["verdict"])
+        values = {rule.gap: planted, rule.pvalue_name(): 1e-30}  # the paper's p would stop either run
+        decisions.append(callback._apply_stop_rule(step, values, verdict))
+    assert verdicts == ["favours_male"] * 3 if stops else verdicts == ["fair"] * 3
+    assert decisions == ([False, False, True] if stops else [False] * 3)
+    paper = StopRule(test="paper_mw", max_abs_gap=0.0)
+    assert paper.violated({paper.gap: 0.001, paper.pvalue_name(): 1e-30})  # what the option says it is
+
+
+def test_stop_rule_refuses_an_unknown_test_or_gap():
+    with pytest.raises(ValueError, match="choose from"):
+        StopRule(test="mann_whitney")
+    with pytest.raises(ValueError, match="jsdp_gap or <task>/ar_gap"):
+        StopRule(gap="winobias_fairdyn_1seed/acc_male")

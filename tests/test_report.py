@@ -92,6 +92,12 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert document["emergence_step"] == 63000 and document["final_verdict"] == "favours_male"
     assert document["verdicts"] == {"favours_male": 9, "fair": 7}
     assert [(c["from_step"], c["to_step"]) for c in document["change_points"]] == [(53000, 63000)]
+    (shift,) = document["change_points"]
+    assert shift["ci_low"] > 0.05 and shift["ci_low"] < shift["change"] < shift["ci_high"]  # beyond the margin
+    top = document["jumps"][0]
+    assert (top["from_step"], top["to_step"], top["significant"], top["beyond_margin"]) == (53000, 63000, True, True)
+    assert not any(j["beyond_margin"] for j in document["jumps"][1:])
+    assert document["trend"]["min_change"] == pytest.approx(0.05) and not document["trend"]["significant"]
     comparison = pd.read_csv(out / "model_comparison.csv")
     assert comparison.prompts_a.iloc[0] == 792  # the "not specified" prompts, counted
     assert (comparison.run_a.iloc[0], comparison.run_b.iloc[0]) == ("pythia-160m", "pythia-6.9b-deduped")
@@ -145,7 +151,9 @@ def test_check_exit_codes(tmp_path):
     ok = fairdyn("check", str(again), "--baseline", str(tmp_path / "base"))
     assert ok.returncode == 0 and "ok" in ok.stdout and "REGRESSED" not in ok.stdout, ok.stderr
     bad = fairdyn("check", str(worse), "--baseline", str(baseline))
-    assert bad.returncode == 1 and "REGRESSED" in bad.stdout and "|gap| - |baseline gap|" in bad.stderr
+    assert (
+        bad.returncode == 1 and "REGRESSED" in bad.stdout and "gap moved further to the favours-male side" in bad.stderr
+    )
     capped = fairdyn("check", str(worse), "--baseline", str(baseline), "--max-gap", "0.05", "--max-regression", "1")
     assert capped.returncode == 1 and "max-gap" in capped.stderr
     broken = tmp_path / "broken.json"

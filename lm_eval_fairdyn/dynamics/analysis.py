@@ -184,7 +184,7 @@ class Settings:
     gap_metric: str = "jsdp"  # "jsdp" or "ar"
     tolerance: float = 0.02
     relative: bool = True
-    alpha: float = 0.01  # the paper's test and the seed-replicate t-test
+    alpha: float = 0.01  # the p-values: the paper's test, the replicates' Holm-corrected test
     correction: str = "holm"  # the paper's test across checkpoints
     margin_jsdp: str = str(inference.DEFAULT_MARGINS["jsdp"])
     margin_ar: str = str(inference.DEFAULT_MARGINS["ar"])
@@ -192,8 +192,10 @@ class Settings:
     n_resamples: int = 9999
     bootstrap_seed: int = 0
     bootstrap_method: str = "percentile"
-    min_change: float = 0.0  # smallest shift reported as a change point (gap units), beside its band
-    jumps: int = 5  # largest jumps listed (the significant ones are all listed)
+    # a change point's band must lie beyond +-min_change (gap units); None: the gap's margin (its
+    # mean over the run's checkpoints for a relative JSD-P margin), 0: any shift that excludes 0
+    min_change: float | None = None
+    jumps: int = 5  # largest jumps listed (and every one whose band lies beyond the margin)
 
     def __post_init__(self):
         if self.gap_metric not in inference.MEASURES:
@@ -319,14 +321,21 @@ def analyze_run(
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
+    min_change = settings.min_change
     if (sig["verdict"] != "unavailable").any():
+        min_change = float(sig["margin"].mean()) if min_change is None else min_change
         gaps = changes.GapSeries.from_prompts(prompts, settings.gap_metric, settings.bootstrap())
-        every = changes.jumps(gaps)
-        jumps = every[(every.index < settings.jumps) | every["significant"]].reset_index(drop=True)
-        shifts = changes.change_points(gaps, settings.min_change)
-        run_trend = changes.trend(gaps, shifts)
+        every = changes.jumps(gaps, min_change)
+        jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
+        shifts = changes.change_points(gaps, min_change)
+        run_trend = changes.trend(gaps, shifts) | {"min_change": min_change,
+                                                   "significant_jumps": int(every["significant"].sum())}  # fmt: skip
     else:
-        jumps, shifts, run_trend = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS), None
+        jumps, shifts, run_trend = (
+            largest_jumps(gap, settings.jumps),
+            pd.DataFrame(columns=changes.CHANGE_COLUMNS),
+            None,
+        )
     return RunAnalysis(
         run=run,
         fairness_task=task,

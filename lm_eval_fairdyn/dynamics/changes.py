@@ -13,8 +13,10 @@ recomputed on the same B sets. Nothing assumes white noise across checkpoints.
   all shows a significant one with probability 1 - confidence, however many checkpoints.
 - Change points: a shift delta in g_t = a + b x_t + delta 1[t >= tau] + e_t (x the step), scanned
   over every boundary tau with the same max-statistic band (a steady drift is the slope b, not
-  a chain of breaks); the most significant boundary is kept when its band excludes 0 (and
-  ``min_change``), then each side is scanned again (binary segmentation).
+  a chain of breaks); the most significant boundary is kept when its band excludes 0, or lies
+  beyond +-``min_change`` (the analysis' default: the margin, so that a change point is a shift
+  larger than the margin, shown with confidence), then each side is scanned again (binary
+  segmentation).
 - Trend: the slope b of the model with the change points found, as the change over the run,
   with a percentile interval.
 
@@ -45,9 +47,10 @@ class GapSeries:
     confidence: float
 
     @classmethod
-    def from_differences(cls, differences: pd.DataFrame, settings: Bootstrap = Bootstrap()) -> GapSeries:
+    def from_differences(cls, differences: pd.DataFrame, settings: Bootstrap | None = None) -> GapSeries:
         """``differences``: a row per sentence pair, a column per step (pairs missing at any step
         are left out, so that every checkpoint is measured on the same sentences)."""
+        settings = settings or Bootstrap()
         differences = differences.dropna().sort_index(axis=1)
         values = differences.to_numpy(dtype=float)
         n = len(values)
@@ -58,7 +61,7 @@ class GapSeries:
                    settings.confidence)  # fmt: skip
 
     @classmethod
-    def from_prompts(cls, prompts: pd.DataFrame, measure: str, settings: Bootstrap = Bootstrap()) -> GapSeries:
+    def from_prompts(cls, prompts: pd.DataFrame, measure: str, settings: Bootstrap | None = None) -> GapSeries:
         return cls.from_differences(pair_differences(prompts, measure), settings)
 
 
@@ -85,13 +88,15 @@ def simultaneous_band(estimates: np.ndarray, draws: np.ndarray, confidence: floa
     return estimates - half, estimates + half, se, c
 
 
-def jumps(series: GapSeries) -> pd.DataFrame:
+def jumps(series: GapSeries, margin: float = 0.0) -> pd.DataFrame:
     """Every change between neighbouring checkpoints, largest first: from_step, to_step, change,
-    ci_low, ci_high (simultaneous over all of them), significant (the band excludes 0)."""
+    ci_low, ci_high (simultaneous over all of them), significant (the band excludes 0) and
+    beyond_margin (the band lies beyond +-``margin``: a jump larger than the margin, shown)."""
     change = np.diff(series.gaps)
     low, high, _, _ = simultaneous_band(change, np.diff(series.draws, axis=1), series.confidence)
     frame = pd.DataFrame({"from_step": series.steps[:-1], "to_step": series.steps[1:], "change": change,
-                          "ci_low": low, "ci_high": high, "significant": (low > 0) | (high < 0)})  # fmt: skip
+                          "ci_low": low, "ci_high": high, "significant": (low > 0) | (high < 0),
+                          "beyond_margin": (low > margin) | (high < -margin)})  # fmt: skip
     return frame.reindex(frame["change"].abs().sort_values(ascending=False, kind="stable").index).reset_index(drop=True)
 
 
@@ -126,9 +131,9 @@ CHANGE_COLUMNS = ["from_step", "to_step", "before", "after", "change", "ci_low",
 def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
     """Shifts of the gap beyond its trend, found by binary segmentation (see the module): in a
     window of three or more checkpoints, the boundary whose shift has the largest |delta| / se
-    among those whose simultaneous band over the window's boundaries excludes 0 and whose
-    |delta| >= ``min_change``; then each side again. Each row: the two steps the change lies
-    between, the fitted gap just before and after, the shift and its band, in step order."""
+    among those whose simultaneous band over the window's boundaries lies beyond
+    +-``min_change`` (0: excludes 0); then each side again. Each row: the two steps the change
+    lies between, the fitted gap just before and after, the shift and its band, in step order."""
     x = _positions(series.steps)
     rows, windows = [], [(0, len(x))]
     while windows:
@@ -138,7 +143,7 @@ def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
         weights = _shift_weights(x[start:stop])
         shift = series.gaps[start:stop] @ weights[0]
         low, high, se, _ = simultaneous_band(shift, series.draws[:, start:stop] @ weights[0], series.confidence)
-        kept = ((low > 0) | (high < 0)) & (np.abs(shift) >= min_change) & (se > 0)
+        kept = ((low > min_change) | (high < -min_change)) & (se > 0)
         if not kept.any():
             continue
         k = int(np.argmax(np.where(kept, np.abs(shift) / np.where(se > 0, se, 1.0), -np.inf)))

@@ -372,7 +372,10 @@ def regression_check(
         _, b_low, b_high = interval([b], np.mean, settings)
         side = 1 if b_low > 0 else -1 if b_high < 0 else 0
         if side == 0:
-            tests = [("gap moved up from a baseline near 0", 1, 1.0), ("gap moved down from a baseline near 0", -1, 1.0)]
+            tests = [
+                ("gap moved up from a baseline near 0", 1, 1.0),
+                ("gap moved down from a baseline near 0", -1, 1.0),
+            ]
         else:
             name = "male" if side > 0 else "female"
             tests = [(f"gap moved further to the favours-{name} side", side, 1.0),

@@ -79,7 +79,7 @@ intervals over sentence pairs, margin {{ margin }}; {{ level }}. {{ population }
 - Same weights: {{ r.duplicates_sentence() }}.
 - {{ jumps_line(r) }} Largest jumps: {% for j in r.jumps.itertuples() %}{{ j.from_step|int }}->{{ j.to_step|int }}: \
 {{ "%+.4f"|format(j.change) }}{% if j.ci_low is defined %} [{{ "%+.4f"|format(j.ci_low) }}, \
-{{ "%+.4f"|format(j.ci_high) }}]{{ " significant" if j.significant }}{% endif %}{{ "; " if not loop.last }}{% endfor %}
+{{ "%+.4f"|format(j.ci_high) }}]{{ " beyond the margin" if j.beyond_margin else (" significant" if j.significant) }}{% endif %}{{ "; " if not loop.last }}{% endfor %}
 
 {% for name, path in figures[r.run].items() %}![{{ name }}]({{ path.name }})
 {% endfor %}
@@ -132,14 +132,14 @@ def emergence_line(r: RunAnalysis) -> str:
 
 
 def change_line(r: RunAnalysis) -> str:
-    what = (
-        f"Change points (shifts of the gap beyond its linear trend, {100 * r.confidence:g}% bands adjusted over the "
-        f"run's {len(r.significance)} checkpoints)"
-    )
     if r.trend is None:
-        return f"{what}: unavailable (no per-prompt values to resample)."
+        return "Change points: unavailable (no per-prompt values to resample)."
+    what = (
+        f"Change points (shifts of the gap beyond its linear trend, larger than {r.trend['min_change']:.4g} with "
+        f"{100 * r.confidence:g}% bands adjusted over the run's {len(r.significance)} checkpoints)"
+    )
     if r.change_points.empty:
-        return f"{what}: none distinguishable from the sentence-sampling noise."
+        return f"{what}: none."
     shifts = "; ".join(
         f"between steps {c.from_step} and {c.to_step} ({c.before:+.4f} -> {c.after:+.4f}, shift {c.change:+.4f} "
         f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}])"
@@ -163,10 +163,10 @@ def trend_line(r: RunAnalysis) -> str:
 def jumps_line(r: RunAnalysis) -> str:
     if "significant" not in r.jumps:
         return "Jumps between neighbouring checkpoints (no intervals without per-prompt values)."
-    count = int(r.jumps["significant"].sum())
     return (
         f"Jumps between neighbouring checkpoints, with {100 * r.confidence:g}% bands simultaneous over all "
-        f"{len(r.significance) - 1}: {count} significant."
+        f"{len(r.significance) - 1}: {r.trend['significant_jumps']} significant (band excludes 0), "
+        f"{int(r.jumps['beyond_margin'].sum())} larger than {r.trend['min_change']:.4g} (band beyond it)."
     )
 
 

@@ -23,7 +23,7 @@ Fit for real training runs:
 Usage (as TRL's callbacks, it needs the trainer to log through)::
 
     trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.add_callback(FairnessCallback(trainer, every=1000, stop_rule=StopRule(max_abs_gap=0.05)))
+    trainer.add_callback(FairnessCallback(trainer, every=1000, stop_rule=StopRule(patience=2)))
     trainer.train()
 """
 

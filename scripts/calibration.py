@@ -1,0 +1,218 @@
+"""Calibrate every statistical claim of the analysis by simulation (docs/STATISTICS.md).
+
+Each scenario draws data whose truth is known, runs the project's own functions on it and
+counts how often a claim is wrong (false-alarm rate, or 1 - coverage) or right when it should
+be (power). Sentence pairs are the unit, as in the analysis: 394 pairs (the WinoBias test split),
+values on the JSD-P scale.
+
+- Sweeps (jumps, change points, trend; ``changes``): d_jt = truth_t + s_j + e_jt, the sentence
+  effect s_j ~ N(0, 0.05) shared by every checkpoint, e_jt an AR(1) over checkpoints with
+  coefficient phi (0: white noise; 0.5, 0.9: neighbouring checkpoints nearly the same model) and
+  sd 0.05; 12, 40 and 154 checkpoints; truth 0, a drift 0 -> 0.05, or a jump half-way.
+- Per-checkpoint verdicts (``inference.gap_table``): coverage of the interval with symmetric
+  and skewed (exponential) pair differences; for AR, ranks whose log has a sentence-level sd of
+  2.5 (four orders of magnitude), a false ``fair`` when the true log-rank ratio sits on the margin.
+- Replicates (``inference.across_runs``): five runs sharing the sentences, no run-to-run spread.
+- ``fairdyn check`` (``inference.regression_check``): size at the bound, power at +0.025.
+
+    python scripts/calibration.py                # about 8 minutes on 2 cores
+    python scripts/calibration.py --reps 50      # a quick look
+
+Rates are printed with their 99% Monte Carlo band around the nominal level: a rate above the
+band is a miscalibrated claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+
+from lm_eval_fairdyn.dynamics import changes, inference
+from lm_eval_fairdyn.dynamics.inference import Bootstrap, Margin
+
+PAIRS = 394
+MARGIN = 0.05  # the JSD-P margin, the analysis' default min_change
+RESAMPLES = 1999  # per series; the analysis' default is 9999
+
+
+def sweep(rng, checkpoints, phi=0.0, drift=0.0, jump=0.0):
+    e = np.empty((PAIRS, checkpoints))
+    e[:, 0] = rng.normal(0, 0.05, PAIRS)
+    for t in range(1, checkpoints):
+        e[:, t] = phi * e[:, t - 1] + np.sqrt(1 - phi**2) * rng.normal(0, 0.05, PAIRS)
+    t = np.arange(checkpoints)
+    truth = drift * t / (checkpoints - 1) + np.where(t >= checkpoints // 2, jump, 0.0)
+    return pd.DataFrame(rng.normal(0, 0.05, (PAIRS, 1)) + e + truth, columns=1000 * t), truth
+
+
+def band(nominal: float, reps: int) -> str:
+    half = 2.576 * np.sqrt(nominal * (1 - nominal) / reps)
+    return f"[{max(nominal - half, 0):.3f}, {nominal + half:.3f}]"
+
+
+def row(claim, scenario, rate, nominal, reps, kind="false alarm"):
+    within = (
+        ""
+        if nominal is None
+        else ("ok" if rate <= nominal + 2.576 * np.sqrt(nominal * (1 - nominal) / reps) else "HIGH")
+    )
+    level = "" if nominal is None else f"{nominal:.3f} {band(nominal, reps)}"
+    print(f"| {claim} | {scenario} | {kind} | {rate:.3f} | {level} | {within} |", flush=True)
+
+
+def sweeps(reps: int, confidence: float) -> None:
+    alpha = 1 - confidence
+    for checkpoints in (12, 40, 154):
+        for phi in (0.0, 0.5, 0.9):
+            rng = np.random.default_rng([checkpoints, int(10 * phi)])
+            counts = np.zeros(3)
+            for i in range(reps):
+                d, _ = sweep(rng, checkpoints, phi)
+                s = changes.GapSeries.from_differences(d, Bootstrap(confidence, RESAMPLES, seed=i))
+                found = changes.change_points(s)
+                counts += [not found.empty, changes.jumps(s)["significant"].any(),
+                           changes.trend(s, found)["significant"]]  # fmt: skip
+            name = f"null, phi {phi:g}, {checkpoints} checkpoints"
+            row("change points (any)", name, counts[0] / reps, alpha, reps)
+            row("jumps (any significant)", name, counts[1] / reps, alpha, reps)
+            row("trend (excludes 0)", name, counts[2] / reps, alpha, reps)
+    for phi in (0.0, 0.9):
+        rng = np.random.default_rng([7, int(10 * phi)])
+        breaks = covered = trends = 0
+        for i in range(reps):
+            d, truth = sweep(rng, 154, phi, drift=0.05)
+            s = changes.GapSeries.from_differences(d, Bootstrap(confidence, RESAMPLES, seed=i))
+            found = changes.change_points(s)
+            t = changes.trend(s, found)
+            breaks += not found.empty
+            trends += t["significant"]
+            covered += t["ci_low"] <= truth[-1] - truth[0] <= t["ci_high"]
+        name = f"drift 0 -> 0.05, phi {phi:g}, 154 checkpoints"
+        row("change points (any)", name, breaks / reps, alpha, reps)
+        row("trend found", name, trends / reps, None, reps, "power")
+        row("trend interval misses the drift", name, 1 - covered / reps, alpha, reps, "1 - coverage")
+    # min_change 0: the test alone (band excludes 0); 0.05: the analysis' default (the JSD-P margin)
+    for phi in (0.0, 0.9):
+        for size, min_change in ((0.005, 0.0), (0.01, 0.0), (0.02, 0.0), (0.06, MARGIN), (0.075, MARGIN)):
+            rng = np.random.default_rng([8, int(10 * phi), int(1000 * size)])
+            right = jump_right = extra = 0
+            for i in range(reps):
+                d, _ = sweep(rng, 154, phi, jump=size)
+                s = changes.GapSeries.from_differences(d, Bootstrap(confidence, RESAMPLES, seed=i))
+                found = changes.change_points(s, min_change)
+                at = found["to_step"] == 77000
+                right += at.any()
+                extra += (~at).any()
+                top = changes.jumps(s, min_change).iloc[0]
+                jump_right += bool(top.beyond_margin and top.to_step == 77000)
+            name = f"jump {size:g} half-way, phi {phi:g}, 154 checkpoints, min_change {min_change:g}"
+            row("change point between the right steps", name, right / reps, None, reps, "power")
+            row("another change point", name, extra / reps, alpha, reps)
+            row("top jump beyond min_change, right steps", name, jump_right / reps, None, reps, "power")
+
+
+def verdicts(reps: int, confidence: float) -> None:
+    settings = Bootstrap(confidence, RESAMPLES)
+    for name, draw in (("symmetric", lambda r: r.normal(0, 0.07, PAIRS)),
+                       ("skewed (exponential)", lambda r: r.exponential(0.07, PAIRS) - 0.07)):  # fmt: skip
+        rng = np.random.default_rng(9)
+        missed = 0
+        for i in range(reps):
+            _, low, high = inference.interval([draw(rng)], np.mean, Bootstrap(confidence, RESAMPLES, seed=i))
+            missed += not low <= 0 <= high
+        row("JSD-P gap interval", f"{name} pair differences", missed / reps, 1 - confidence, reps, "1 - coverage")
+    # AR: log ranks with a sentence-level sd of 2.5, integer ranks in [1, 50277]; the true
+    # log-rank ratio is set on the margin log(1.1) and measured on a million pairs.
+    rng = np.random.default_rng(10)
+    margin = Margin.parse("10%")
+    shift = np.log1p(margin.value)
+
+    def ranks(r, n, offset):
+        sentence = r.normal(4.0, 2.5, n)
+        male = np.clip(np.round(np.exp(sentence + r.normal(0, 0.5, n))), 1, 50277)
+        female = np.clip(np.round(np.exp(sentence + offset + r.normal(0, 0.5, n))), 1, 50277)
+        return np.log(female) - np.log(male)
+
+    # the offset that puts the population's mean log-rank difference on the margin
+    grid = np.linspace(shift - 0.05, shift + 0.15, 41)
+    population = [ranks(np.random.default_rng(1), 1_000_000, o).mean() for o in grid]
+    offset = float(np.interp(shift, population, grid))
+    truth = ranks(np.random.default_rng(2), 1_000_000, offset).mean()
+    missed = fair = 0
+    for _ in range(reps):
+        d = ranks(rng, PAIRS, offset)
+        _, low, high = inference.interval([d], np.mean, settings)
+        missed += not low <= truth <= high
+        fair += inference.verdict(low, high, margin.at(0, log_scale=True)) == "fair"
+    name = f"log-rank sd 2.5, true ratio on the margin ({np.exp(truth):.3f})"
+    row("AR verdict interval", name, missed / reps, 1 - confidence, reps, "1 - coverage")
+    row("AR false fair", name, fair / reps, (1 - confidence) / 2, reps)
+
+
+def replicates(reps: int, confidence: float) -> None:
+    alpha = 1 - confidence
+    runs, steps = 5, 154
+    levels = pd.DataFrame(0.3, index=range(steps), columns=range(runs))
+    for spread, gap in ((0.0, 0.0), (0.003, 0.0), (0.003, 0.01)):
+        rng = np.random.default_rng([11, int(1000 * spread), int(1000 * gap)])
+        steps_significant = any_significant = 0
+        for _ in range(reps):
+            sentences = rng.normal(0, 0.05, (PAIRS, 1))
+            differences = {
+                step: pd.DataFrame(gap + sentences + rng.normal(0, spread, (1, runs)) + rng.normal(0, 0.05, (PAIRS, runs)))
+                for step in range(steps)
+            }  # fmt: skip
+            frame = inference.across_runs(differences, levels, Margin(0.05), confidence=confidence, alpha=alpha)
+            steps_significant += (frame["p_value"] < alpha).mean()
+            any_significant += frame["significant"].any()
+        name = f"5 runs sharing 394 pairs, run sd {spread:g}, recipe gap {gap:g}"
+        if gap == 0:
+            row("replicates: step significant (raw p)", name, steps_significant / reps, alpha, reps)
+            row("replicates: any step significant (Holm)", name, any_significant / reps, alpha, reps)
+        else:
+            row("replicates: step significant (raw p)", name, steps_significant / reps, None, reps, "power")
+
+
+def check(reps: int, confidence: float) -> None:
+    settings = Bootstrap(confidence, RESAMPLES)
+    bound = 0.01
+    for base, change, nominal in ((0.0, bound, (1 - confidence) / 2), (0.03, bound, (1 - confidence) / 2),
+                                  (0.0, 0.025, None), (0.03, 0.025, None), (0.03, -0.03, (1 - confidence) / 2)):  # fmt: skip
+        rng = np.random.default_rng([12, int(1000 * base), int(1000 * change) + 100])
+        failed = old = 0
+        for i in range(reps):
+            sentences = rng.normal(0, 0.05, PAIRS)  # shared: both sides are evaluated on the same prompts
+            baseline, current = (pd.DataFrame({"difference": gap + sentences + rng.normal(0, 0.08, PAIRS)})
+                                 for gap in (base, base + change))  # fmt: skip
+            rows = inference.regression_check(baseline, current, None, bound, Bootstrap(confidence, RESAMPLES, seed=i))
+            failed += not all(r["ok"] for r in rows)
+            _, low, _, _ = inference.change_interval(baseline, current, settings, absolute=True)  # the |gap| test
+            old += low > bound
+        name = f"baseline {base:g}, current {base + change:+g}, bound {bound:g}"
+        kind = "power" if nominal is None else "false alarm"
+        row("check: regression", name, failed / reps, nominal, reps, kind)
+        row("check: the former |gap| test", name, old / reps, nominal, reps, kind)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=200, help="simulated series per scenario (default: %(default)s)")
+    parser.add_argument("--confidence", type=float, default=0.99)
+    parser.add_argument("--only", choices=("sweeps", "verdicts", "replicates", "check"), default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    print(f"{args.reps} simulated data sets per scenario, {RESAMPLES} bootstrap resamples each, "
+          f"confidence {args.confidence:g}\n")  # fmt: skip
+    print("| claim | scenario | rate of | measured | nominal [99% MC band] | |")
+    print("|---|---|---|---|---|---|")
+    for name, part in (("verdicts", verdicts), ("check", check), ("replicates", replicates), ("sweeps", sweeps)):
+        if args.only in (None, name):
+            part(args.reps, args.confidence)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
