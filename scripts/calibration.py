@@ -15,7 +15,7 @@ values on the JSD-P scale.
 - Replicates (``inference.across_runs``): five runs sharing the sentences, no run-to-run spread.
 - ``fairdyn check`` (``inference.regression_check``): size at the bound, power at +0.025.
 
-    python scripts/calibration.py                # about 8 minutes on 2 cores
+    python scripts/calibration.py                # about 15 minutes on 2 cores
     python scripts/calibration.py --reps 50      # a quick look
 
 Rates are printed with their 99% Monte Carlo band around the nominal level: a rate above the
