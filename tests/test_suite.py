@@ -221,7 +221,7 @@ def test_stop_rule_stops_training_at_the_first_violation(tmp_path, synthetic_dir
 
 
 def test_stop_rule_logic():
-    rule = StopRule(gap="t/jsdp_gap", max_abs_gap=0.05, performance="p/acc", tolerance=0.1)
+    rule = StopRule(gap="t/jsdp_gap", test="paper_mw", max_abs_gap=0.05, performance="p/acc", tolerance=0.1)
     biased = {"t/jsdp_gap": -0.08, "t/jsdp_gap_pvalue": 0.001, "p/acc": 0.5}
     assert rule.violated(biased)
     assert not rule.violated({**biased, "t/jsdp_gap_pvalue": 0.2})  # not significant
@@ -232,8 +232,8 @@ def test_stop_rule_logic():
     )
     with pytest.raises(KeyError, match="was not evaluated"):
         rule.violated({"p/acc": 0.5})
-    with pytest.raises(KeyError, match="'t/lambada_acc' is not a winobias_fairdyn metric"):
-        StopRule(gap="t/lambada_acc", max_abs_gap=0.0).violated({"t/lambada_acc": 0.5})
+    with pytest.raises(ValueError, match="'t/lambada_acc' is not <task>/jsdp_gap or <task>/ar_gap"):
+        StopRule(gap="t/lambada_acc", max_abs_gap=0.0)
 
 
 def test_a_finished_suite_is_reused_and_an_interrupted_one_rebuilt(tmp_path):
