@@ -262,8 +262,8 @@ def _add_analyze(commands) -> None:
         "--min_change",
         type=float,
         default=defaults.min_change,
-        help="smallest shift of the gap reported as a change point, in the gap's units (default: %(default)s: "
-        "every shift whose band, adjusted over the run's checkpoints, excludes 0)",
+        help="a change point's band (adjusted over the run's checkpoints) must lie beyond +-this, in the gap's "
+        "units (default: the gap's margin; 0: every shift whose band excludes 0)",
     )
     analyze.add_argument(
         "--replicates",

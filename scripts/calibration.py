@@ -189,7 +189,11 @@ def check(reps: int, confidence: float) -> None:
                                  for gap in (base, base + change))  # fmt: skip
             rows = inference.regression_check(baseline, current, None, bound, Bootstrap(confidence, RESAMPLES, seed=i))
             failed += not all(r["ok"] for r in rows)
-            _, low, _, _ = inference.change_interval(baseline, current, settings, absolute=True)  # the |gap| test
+            _, low, _ = inference.interval(  # the former test: the change of |gap|, paired by pair
+                [baseline["difference"], current["difference"]],
+                lambda b, c, axis=-1: np.abs(np.mean(c, axis)) - np.abs(np.mean(b, axis)),
+                settings,
+            )
             old += low > bound
         name = f"baseline {base:g}, current {base + change:+g}, bound {bound:g}"
         kind = "power" if nominal is None else "false alarm"

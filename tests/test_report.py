@@ -97,7 +97,7 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     top = document["jumps"][0]
     assert (top["from_step"], top["to_step"], top["significant"], top["beyond_margin"]) == (53000, 63000, True, True)
     assert not any(j["beyond_margin"] for j in document["jumps"][1:])
-    assert document["trend"]["min_change"] == pytest.approx(0.05) and not document["trend"]["significant"]
+    assert document["min_change"] == pytest.approx(0.05) and not document["trend"]["significant"]
     comparison = pd.read_csv(out / "model_comparison.csv")
     assert comparison.prompts_a.iloc[0] == 792  # the "not specified" prompts, counted
     assert (comparison.run_a.iloc[0], comparison.run_b.iloc[0]) == ("pythia-160m", "pythia-6.9b-deduped")

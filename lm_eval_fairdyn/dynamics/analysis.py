@@ -198,8 +198,8 @@ class Settings:
     jumps: int = 5  # largest jumps listed (and every one whose band lies beyond the margin)
 
     def __post_init__(self):
-        if self.gap_metric not in inference.MEASURES:
-            raise ValueError(f"gap metric {self.gap_metric!r}: choose from {sorted(inference.MEASURES)}")
+        if self.gap_metric not in inference.LOG_SCALE:
+            raise ValueError(f"gap metric {self.gap_metric!r}: choose from {sorted(inference.LOG_SCALE)}")
 
     def margin(self) -> inference.Margin:
         """The margin of ``gap_metric``."""
@@ -218,6 +218,8 @@ class RunAnalysis:
     jumps: pd.DataFrame
     change_points: pd.DataFrame  # empty and ``trend`` None without per-prompt values
     trend: dict | None
+    min_change: float | None  # the change points' and jumps' bound (None without per-prompt values)
+    significant_jumps: int | None  # of all the run's jumps, those whose band excludes 0
     early_stop: EarlyStop
     pareto: pd.DataFrame
     performance: pd.Series
@@ -286,16 +288,17 @@ def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
     return values
 
 
-def verdict_table(prompts: pd.DataFrame, steps, settings: Settings) -> pd.DataFrame:
-    """Per step: pairs, gap (mean paired difference), ci_low, ci_high, margin, verdict; every
-    verdict ``unavailable`` when there are no per-prompt values (or no ranks, for AR)."""
-    measure = settings.gap_metric
-    if prompts.empty or prompts[measure].isna().all():
+def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings) -> pd.DataFrame:
+    """Per step: pairs, gap (mean paired difference), ci_low, ci_high, margin, verdict, from the
+    steps' ``inference.pair_values``; every verdict ``unavailable`` when there are none (no
+    per-prompt values, or no ranks for AR)."""
+    if not pairs:
         frame = pd.DataFrame(index=pd.Index(sorted(steps), name="step"))
         frame[["pairs", "gap", "ci_low", "ci_high", "margin"]] = np.nan
         frame["verdict"] = "unavailable"
         return frame
-    return inference.gap_table(prompts, measure, settings.margin(), settings.bootstrap())
+    log_scale = inference.LOG_SCALE[settings.gap_metric]
+    return inference.step_verdicts(pairs, settings.margin(), log_scale, settings.bootstrap())
 
 
 def analyze_run(
@@ -314,28 +317,26 @@ def analyze_run(
         raise ResultsError(
             f"{run}: only one checkpoint (step {steps[0]}) has {task} results; dynamics need two or more"
         )
-    prompts = pd.DataFrame() if prompts is None else prompts
-    verdicts = verdict_table(prompts, steps, settings)
+    measure = settings.gap_metric
+    usable = prompts is not None and not prompts.empty and prompts[measure].notna().any()
+    pairs = inference.pairs_by_step(prompts, measure) if usable else {}
+    verdicts = verdict_table(pairs, steps, settings)
     paper = paper_test(table, run, task, settings.gap_metric, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
-    min_change = settings.min_change
-    if (sig["verdict"] != "unavailable").any():
-        min_change = float(sig["margin"].mean()) if min_change is None else min_change
-        gaps = changes.GapSeries.from_prompts(prompts, settings.gap_metric, settings.bootstrap())
+    min_change = significant_jumps = run_trend = None
+    if pairs:
+        min_change = float(sig["margin"].mean()) if settings.min_change is None else settings.min_change
+        gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
         every = changes.jumps(gaps, min_change)
         jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
+        significant_jumps = int(every["significant"].sum())
         shifts = changes.change_points(gaps, min_change)
-        run_trend = changes.trend(gaps, shifts) | {"min_change": min_change,
-                                                   "significant_jumps": int(every["significant"].sum())}  # fmt: skip
+        run_trend = changes.trend(gaps, shifts)
     else:
-        jumps, shifts, run_trend = (
-            largest_jumps(gap, settings.jumps),
-            pd.DataFrame(columns=changes.CHANGE_COLUMNS),
-            None,
-        )
+        jumps, shifts = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS)
     return RunAnalysis(
         run=run,
         fairness_task=task,
@@ -344,6 +345,8 @@ def analyze_run(
         jumps=jumps,
         change_points=shifts,
         trend=run_trend,
+        min_change=min_change,
+        significant_jumps=significant_jumps,
         early_stop=early_stopping(
             performance, gap, settings.tolerance, settings.relative, higher_is_better, settings.performance
         ),  # fmt: skip
@@ -365,7 +368,7 @@ def replicate_analysis(prompts: pd.DataFrame, settings: Settings) -> pd.DataFram
         levels[int(step)] = {run: v["level"].mean() for run, v in per_run.items()}
     frame = inference.across_runs(
         differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(),
-        inference.MEASURES[measure].log, settings.confidence, settings.alpha,
+        inference.LOG_SCALE[measure], settings.confidence, settings.alpha,
     )  # fmt: skip
     gaps = pd.DataFrame({step: d.mean() for step, d in differences.items()}).T
     return frame.join(gaps.add_prefix("gap_"))

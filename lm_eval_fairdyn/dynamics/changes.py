@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lm_eval_fairdyn.dynamics import inference
 from lm_eval_fairdyn.dynamics.inference import Bootstrap
 
 
@@ -61,15 +60,9 @@ class GapSeries:
                    settings.confidence)  # fmt: skip
 
     @classmethod
-    def from_prompts(cls, prompts: pd.DataFrame, measure: str, settings: Bootstrap | None = None) -> GapSeries:
-        return cls.from_differences(pair_differences(prompts, measure), settings)
-
-
-def pair_differences(prompts: pd.DataFrame, measure: str) -> pd.DataFrame:
-    """A row per sentence pair, a column per step: the pair's difference (``inference.pair_values``)."""
-    return pd.DataFrame(
-        {int(step): inference.pair_values(p, measure)["difference"] for step, p in prompts.groupby("step")}
-    )
+    def from_pairs(cls, pairs: dict[int, pd.DataFrame], settings: Bootstrap | None = None) -> GapSeries:
+        """From the steps' ``inference.pair_values`` (``inference.pairs_by_step``)."""
+        return cls.from_differences(pd.DataFrame({step: p["difference"] for step, p in pairs.items()}), settings)
 
 
 def simultaneous_band(estimates: np.ndarray, draws: np.ndarray, confidence: float):

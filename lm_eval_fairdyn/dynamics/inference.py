@@ -9,7 +9,7 @@ Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read
   (same split): the same sentence with the pronoun's gender swapped, so one referent prompt
   has gold "male" and the other "female", with the same option order per seed. Lines whose
   pronouns do not differ in gender (WinoBias test 382 and 384) are not pairs and are left out.
-- Measure: JSD-P's gold part as it is; Average Rank as log ranks (``MEASURES``): ranks spread
+- Measure: JSD-P's gold part as it is; Average Rank as log ranks (``LOG_SCALE``): ranks spread
   over four orders of magnitude, and the mean of log ranks, bounded by log(vocabulary), has an
   interval that keeps its level where the mean of raw ranks does not (docs/STATISTICS.md).
 - Unit of sampling: the sentence pair (all its prompts: 2 sentences x 2 kinds x seeds). The
@@ -64,21 +64,9 @@ def level_sentence(confidence: float) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A per-prompt value whose female - male gap the verdicts test: ``column`` of the prompt
-    tables, taken as ``log`` (natural) when the values are ranks."""
-
-    name: str
-    column: str
-    log: bool
-    label: str
-
-
-MEASURES = {
-    "jsdp": Measure("jsdp", "jsdp", False, "JSD-P gold part"),
-    "ar": Measure("ar", "ar", True, "log rank (Average Rank's verdict scale)"),
-}
+# The per-prompt columns whose female - male gap the verdicts test, and whether they are compared
+# as natural logs (ranks).
+LOG_SCALE = {"jsdp": False, "ar": True}
 
 
 @dataclass(frozen=True)
@@ -144,11 +132,10 @@ def pair_values(prompts: pd.DataFrame, measure: str = "jsdp") -> pd.DataFrame:
 
     Only referent prompts whose (split, line, seed) has exactly one male and one female member
     count; other lines (not minimal pairs, or cut by ``--limit``) are left out."""
-    spec = MEASURES[measure]
     referent = prompts[prompts["kind"] == "referent"]
-    if spec.log:
-        referent = referent.assign(**{spec.column: np.log(referent[spec.column].astype(float))})
-    members = referent.pivot_table(index=[*PAIR, "seed"], columns="gold", values=spec.column, aggfunc=["mean", "count"])
+    if LOG_SCALE[measure]:
+        referent = referent.assign(**{measure: np.log(referent[measure].astype(float))})
+    members = referent.pivot_table(index=[*PAIR, "seed"], columns="gold", values=measure, aggfunc=["mean", "count"])
     complete = (members["count"].reindex(columns=["male", "female"]) == 1).all(axis=1)
     values = members["mean"].reindex(columns=["male", "female"])[complete].dropna()
     per_pair = values.groupby(level=PAIR).mean()
@@ -188,36 +175,31 @@ def verdict(low: float, high: float, margin: float) -> str:
     return "inconclusive"
 
 
+def pairs_by_step(prompts: pd.DataFrame, measure: str) -> dict[int, pd.DataFrame]:
+    """``pair_values`` of every step of one run's per-prompt table, in step order."""
+    return {int(step): pair_values(at_step, measure) for step, at_step in prompts.groupby("step", sort=True)}
+
+
 def gap_table(prompts: pd.DataFrame, measure: str, margin: Margin, settings: Bootstrap = Bootstrap()) -> pd.DataFrame:
     """Per step of one run's per-prompt table: pairs, gap (mean paired difference; for ``ar``
     of log ranks, so exp(gap) is the typical ratio of a female prompt's rank to its male
     twin's), ci_low, ci_high, margin (in the gap's units), verdict."""
+    return step_verdicts(pairs_by_step(prompts, measure), margin, LOG_SCALE[measure], settings)
+
+
+def step_verdicts(
+    pairs: dict[int, pd.DataFrame], margin: Margin, log_scale: bool = False, settings: Bootstrap = Bootstrap()
+) -> pd.DataFrame:
+    """``gap_table`` from the steps' ``pair_values`` (``pairs_by_step``)."""
     rows = {}
-    for step, at_step in prompts.groupby("step", sort=True):
-        pairs = pair_values(at_step, measure)
-        gap, low, high = interval([pairs["difference"]], np.mean, settings)
-        m = margin.at(pairs["level"].mean(), MEASURES[measure].log) if len(pairs) else np.nan
-        rows[int(step)] = {"pairs": len(pairs), "gap": gap, "ci_low": low, "ci_high": high, "margin": m,
-                           "verdict": verdict(low, high, m)}  # fmt: skip
+    for step, at_step in pairs.items():
+        gap, low, high = interval([at_step["difference"]], np.mean, settings)
+        m = margin.at(at_step["level"].mean(), log_scale) if len(at_step) else np.nan
+        rows[step] = {"pairs": len(at_step), "gap": gap, "ci_low": low, "ci_high": high, "margin": m,
+                      "verdict": verdict(low, high, m)}  # fmt: skip
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "step"
     return frame
-
-
-def change_interval(
-    before: pd.DataFrame, after: pd.DataFrame, settings: Bootstrap = Bootstrap(), absolute: bool = False
-) -> tuple[float, float, float, int]:
-    """(change, low, high, pairs): the change of the gap from ``before`` to ``after``
-    (``pair_values`` tables of two checkpoints or two runs on the same prompts), with a paired
-    bootstrap interval over the pairs both have; ``absolute``: the change of |gap|."""
-    joined = before[["difference"]].join(after[["difference"]], how="inner", suffixes=("_before", "_after"))
-
-    def change(b, a, axis=-1):
-        b, a = np.mean(b, axis=axis), np.mean(a, axis=axis)
-        return np.abs(a) - np.abs(b) if absolute else a - b
-
-    estimate, low, high = interval([joined["difference_before"], joined["difference_after"]], change, settings)
-    return estimate, low, high, len(joined)
 
 
 def emergence_step(verdicts: pd.Series) -> int | None:

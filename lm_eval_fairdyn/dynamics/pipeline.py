@@ -103,6 +103,8 @@ def analyze(
             "change_points": r.change_points.to_dict(orient="records"),
             "jumps": r.jumps.to_dict(orient="records"),
             "trend": r.trend,
+            "min_change": r.min_change,
+            "significant_jumps": r.significant_jumps,
             "early_stop": asdict(r.early_stop),
             "same_weights_as": r.duplicate_weights(),
         }

@@ -135,7 +135,7 @@ def change_line(r: RunAnalysis) -> str:
     if r.trend is None:
         return "Change points: unavailable (no per-prompt values to resample)."
     what = (
-        f"Change points (shifts of the gap beyond its linear trend, larger than {r.trend['min_change']:.4g} with "
+        f"Change points (shifts of the gap beyond its linear trend, larger than {r.min_change:.4g} with "
         f"{100 * r.confidence:g}% bands adjusted over the run's {len(r.significance)} checkpoints)"
     )
     if r.change_points.empty:
@@ -165,8 +165,8 @@ def jumps_line(r: RunAnalysis) -> str:
         return "Jumps between neighbouring checkpoints (no intervals without per-prompt values)."
     return (
         f"Jumps between neighbouring checkpoints, with {100 * r.confidence:g}% bands simultaneous over all "
-        f"{len(r.significance) - 1}: {r.trend['significant_jumps']} significant (band excludes 0), "
-        f"{int(r.jumps['beyond_margin'].sum())} larger than {r.trend['min_change']:.4g} (band beyond it)."
+        f"{len(r.significance) - 1}: {r.significant_jumps} significant (band excludes 0), "
+        f"{int(r.jumps['beyond_margin'].sum())} larger than {r.min_change:.4g} (band beyond it)."
     )
 
 

@@ -46,7 +46,7 @@ from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.metric_table import BY_NAME, metric
 from lm_eval_fairdyn.core.prompts import GROUPS
-from lm_eval_fairdyn.dynamics.inference import DEFAULT_MARGINS, MEASURES, Bootstrap, Margin, gap_table
+from lm_eval_fairdyn.dynamics.inference import DEFAULT_MARGINS, LOG_SCALE, Bootstrap, Margin, gap_table
 
 logger = logging.getLogger("lm_eval_fairdyn")
 
@@ -140,7 +140,7 @@ class StopRule:
         if self.test not in STOP_TESTS:
             raise ValueError(f"StopRule: test {self.test!r}; choose from {STOP_TESTS}")
         task, _, name = self.gap.rpartition("/")
-        if not task or name not in (metric(m) for m in MEASURES):
+        if not task or name not in (metric(m) for m in LOG_SCALE):
             raise ValueError(f"StopRule: gap {self.gap!r} is not <task>/jsdp_gap or <task>/ar_gap")
 
     @property
