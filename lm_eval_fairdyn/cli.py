@@ -154,6 +154,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _non_negative(text: str) -> float:
+    """A number, 0 or more (``--min_change``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number, 0 or more, not {text!r}")
+    return value
+
+
 def _batch_size(text: str) -> int | str:
     return text if text == "auto" or text.startswith("auto:") else int(text)
 
@@ -260,7 +271,7 @@ def _add_analyze(commands) -> None:
     )
     analyze.add_argument(
         "--min_change",
-        type=float,
+        type=_non_negative,
         default=defaults.min_change,
         help="a change point's band (adjusted over the run's checkpoints) must lie beyond +-this, in the gap's "
         "units (default: the gap's margin; 0: every shift whose band excludes 0)",

@@ -135,7 +135,9 @@ def test_the_default_stop_rule_stops_on_a_planted_bias_and_not_without_one(plant
     assert paper.violated({paper.gap: 0.001, paper.pvalue_name(): 1e-30})  # what the option says it is
 
 
-def test_stop_rule_refuses_an_unknown_test_or_gap():
+def test_stop_rule_refuses_an_unknown_test_or_gap_and_a_task_the_callback_does_not_evaluate():
+    with pytest.raises(ValueError, match="of task 'winobias_fairdyn_1seed', which the callback does not evaluate"):
+        FairnessCallback(None, tasks=["heldout_fairdyn"], stop_rule=StopRule())
     with pytest.raises(ValueError, match="choose from"):
         StopRule(test="mann_whitney")
     with pytest.raises(ValueError, match="jsdp_gap or <task>/ar_gap"):

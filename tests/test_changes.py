@@ -83,3 +83,27 @@ def test_a_drift_is_a_trend_not_a_chain_of_breaks():
 def test_min_change_keeps_only_shifts_of_that_size():
     gaps = series(sweep_differences(4, phi=0.9, jump=0.02))
     assert changes.change_points(gaps, min_change=0.05).empty
+
+
+def test_the_trend_and_the_shift_are_the_least_squares_fits():
+    """Checked against numpy's least squares on the design written out here: the trend alone
+    (a + b x), and a shift at the planted boundary beside it (a + b x + delta 1[t >= 77]), with x
+    the step scaled to [0, 1]."""
+    differences = sweep_differences(6, phi=0.5, drift=0.03, jump=0.04)
+    gaps = series(differences)
+    g = differences.mean().to_numpy()
+    x = np.arange(CHECKPOINTS) / (CHECKPOINTS - 1)
+    alone = np.linalg.lstsq(np.column_stack([np.ones(CHECKPOINTS), x]), g, rcond=None)[0]
+    assert changes.trend(gaps)["change"] == pytest.approx(alone[1])
+    design = np.column_stack([np.ones(CHECKPOINTS), x, np.arange(CHECKPOINTS) >= 77])
+    a, b, delta = np.linalg.lstsq(design, g, rcond=None)[0]
+    (found,) = changes.change_points(gaps).itertuples()
+    assert (found.from_step, found.to_step) == (76000, 77000)
+    assert found.change == pytest.approx(delta)
+    assert (found.before, found.after) == (pytest.approx(a + b * x[76]), pytest.approx(a + b * x[77] + delta))
+    assert changes.trend(gaps, changes.change_points(gaps))["change"] == pytest.approx(b)
+
+
+def test_too_few_sentence_pairs_to_resample_are_refused():
+    with pytest.raises(ValueError, match="1 sentence pair"):
+        series(sweep_differences(1, checkpoints=3).iloc[:1])

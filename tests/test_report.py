@@ -118,6 +118,23 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert (out / "pythia-160m_gap.png").stat().st_size > 1000
 
 
+def test_analyze_refuses_a_negative_min_change_and_too_few_pairs(tmp_path, pythia_evals):
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1000, 3000):
+        shutil.copy(pythia_evals / "pythia-6.9b-deduped" / f"6.9b-deduped_step{step}.json", run)
+        write_fairdyn_result(run / f"step{step}" / "results.json", step, fairness(step),
+                             prompts=planted_prompts(0.0, lines=1))  # fmt: skip
+    negative = fairdyn("analyze", str(run), "--min_change", "-0.01")
+    assert negative.returncode == 2 and "--min_change: expected a number, 0 or more, not '-0.01'" in negative.stderr
+    few = fairdyn("analyze", str(run), "--output_path", str(tmp_path / "out"))
+    assert few.returncode == 2 and "Traceback" not in few.stderr
+    assert (
+        "run: 1 sentence pair(s) at every checkpoint: too few to resample (the per-prompt values of winobias_fairdyn)"
+        in few.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

@@ -200,6 +200,8 @@ class Settings:
     def __post_init__(self):
         if self.gap_metric not in inference.LOG_SCALE:
             raise ValueError(f"gap metric {self.gap_metric!r}: choose from {sorted(inference.LOG_SCALE)}")
+        if self.min_change is not None and not self.min_change >= 0:
+            raise ValueError(f"min_change {self.min_change}: expected 0 or more (gap units), or None for the margin")
 
     def margin(self) -> inference.Margin:
         """The margin of ``gap_metric``."""
@@ -329,7 +331,10 @@ def analyze_run(
     min_change = significant_jumps = run_trend = None
     if pairs:
         min_change = float(sig["margin"].mean()) if settings.min_change is None else settings.min_change
-        gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
+        try:
+            gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
+        except ValueError as err:
+            raise ResultsError(f"{run}: {err} (the per-prompt values of {task})") from err
         every = changes.jumps(gaps, min_change)
         jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
         significant_jumps = int(every["significant"].sum())

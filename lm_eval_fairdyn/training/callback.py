@@ -243,6 +243,11 @@ class FairnessCallback(TrainerCallback):
         )  # fmt: skip
         self._evaluator = harness.Evaluator(self.settings)  # tasks loaded once for every evaluation
         self.metrics = tuple(metrics) if metrics else (*DEFAULT_METRICS, "acc", "perplexity")
+        if stop_rule is not None and stop_rule.task not in self.settings.tasks:
+            raise ValueError(
+                f"StopRule: its gap {stop_rule.gap!r} is of task {stop_rule.task!r}, which the callback does not "
+                f"evaluate (tasks: {', '.join(self.settings.tasks)}); add it to tasks"
+            )
         self.stop_rule = stop_rule
         self.results_dir = Path(results_dir) if results_dir else None
         self.history: list[dict] = []  # {"step": N, **values} per evaluation
