@@ -210,3 +210,20 @@ def test_no_planted_bias_gives_fair_verdicts_no_emergence_and_no_assumption_diff
          "b": planted_prompts(0.0, assume=0.3, rng_seed=6).assign(step=0)}
     ).iloc[0]  # fmt: skip
     assert same.ci_low < 0 < same.ci_high and not same.differs
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(1.0, {"fair"}), (2.0, {"favours_male"}), (0.5, {"favours_female"})])
+def test_ar_verdicts_on_heavy_tailed_ranks_know_the_planted_ratio(ratio, expected):
+    """Ranks over four orders of magnitude (log-rank sd 2.5 between sentences, shared by a pair's
+    members): no planted difference is fair, female ranks twice (half) their male twins' favour
+    male (female), at the default margin of a 10% ratio, at each of four checkpoints."""
+    rng = np.random.default_rng(21)
+    frames = []
+    for step in range(4):
+        table = pair_table(np.zeros(394)).assign(step=step)
+        sentence = np.repeat(rng.normal(4.0, 2.5, 394), 2)
+        factor = np.where(table.gold == "female", ratio, 1.0)
+        table["ar"] = np.clip(np.round(np.exp(sentence + rng.normal(0, 0.1, len(table))) * factor), 1, 50277)
+        frames.append(table)
+    verdicts = inference.gap_table(pd.concat(frames), "ar", inference.DEFAULT_MARGINS["ar"])
+    assert set(verdicts.verdict) == expected, verdicts
