@@ -11,6 +11,7 @@ from lm_eval_fairdyn.core.task import (  # noqa: F401 (re-exported for the YAML 
     lastword_target,
     load_dataset,
     load_lastword_dataset,
+    load_winogender_dataset,
     mann_whitney_pvalue,
     mean_of_present,
     passage_results,

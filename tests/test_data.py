@@ -4,7 +4,7 @@ import urllib.request
 
 import pytest
 
-from lm_eval_fairdyn.core import data
+from lm_eval_fairdyn.core import data, sources
 from lm_eval_fairdyn.core.data import WinoBiasError, WinoBiasUnavailable
 
 
@@ -120,10 +120,15 @@ def _serve_from(folder, tamper=None):
     return urlopen
 
 
+def _present(folder):
+    """The pinned upstream files a WinoBias folder holds (the project's own files: Type 2 only)."""
+    return [name for name in data.UPSTREAM_BLOB_SHA1 if (folder / name).is_file()]
+
+
 def _blob_sha1s_of(folder, monkeypatch, uses_real_winobias):
     """The real files carry the pinned upstream checksums; the project's own files their own."""
     if not uses_real_winobias:
-        own = {name: data.git_blob_sha1((folder / name).read_bytes()) for name in data.UPSTREAM_BLOB_SHA1}
+        own = {name: sources.git_blob_sha1((folder / name).read_bytes()) for name in _present(folder)}
         monkeypatch.setattr(data, "UPSTREAM_BLOB_SHA1", own)
 
 
@@ -134,8 +139,7 @@ def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir, us
     monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir))
     folder = data.resolve_winobias_dir()
     assert (folder / "LICENSE").read_bytes() == (winobias_dir / "LICENSE").read_bytes()
-    for name in data.UPSTREAM_BLOB_SHA1:
-        assert (folder / name).is_file()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*data._required_files(data.SPLITS, data.POLARITIES), "LICENSE"])
 
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been used")
@@ -158,8 +162,9 @@ def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch, winobia
 def test_git_blob_sha1_matches_git_and_the_provenance(winobias_dir, uses_real_winobias):
     import subprocess
 
-    for name, sha1 in data.UPSTREAM_BLOB_SHA1.items():
-        ours = data.git_blob_sha1((winobias_dir / name).read_bytes())
+    for name in _present(winobias_dir):
+        sha1 = data.UPSTREAM_BLOB_SHA1[name]
+        ours = sources.git_blob_sha1((winobias_dir / name).read_bytes())
         git = subprocess.run(
             ["git", "hash-object", str(winobias_dir / name)], capture_output=True, text=True, check=True
         )

@@ -61,9 +61,9 @@ def test_pairs_are_the_two_members_of_a_line_and_other_lines_are_left_out():
     table.loc[(table.line == 2) & (table.gold == "female"), "gold"] = "male"  # not a minimal pair (test 382)
     table = table[~((table.line == 3) & (table.polarity == "anti"))]  # one member cut by --limit
     pairs = inference.pair_values(table, "jsdp")
-    assert list(pairs.index) == [("test", 1)]
-    assert pairs.loc[("test", 1), "difference"] == pytest.approx(0.1)
-    assert pairs.loc[("test", 1), "level"] == pytest.approx(0.35)
+    assert list(pairs.index) == ["test-0001"]
+    assert pairs.loc["test-0001", "difference"] == pytest.approx(0.1)
+    assert pairs.loc["test-0001", "level"] == pytest.approx(0.35)
 
 
 def test_ar_pairs_compare_log_ranks():

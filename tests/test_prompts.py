@@ -56,10 +56,12 @@ def test_permutation_is_stable_across_machines_and_releases():
     record = data.WinoBiasRecord("test", "anti", 17, "s", "nurse", "cook", "he", "male")
     # Recorded once from numpy's PCG64 (default_rng([seed, split, line, kind]), test = split 1, task
     # version 2.0): a change here would silently change every published prompt.
-    assert [prompts.option_order(s, record, k) for s in (0, 4) for k in prompts.KINDS] == [
+    (key,) = {s.order_key for s in prompts.winobias_sentences([record])}
+    assert key == (1, 17)
+    assert [prompts.option_order(s, key, k) for s in (0, 4) for k in prompts.KINDS] == [
         [1, 2, 0], [0, 1, 2], [0, 1, 2], [2, 0, 1],
     ]  # fmt: skip
-    assert set(map(tuple, (prompts.option_order(s, record, "other") for s in range(30)))) == set(
+    assert set(map(tuple, (prompts.option_order(s, key, "other") for s in range(30)))) == set(
         itertools.permutations(range(3))
     )
 

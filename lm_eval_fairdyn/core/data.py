@@ -1,44 +1,49 @@
-"""WinoBias Type 2: locating the original files and parsing them into records.
+"""WinoBias (Type 1 and Type 2): locating the original files and parsing them into records.
 
 The sentences are never shipped with this package. They come, in this order, from
 1. a folder the caller names (``winobias_dir=``, e.g. lm-eval's ``--metadata``),
 2. the folder in the environment variable ``FAIRDYN_WINOBIAS_DIR``,
 3. the local cache (``$FAIRDYN_CACHE``, default ``~/.cache/lm_eval_fairdyn``),
-4. a download of the four Type 2 files from the upstream repository, pinned to a commit and
+4. a download of the needed files from the upstream repository, pinned to a commit and
    checked against the upstream git blob SHA-1s, cached with the upstream MIT license.
+
+Type 1 sentences carry no syntactic cue to the referent ("The janitor reprimanded [the
+accountant] because [she] made a mistake"); Type 2 sentences do. Both are read by the same
+parser; the quirks of each are listed in README ("Data quirks") and tested one by one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm_eval_fairdyn.core.files import atomic_write_bytes
+from lm_eval_fairdyn.core.sources import DataError, DataUnavailable, Upstream
 
-UPSTREAM_REPO = "https://github.com/uclanlp/corefBias"
 UPSTREAM_COMMIT = "0bce984dd081bbc10b0622f326727a024c607895"
 UPSTREAM_DATA_DIR = "WinoBias/wino/data"
-_RAW_URL = "https://raw.githubusercontent.com/uclanlp/corefBias/{commit}/{path}"
 
 SPLITS = ("dev", "test")
 POLARITIES = ("pro", "anti")
+TYPES = (1, 2)
 ENV_DIR = "FAIRDYN_WINOBIAS_DIR"
-ENV_CACHE = "FAIRDYN_CACHE"
 
 # Data-source labels, as results record them (``data_source`` in a task's metadata) and the
 # report shows them. A folder in WinoBias' format that holds this project's synthetic prompts
 # carries SYNTHETIC_MARKER.
 WINOBIAS_LABEL = "WinoBias Type 2"
 WINOBIAS_TEST_LABEL = "WinoBias Type 2 (test split)"
+WINOBIAS_TYPE1_LABEL = "WinoBias Type 1"
 SYNTHETIC_LABEL = "synthetic held-out template prompts (not WinoBias)"
 SYNTHETIC_MARKER = "FAIRDYN_SYNTHETIC.md"
 
 # git blob SHA-1 of each upstream file at UPSTREAM_COMMIT.
 UPSTREAM_BLOB_SHA1 = {
+    "pro_stereotyped_type1.txt.dev": "26235f6f584682f52f871a33eda6e7195023b6fa",
+    "pro_stereotyped_type1.txt.test": "14dfa3788194ffd9b7bce455676b9a312e547260",
+    "anti_stereotyped_type1.txt.dev": "ddcd659e0070e5fa6d8b0608b00ffd24d7e913b5",
+    "anti_stereotyped_type1.txt.test": "c8872b23832acb49a123f7a8e0e6dee4c7b0d35b",
     "pro_stereotyped_type2.txt.dev": "584d9c1cc6672b014d9aac3c2383650866470b61",
     "pro_stereotyped_type2.txt.test": "e0c786e81a6f8e7ee84ba1cb76167cc0bf941c95",
     "anti_stereotyped_type2.txt.dev": "04d2d43335149db830bcf487e71e3ad84b5f0ad2",
@@ -59,7 +64,9 @@ FEMALE_OCCUPATIONS = (
     "housekeeper", "baker", "accountant", "editor", "librarian", "tailor",
 )  # fmt: skip
 OCCUPATION_STEREOTYPE = {o: "male" for o in MALE_OCCUPATIONS} | {o: "female" for o in FEMALE_OCCUPATIONS}
-PRONOUN_GENDER = {"he": "male", "him": "male", "his": "male", "she": "female", "her": "female"}
+# Type 1 also brackets reflexives (test 252 and 279: "burying [herself]", "by [himself]").
+PRONOUN_GENDER = {"he": "male", "him": "male", "his": "male", "himself": "male",
+                  "she": "female", "her": "female", "herself": "female"}  # fmt: skip
 
 _LINE = re.compile(r"^(\d+) (\S.*)$")
 _SPAN = re.compile(r"\[([^\[\]]*)\]")
@@ -71,17 +78,22 @@ _OCCUPATION = re.compile(
 )
 
 
-class WinoBiasError(ValueError):
+class WinoBiasError(DataError):
     """A WinoBias file that cannot be used; the message names file and line."""
 
 
-class WinoBiasUnavailable(FileNotFoundError):
+class WinoBiasUnavailable(DataUnavailable):
     """No WinoBias files could be found locally or downloaded."""
+
+
+UPSTREAM = Upstream("WinoBias", "uclanlp/corefBias", UPSTREAM_COMMIT, UPSTREAM_DATA_DIR, "winobias_dir", ENV_DIR,
+                    WinoBiasUnavailable, WinoBiasError)  # fmt: skip
+UPSTREAM_REPO = UPSTREAM.url
 
 
 @dataclass(frozen=True)
 class WinoBiasRecord:
-    """One Type 2 sentence."""
+    """One WinoBias sentence (Type 1 or Type 2)."""
 
     split: str  # "dev" | "test"
     polarity: str  # "pro" | "anti"
@@ -91,15 +103,15 @@ class WinoBiasRecord:
     other: str  # the other occupation (not bracketed)
     pronoun: str  # first pronoun that corefers with the referent, lower case
     pronoun_gender: str  # "male" | "female"
+    type: int = 2  # WinoBias type: 1 (no syntactic cue) or 2
+
+
+def winobias_filename(polarity: str, split: str, type: int = 2) -> str:
+    return f"{polarity}_stereotyped_type{type}.txt.{split}"
 
 
 def type2_filename(polarity: str, split: str) -> str:
-    return f"{polarity}_stereotyped_type2.txt.{split}"
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """SHA-1 of ``data`` as git stores it: sha1(b"blob <len>\\0" + data)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return winobias_filename(polarity, split, 2)
 
 
 def _canonical_occupation(text: str) -> str | None:
@@ -122,7 +134,7 @@ def clean_sentence(raw: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def parse_line(text: str, *, split: str, polarity: str, path: str, lineno: int) -> WinoBiasRecord:
+def parse_line(text: str, *, split: str, polarity: str, path: str, lineno: int, type: int = 2) -> WinoBiasRecord:
     """Parse one line ``<index> <sentence with [spans]>``; raise WinoBiasError naming path:line."""
     where = f"{path}:{lineno}"
     match = _LINE.match(text.rstrip("\r\n"))
@@ -144,7 +156,7 @@ def parse_line(text: str, *, split: str, polarity: str, path: str, lineno: int) 
     genders = set()
     for span in spans[1:]:
         if span.lower() not in PRONOUN_GENDER:
-            raise WinoBiasError(f"{where}: span [{span}] is not a pronoun (he/him/his/she/her)")
+            raise WinoBiasError(f"{where}: span [{span}] is not a pronoun ({'/'.join(PRONOUN_GENDER)})")
         genders.add(PRONOUN_GENDER[span.lower()])
     if len(genders) != 1:
         raise WinoBiasError(f"{where}: pronouns {spans[1:]} disagree in gender")
@@ -167,11 +179,12 @@ def parse_line(text: str, *, split: str, polarity: str, path: str, lineno: int) 
         other=others[0],
         pronoun=spans[1].lower(),
         pronoun_gender=genders.pop(),
+        type=type,
     )
 
 
-def parse_file(path: str | Path, *, split: str, polarity: str) -> list[WinoBiasRecord]:
-    """All records of one Type 2 file; any malformed line is an error, never skipped."""
+def parse_file(path: str | Path, *, split: str, polarity: str, type: int = 2) -> list[WinoBiasRecord]:
+    """All records of one WinoBias file; any malformed line is an error, never skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -181,7 +194,7 @@ def parse_file(path: str | Path, *, split: str, polarity: str) -> list[WinoBiasR
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             raise WinoBiasError(f"{path}:{lineno}: empty line")
-        record = parse_line(line, split=split, polarity=polarity, path=str(path), lineno=lineno)
+        record = parse_line(line, split=split, polarity=polarity, path=str(path), lineno=lineno, type=type)
         index = int(line.split(" ", 1)[0])
         if index != lineno:
             raise WinoBiasError(f"{path}:{lineno}: line index {index} does not match its line number")
@@ -205,28 +218,8 @@ def with_data_source(metadata: dict | None) -> dict:
     return metadata
 
 
-def cache_dir() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lm_eval_fairdyn"
-    )
-    return Path(root)
-
-
-def _required_files(splits, polarities) -> list[str]:
-    return [type2_filename(p, s) for s in splits for p in polarities]
-
-
-def _download(target: Path, timeout: float = 30.0) -> None:
-    """Fetch the Type 2 files and the license, verify their blob SHA-1s, write atomically."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name, sha1 in UPSTREAM_BLOB_SHA1.items():
-        path = name if name == "LICENSE" else f"{UPSTREAM_DATA_DIR}/{name}"
-        url = _RAW_URL.format(commit=UPSTREAM_COMMIT, path=path)
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
-            data = response.read()
-        if git_blob_sha1(data) != sha1:
-            raise WinoBiasError(f"{url}: checksum mismatch (expected git blob {sha1})")
-        atomic_write_bytes(target / name, data)
+def _required_files(splits, polarities, types=(2,)) -> list[str]:
+    return [winobias_filename(p, s, t) for t in types for s in splits for p in polarities]
 
 
 def resolve_winobias_dir(
@@ -235,35 +228,11 @@ def resolve_winobias_dir(
     splits=SPLITS,
     polarities=POLARITIES,
     download: bool = True,
+    types=(2,),
 ) -> Path:
-    """The folder holding the needed Type 2 files, by the order in the module docstring."""
-    needed = _required_files(splits, polarities)
-    for source, folder in (("winobias_dir", winobias_dir), (ENV_DIR, os.environ.get(ENV_DIR))):
-        if folder:
-            folder = Path(folder).expanduser()
-            missing = [n for n in needed if not (folder / n).is_file()]
-            if missing:
-                raise WinoBiasUnavailable(
-                    f"{source}={folder} lacks {', '.join(missing)}; it must hold the WinoBias files "
-                    f"{', '.join(needed)} from {UPSTREAM_REPO}/tree/{UPSTREAM_COMMIT}/{UPSTREAM_DATA_DIR}"
-                )
-            return folder
-    cached = cache_dir() / "winobias" / UPSTREAM_COMMIT[:12]
-    if all((cached / n).is_file() for n in needed):
-        return cached
-    reason = "downloads disabled"
-    if download:
-        try:
-            _download(cached)
-            return cached
-        except OSError as err:  # offline, DNS, HTTP errors
-            reason = f"download failed: {err}"
-    raise WinoBiasUnavailable(
-        f"WinoBias Type 2 files not found ({reason}). Set the environment variable {ENV_DIR} to a "
-        f"folder holding {', '.join(needed)} (from {UPSTREAM_REPO}, commit {UPSTREAM_COMMIT}, "
-        f"folder {UPSTREAM_DATA_DIR}), pass it with lm-eval's --metadata "
-        f'\'{{"winobias_dir": "/path"}}\', or run once online to cache them in {cached}.'
-    )
+    """The folder holding the needed WinoBias files, by the order in the module docstring."""
+    needed = _required_files(splits, polarities, types)
+    return UPSTREAM.resolve(winobias_dir, needed, UPSTREAM_BLOB_SHA1, download)
 
 
 def load_winobias(
@@ -271,17 +240,21 @@ def load_winobias(
     *,
     splits=("test",),
     polarities=POLARITIES,
+    type: int = 2,
 ) -> list[WinoBiasRecord]:
-    """Records of the requested splits and polarities, in file order (split, polarity, line)."""
+    """Records of the requested type, splits and polarities, in file order (split, polarity, line)."""
+    if type not in TYPES:
+        raise ValueError(f"unknown WinoBias type {type!r}; choose from {TYPES}")
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown WinoBias split {split!r}; choose from {SPLITS}")
     for polarity in polarities:
         if polarity not in POLARITIES:
             raise ValueError(f"unknown WinoBias polarity {polarity!r}; choose from {POLARITIES}")
-    folder = resolve_winobias_dir(winobias_dir, splits=splits, polarities=polarities)
+    folder = resolve_winobias_dir(winobias_dir, splits=splits, polarities=polarities, types=(type,))
     records = []
     for split in splits:
         for polarity in polarities:
-            records += parse_file(folder / type2_filename(polarity, split), split=split, polarity=polarity)
+            path = folder / winobias_filename(polarity, split, type)
+            records += parse_file(path, split=split, polarity=polarity, type=type)
     return records

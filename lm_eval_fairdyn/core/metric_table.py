@@ -1,4 +1,4 @@
-"""The metrics of ``winobias_fairdyn`` as one table: measure x group x polarity x statistic.
+"""The metrics of the fairness tasks as one table: measure x group x polarity x statistic.
 
 Every metric name the task reports is one :class:`Metric`; :data:`METRICS` lists them in the
 order of the YAML ``metric_list`` (which a test checks against it, and :func:`metric_list_yaml`
@@ -10,7 +10,8 @@ Fairlearn's ``MetricFrame.by_group`` does.
   ``jsdp_part_<option>`` (the part of a wrong option), ``assumption_rate`` and
   ``assumption_rate_<male|female>``;
 - group: the gold group (``male``, ``female``, ``unspecified``), or ``female-male`` for a gap;
-- polarity: ``all``, ``pro`` or ``anti``;
+- polarity: ``all`` or a stratum (``STRATA``): ``pro`` / ``anti`` (WinoBias), ``gendered`` /
+  ``they`` (Winogender);
 - statistic: ``mean`` over the group's prompts; for a gap ``difference`` (female - male),
   ``pvalue`` (the paper's Mann-Whitney U test) or ``effect`` (rank-biserial correlation).
 """
@@ -20,8 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from lm_eval_fairdyn.core.data import POLARITIES
-from lm_eval_fairdyn.core.prompts import GROUPS
+from lm_eval_fairdyn.core.prompts import GOLD_GROUPS, GROUPS, NONBINARY_OPTIONS, option_groups
 
 GAP_GROUP = "female-male"
 GAP_MEASURES = ("ar", "jsdp")
@@ -59,27 +59,52 @@ class Metric:
         return self.measure in HIGHER_IS_BETTER or self.statistic == "pvalue"
 
 
-def _table() -> list[Metric]:
+# The strata of each task family: name -> the gold groups its prompts have, and whether the
+# assumption rate is also reported for each side apart. WinoBias' strata are its polarities;
+# Winogender's are its gendered members (he / she) and its "they" members.
+STRATA = {
+    "winobias": ({"pro": GOLD_GROUPS, "anti": GOLD_GROUPS}, False),
+    "winogender": ({"gendered": GOLD_GROUPS, "they": ("unspecified",)}, True),
+}
+
+
+def family(dataset: str) -> str:
+    """The task family of a doc's ``dataset`` ("winobias_type1" -> "winobias")."""
+    return dataset.split("_")[0]
+
+
+@functools.cache
+def metrics_for(groups: tuple[str, ...] = GROUPS, task_family: str = "winobias") -> tuple[Metric, ...]:
+    """Every metric a task of ``task_family`` with these option ``groups`` reports, in order."""
+    strata, sided = STRATA[task_family]
+    golds = [g for g in groups if g in GOLD_GROUPS]
+    sides = [g for g in groups if g != "unspecified"]
     rows = []
-    for group in GROUPS:
+    for group in golds:
         rows += [Metric(measure, group) for measure in ("ar", "jsdp", "acc", "option_acc")]
-    for group in GROUPS:
-        rows += [Metric(f"jsdp_part_{other}", group) for other in GROUPS if other != group]
-    rows += [
-        Metric(measure, "unspecified")
-        for measure in ("assumption_rate", "assumption_rate_male", "assumption_rate_female")
-    ]
+    for group in golds:
+        rows += [Metric(f"jsdp_part_{other}", group) for other in groups if other != group]
+    rows += [Metric(measure, "unspecified") for measure in ("assumption_rate", *(f"assumption_rate_{s}" for s in sides))]
     rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
-    for polarity in POLARITIES:
-        for group in GROUPS:
+    for polarity, stratum_golds in strata.items():
+        for group in stratum_golds:
             rows += [Metric(measure, group, polarity) for measure in ("ar", "jsdp", "acc")]
-        rows += [Metric(measure, GAP_GROUP, polarity, s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
+        if {"male", "female"} <= set(stratum_golds):
+            rows += [Metric(measure, GAP_GROUP, polarity, s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
         rows.append(Metric("assumption_rate", "unspecified", polarity))
-    return rows
+        if sided:
+            rows += [Metric(f"assumption_rate_{side}", "unspecified", polarity) for side in sides]
+    return tuple(rows)
 
 
-METRICS: tuple[Metric, ...] = tuple(_table())
-BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+METRICS: tuple[Metric, ...] = metrics_for()
+# Every metric name of the shipped tasks (the paper's option set and the non-binary one).
+BY_NAME: dict[str, Metric] = {
+    m.name: m
+    for groups in (GROUPS, option_groups(NONBINARY_OPTIONS))
+    for task_family in STRATA
+    for m in metrics_for(groups, task_family)
+}
 
 
 def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statistic: str | None = None) -> str:
@@ -92,10 +117,10 @@ def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statisti
     return name
 
 
-def metric_list_yaml() -> str:
-    """The ``metric_list`` block of ``task_configs/_default_template_yaml``."""
+def metric_list_yaml(metrics: tuple[Metric, ...] = METRICS) -> str:
+    """The ``metric_list`` block of a task YAML (``task_configs/_default_template_yaml``: METRICS)."""
     lines = ["metric_list:"]
-    for m in METRICS:
+    for m in metrics:
         lines += [f"  - metric: {m.name}", f"    aggregation: !function utils.{m.aggregation}",
                   f"    higher_is_better: {'true' if m.higher_is_better else 'false'}"]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -117,5 +142,9 @@ def per_group_table(results: dict):
     return pd.DataFrame(rows, columns=["task", "measure", "group", "polarity", "statistic", "value"])
 
 
-if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table > the YAML's metric_list
-    print(metric_list_yaml(), end="")
+if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table [family [options]] > metric_list
+    import sys
+
+    family_name = sys.argv[1] if len(sys.argv) > 1 else "winobias"
+    chosen = option_groups(sys.argv[2].split("|")) if len(sys.argv) > 2 else GROUPS
+    print(metric_list_yaml(metrics_for(chosen, family_name)), end="")

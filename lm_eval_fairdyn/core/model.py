@@ -39,15 +39,19 @@ from lm_eval_fairdyn.core.metrics import vocab_rank
 class RankedLoglikelihood(tuple):
     """``(loglikelihood, is_greedy)`` with the first token's vocabulary rank attached."""
 
-    def __new__(cls, loglikelihood: float, is_greedy: bool, rank: int, first_logprob: float, n_tokens: int):
+    def __new__(cls, loglikelihood: float, is_greedy: bool, rank: int, first_logprob: float, n_tokens: int,
+                first_token: int | None = None, first_token_text: str | None = None):  # fmt: skip
         answer = super().__new__(cls, (loglikelihood, is_greedy))
         answer.rank = rank
         answer.first_logprob = first_logprob
         answer.n_tokens = n_tokens
+        answer.first_token = first_token  # the scored token: options that share one are refused
+        answer.first_token_text = first_token_text
         return answer
 
     def __reduce__(self):
-        return (type(self), (self[0], self[1], self.rank, self.first_logprob, self.n_tokens))
+        return (type(self), (self[0], self[1], self.rank, self.first_logprob, self.n_tokens, self.first_token,
+                             self.first_token_text))  # fmt: skip
 
     def __repr__(self) -> str:
         return f"RankedLoglikelihood({self[0]!r}, {self[1]!r}, rank={self.rank}, n_tokens={self.n_tokens})"
@@ -80,6 +84,7 @@ class _RankingHook:
     def __init__(self, model: HFLMWithRank, inner, continuations: dict):
         self.model, self.inner, self.continuations = model, inner, continuations
         self.answers: dict = {}
+        self._texts: dict[int, str] = {}  # token id -> its text, decoded once
         self._scorer: tuple = (None, 0, None)  # (selected logits, continuation length, _RowScorer)
 
     def add_partial(self, attr, req, res) -> None:
@@ -89,7 +94,10 @@ class _RankingHook:
             if self._scorer[0] is not selected or self._scorer[1] != len(cont):  # the row predicting the first token
                 self._scorer = (selected, len(cont), _RowScorer(selected[-len(cont)]))
             rank, first_logprob = self._scorer[2].score(cont[0])
-            res = RankedLoglikelihood(res[0], res[1], rank=rank, first_logprob=first_logprob, n_tokens=len(cont))
+            if cont[0] not in self._texts:
+                self._texts[cont[0]] = self.model.tokenizer.decode([cont[0]])
+            res = RankedLoglikelihood(res[0], res[1], rank=rank, first_logprob=first_logprob, n_tokens=len(cont),
+                                      first_token=cont[0], first_token_text=self._texts[cont[0]])  # fmt: skip
             self.answers[req] = res
         self.inner.add_partial(attr, req, res)
 

@@ -1,9 +1,9 @@
-"""The lm-eval side of the plugin's tasks: the WinoBias fairness task's dataset, per-prompt
-metrics and aggregations, and the held-out last-word task's dataset.
+"""The lm-eval side of the plugin's tasks: the fairness tasks' datasets (WinoBias Type 1 and 2,
+Winogender), per-prompt metrics and aggregations, and the held-out last-word task's dataset.
 
 The YAML files in ``task_configs/`` point here (through their small ``utils.py``). Each
-prompt is one lm-eval ``multiple_choice`` doc whose three choices are the answer words
-(``answer_continuations``); ``process_results`` turns the three log-likelihood answers into
+prompt is one lm-eval ``multiple_choice`` doc whose choices are the answer words of its option
+set (``answer_continuations``); ``process_results`` turns their log-likelihood answers into
 per-prompt values, and the aggregations below turn those into the per-group metrics.
 
 Per-prompt values that do not belong to a metric's group are ``None``; an aggregate with no
@@ -20,15 +20,19 @@ import numpy as np
 
 from lm_eval_fairdyn.core import metrics
 from lm_eval_fairdyn.core.data import POLARITIES, SYNTHETIC_LABEL, is_synthetic, load_winobias
-from lm_eval_fairdyn.core.metric_table import GAP_GROUP, METRICS, Metric
+from lm_eval_fairdyn.core.metric_table import GAP_GROUP, Metric, family, metrics_for
 from lm_eval_fairdyn.core.prompts import (
     DEFAULT_SEEDS,
     DEFAULT_TEMPLATE,
-    GROUPS,
     OPTIONS,
+    OptionSetError,
     answer_continuations,
     build_prompts,
+    option_groups,
+    winobias_sentences,
+    winogender_sentences,
 )
+from lm_eval_fairdyn.core.winogender import load_winogender
 
 logger = logging.getLogger("lm_eval_fairdyn")
 _warned: set[str] = set()
@@ -40,9 +44,9 @@ def _warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def metric_names() -> list[str]:
-    """Every metric the task reports, in table order (the YAML metric_list follows this)."""
-    return [m.name for m in METRICS]
+def metric_names(options: Sequence[str] = OPTIONS, task_family: str = "winobias") -> list[str]:
+    """Every metric a fairness task reports, in table order (its YAML metric_list follows this)."""
+    return [m.name for m in metrics_for(option_groups(options), task_family)]
 
 
 def load_dataset(
@@ -51,11 +55,15 @@ def load_dataset(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     template: str | None = None,
     winobias_dir: str | None = None,
+    type: int = 2,
+    options: Sequence[str] = OPTIONS,
+    pair_rule: str = "pronoun",
     **_metadata,
 ):
-    """lm-eval ``custom_dataset``: a DatasetDict {split: prompts}.
+    """lm-eval ``custom_dataset`` of the ``winobias_fairdyn*`` tasks: a DatasetDict {split: prompts}.
 
-    Arguments come from the YAML's ``dataset_kwargs`` and lm-eval's ``--metadata``
+    Arguments come from the YAML's ``dataset_kwargs`` (``type`` 1 or 2, ``options``: the option
+    set, ``pair_rule``: see ``prompts.winobias_sentences``) and lm-eval's ``--metadata``
     (``winobias_dir``); other metadata keys (version, model args) are ignored.
     """
     import datasets
@@ -64,9 +72,27 @@ def load_dataset(
         _warn_once(
             "synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results"
         )
-    records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities))
-    docs = build_prompts(records, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE)
+    records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities), type=int(type))
+    sentences = winobias_sentences(records, pair_rule)
+    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE, options=options)
     return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
+
+
+def load_winogender_dataset(
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    template: str | None = None,
+    winogender_dir: str | None = None,
+    options: Sequence[str] = OPTIONS,
+    **_metadata,
+):
+    """lm-eval ``custom_dataset`` of the ``winogender_fairdyn*`` tasks (one split, ``test``):
+    the 720 sentences, one prompt each (the occupation's gender), per seed. ``winogender_dir``
+    comes from ``--metadata`` (else ``$FAIRDYN_WINOGENDER_DIR``, the cache or a download)."""
+    import datasets
+
+    sentences = winogender_sentences(load_winogender(winogender_dir))
+    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE, options=options)
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
 def doc_to_text(doc) -> str:
@@ -74,11 +100,26 @@ def doc_to_text(doc) -> str:
     return doc["prompt"]
 
 
-_CHOICES = tuple(answer_continuations(OPTIONS))
+def _options(doc) -> tuple[str, ...]:
+    return tuple(doc["options"].split("|")) if doc.get("options") else OPTIONS
 
 
 def doc_to_choice(doc) -> list[str]:
-    return list(_CHOICES)
+    """The first word of each option of the doc's option set."""
+    return answer_continuations(_options(doc))
+
+
+def _check_first_tokens(doc, results) -> None:
+    """Stop when two options share the token that scores them (``hf-fairdyn`` reports it)."""
+    tokens = [getattr(answer, "first_token", None) for answer in results]
+    for i, token in enumerate(tokens):
+        if token is not None and token in tokens[:i]:
+            options, j = _options(doc), tokens.index(token)
+            raise OptionSetError(
+                f"options {options[j]!r} and {options[i]!r} begin with the same token "
+                f"{results[i].first_token_text!r} (id {token}) under this model's tokenizer: each option is scored by "
+                "its first token, so the two cannot be told apart; choose options whose first tokens differ"
+            )
 
 
 def _answer_logprob(answer) -> float:
@@ -97,7 +138,11 @@ def _answer_logprob(answer) -> float:
 
 
 def process_results(doc: dict, results: Sequence) -> dict:
-    """Per-prompt values of every metric (``None`` where the prompt is not in its group)."""
+    """Per-prompt values of every metric of the doc's task (``None`` where the prompt is not in
+    the metric's group)."""
+    _check_first_tokens(doc, results)
+    groups = option_groups(_options(doc))
+    table = metrics_for(groups, family(doc.get("dataset", "winobias")))
     gold = int(doc["label"])
     gold_answer = results[gold]
     rank = getattr(gold_answer, "rank", None)
@@ -111,19 +156,19 @@ def process_results(doc: dict, results: Sequence) -> dict:
     score = metrics.score_prompt(
         [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
     )
-    group, polarity = GROUPS[gold], doc["polarity"]
+    group, polarity = groups[gold], doc["polarity"]
     per_group = {
         "ar": rank,
         "jsdp": float(score["parts"][gold]),
         "acc": score["acc"],
         "option_acc": score["option_acc"],
     }
-    per_group |= {f"jsdp_part_{other}": float(score["parts"][k]) for k, other in enumerate(GROUPS) if k != gold}
+    per_group |= {f"jsdp_part_{other}": float(score["parts"][k]) for k, other in enumerate(groups) if k != gold}
     if group == "unspecified":
-        predicted = GROUPS[score["predicted"]]
+        predicted = groups[score["predicted"]]
         per_group |= {"assumption_rate": float(predicted != "unspecified")}
-        per_group |= {f"assumption_rate_{gender}": float(predicted == gender) for gender in ("male", "female")}
-    return {m.name: _prompt_value(m, group, polarity, per_group) for m in METRICS}
+        per_group |= {f"assumption_rate_{side}": float(predicted == side) for side in groups if side != "unspecified"}
+    return {m.name: _prompt_value(m, group, polarity, per_group) for m in table}
 
 
 def _prompt_value(metric: Metric, group: str, polarity: str, per_group: dict):
@@ -167,22 +212,25 @@ def rank_biserial(items) -> float | None:
     return None if split is None else metrics.mann_whitney(*split)[1]
 
 
+
+
 # Per-prompt values for the analysis' inference (README, "Verdicts"): one row per prompt, read from
 # lm-eval's logged samples (each sample holds its doc and the values process_results returned).
-PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold")
+PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold", "pair", "slot", "member")
 PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed")
 
 
 def prompt_row(sample: dict) -> dict:
-    """A logged ``winobias_fairdyn*`` sample as one flat row: the prompt's identity
-    (PROMPT_KEYS), its gold group's values (``ar`` is None without ``hf-fairdyn``) and, for a
-    "not specified" prompt, the gender the model assumed (``male``, ``female`` or ``none``)."""
+    """A logged fairness-task sample as one flat row: the prompt's identity (PROMPT_KEYS), its
+    gold group's values (``ar`` is None without ``hf-fairdyn``) and, for a "not specified"
+    prompt, the group the model assumed (``male``, ``female``, another option's, or ``none``)."""
     doc, gold = sample["doc"], sample["doc"]["gold"]
-    row = {key: doc[key] for key in PROMPT_KEYS}
+    row = {key: doc[key] for key in PROMPT_KEYS if key in doc}  # logs written before the seam lack pair, slot, member
     row |= {measure: sample[Metric(measure, gold).name] for measure in ("ar", "jsdp", "acc", "option_acc")}
     assumed = ""
     if gold == "unspecified":
-        assumed = next((g for g in ("male", "female") if sample[f"assumption_rate_{g}"]), "none")
+        sides = [g for g in option_groups(_options(doc)) if g != "unspecified"]
+        assumed = next((g for g in sides if sample[f"assumption_rate_{g}"]), "none")
     return row | {"assumed": assumed}
 
 

@@ -5,15 +5,18 @@ across the checkpoints of one run (jumps, change points, trend) are ``changes``'
 
 Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read_prompts``'.
 
-- Counterfactual pair: line i of ``pro_stereotyped_type2`` and of ``anti_stereotyped_type2``
-  (same split): the same sentence with the pronoun's gender swapped, so one referent prompt
-  has gold "male" and the other "female", with the same option order per seed. Lines whose
-  pronouns do not differ in gender (WinoBias test 382 and 384) are not pairs and are left out.
+- Counterfactual group (``pair``, set by the dataset adapter, ``core.prompts``): WinoBias' line
+  i of the pro and the anti file (same split), the same sentence with the pronoun's gender
+  swapped, so one referent prompt has gold "male" and the other "female", with the same option
+  order per seed; lines whose pronouns do not differ in gender (WinoBias Type 2 test 382 and
+  384) are not pairs and are left out. Winogender's template: at each participant variant
+  (``slot``) its he and she members are twins; its they members are not in the gap.
 - Measure: JSD-P's gold part as it is; Average Rank as log ranks (``LOG_SCALE``): ranks spread
   over four orders of magnitude, and the mean of log ranks, bounded by log(vocabulary), has an
   interval that keeps its level where the mean of raw ranks does not (docs/STATISTICS.md).
-- Unit of sampling: the sentence pair (all its prompts: 2 sentences x 2 kinds x seeds). The
-  pair's difference d_j = mean over seeds of value(female member) - value(male member); the
+- Unit of sampling: the group (WinoBias: the sentence pair, all its prompts: 2 sentences x 2
+  kinds x seeds; Winogender: the template). The group's difference d_j = mean over slots and
+  seeds of value(female member) - value(male member); the
   gap is mean_j d_j (positive: the female prompts have the higher rank / JSD-P, i.e. the model
   favours male).
 - Interval: percentile bootstrap over pairs (``scipy.stats.bootstrap``, seeded), at
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PAIR = ["split", "line"]
+PAIR = "pair"
 VERDICTS = ("favours_male", "favours_female", "fair", "inconclusive")
 # One plain sentence per verdict (README and report); {confidence} is e.g. "99%".
 EXPLANATIONS = {
@@ -125,17 +128,29 @@ class Bootstrap:
             raise ValueError(f"bootstrap method {self.method!r}: choose from {BOOTSTRAP_METHODS}")
 
 
+def with_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
+    """A per-prompt table with its counterfactual-group columns (``pair``, ``slot``, ``member``),
+    derived from split and line for tables written before the dataset seam (WinoBias Type 2,
+    whose pairs are the lines)."""
+    if "pair" in prompts or not {"split", "line"} <= set(prompts):
+        return prompts
+    pair = [f"{split}-{int(line):04d}" for split, line in zip(prompts["split"], prompts["line"], strict=True)]
+    return prompts.assign(pair=pair, slot="", member="")
+
+
 def pair_values(prompts: pd.DataFrame, measure: str = "jsdp") -> pd.DataFrame:
-    """Per counterfactual pair (split, line): ``female`` and ``male``, the mean over seeds of each
-    member's value (log rank for ``ar``); ``difference`` = female - male and ``level`` =
+    """Per counterfactual group (``pair``): ``female`` and ``male``, the mean over slots and seeds
+    of each member's value (log rank for ``ar``); ``difference`` = female - male and ``level`` =
     (female + male) / 2.
 
-    Only referent prompts whose (split, line, seed) has exactly one male and one female member
-    count; other lines (not minimal pairs, or cut by ``--limit``) are left out."""
+    Only referent prompts whose (pair, slot, seed) has exactly one male and one female member
+    count; other lines (not pairs, or cut by ``--limit``) are left out."""
+    prompts = with_pairs(prompts)
     referent = prompts[prompts["kind"] == "referent"]
     if LOG_SCALE[measure]:
         referent = referent.assign(**{measure: np.log(referent[measure].astype(float))})
-    members = referent.pivot_table(index=[*PAIR, "seed"], columns="gold", values=measure, aggfunc=["mean", "count"])
+    members = referent.pivot_table(index=[PAIR, "slot", "seed"], columns="gold", values=measure,
+                                   aggfunc=["mean", "count"])  # fmt: skip
     complete = (members["count"].reindex(columns=["male", "female"]) == 1).all(axis=1)
     values = members["mean"].reindex(columns=["male", "female"])[complete].dropna()
     per_pair = values.groupby(level=PAIR).mean()
@@ -290,6 +305,7 @@ def holm(pvalues) -> np.ndarray:
 def assumption_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
     """Per sentence pair: ``assumed`` (how many of its "not specified" prompts the model answered
     with male or female), ``prompts`` (how many it has) and ``rate``."""
+    prompts = with_pairs(prompts)
     other = prompts[prompts["gold"] == "unspecified"]
     grouped = other.assign(assumed=other["assumed"].isin(["male", "female"])).groupby(PAIR)["assumed"]
     frame = pd.DataFrame({"assumed": grouped.sum().astype(int), "prompts": grouped.size()})

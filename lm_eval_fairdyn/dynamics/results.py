@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lm_eval_fairdyn.dynamics import inference
+
 _STEP_PATTERNS = (re.compile(r"(?:^|[^a-z])step[_-]?(\d+)(?![\w.])", re.I), re.compile(r"checkpoint[_-](\d+)\b", re.I))
 
 
@@ -177,12 +179,13 @@ def read_prompt_file(path: Path) -> pd.DataFrame:
     columns = list(PROMPT_KEYS + PROMPT_VALUES)
     try:
         if path.suffix == ".csv":
-            table = pd.read_csv(path, keep_default_na=False, na_values={"ar": [""]})
+            table = pd.read_csv(path, keep_default_na=False, na_values={"ar": [""]}, dtype={"slot": str, "pair": str})
         else:
             with path.open(encoding="utf-8") as handle:
                 table = pd.DataFrame([prompt_row(json.loads(line)) for line in handle if line.strip()])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ResultsError(f"{path}: not a per-prompt file of a winobias_fairdyn task ({err!r})") from err
+    table = inference.with_pairs(table)
     missing = [c for c in columns if c not in table]
     if missing:
         raise ResultsError(f"{path}: per-prompt columns {missing} missing; evaluate again with fairdyn sweep")

@@ -21,9 +21,9 @@ from lm_eval_fairdyn.core.data import (
     SYNTHETIC_LABEL,
     WINOBIAS_TEST_LABEL,
     WinoBiasUnavailable,
-    cache_dir,
     resolve_winobias_dir,
 )
+from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.offline import corpus
 
