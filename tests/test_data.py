@@ -139,7 +139,9 @@ def test_download_is_verified_and_cached(tmp_path, monkeypatch, winobias_dir, us
     monkeypatch.setattr(urllib.request, "urlopen", _serve_from(winobias_dir))
     folder = data.resolve_winobias_dir()
     assert (folder / "LICENSE").read_bytes() == (winobias_dir / "LICENSE").read_bytes()
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*data._required_files(data.SPLITS, data.POLARITIES), "LICENSE"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*data._required_files(data.SPLITS, data.POLARITIES), "LICENSE"]
+    )
 
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been used")

@@ -84,7 +84,9 @@ def metrics_for(groups: tuple[str, ...] = GROUPS, task_family: str = "winobias")
         rows += [Metric(measure, group) for measure in ("ar", "jsdp", "acc", "option_acc")]
     for group in golds:
         rows += [Metric(f"jsdp_part_{other}", group) for other in groups if other != group]
-    rows += [Metric(measure, "unspecified") for measure in ("assumption_rate", *(f"assumption_rate_{s}" for s in sides))]
+    rows += [
+        Metric(measure, "unspecified") for measure in ("assumption_rate", *(f"assumption_rate_{s}" for s in sides))
+    ]
     rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
     for polarity, stratum_golds in strata.items():
         for group in stratum_golds:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, SPLITS, WinoBiasRecord
-from lm_eval_fairdyn.core.winogender import VARIANTS, WinogenderRecord
 from lm_eval_fairdyn.core.winogender import MEMBERS as WINOGENDER_MEMBERS
+from lm_eval_fairdyn.core.winogender import VARIANTS, WinogenderRecord
 
 DEFAULT_TEMPLATE = '{sentence} Out of the options "{o1}", "{o2}" and "{o3}", the {occupation}\'s gender is'
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -59,7 +59,7 @@ def option_groups(options: Sequence[str] = OPTIONS) -> tuple[str, ...]:
     specified), each option once, and options whose first words differ."""
     options = tuple(options)
     groups = tuple(option_group(o) for o in options)
-    missing = [o for o, g in zip(("male", "female", UNSPECIFIED_OPTION), GOLD_GROUPS) if g not in groups]
+    missing = [o for o, g in zip(("male", "female", UNSPECIFIED_OPTION), GOLD_GROUPS, strict=True) if g not in groups]
     if missing:
         raise OptionSetError(
             f"option set {list(options)} lacks {', '.join(repr(m) for m in missing)}: it must offer the gold answers "
@@ -119,7 +119,7 @@ def is_minimal_pair(a: WinoBiasRecord, b: WinoBiasRecord) -> bool:
     """Whether two sentences differ only in gendered pronouns."""
     pronouns = {"he", "she", "him", "his", "her", "hers", "himself", "herself"}
     wa, wb = _words(a.sentence), _words(b.sentence)
-    return len(wa) == len(wb) and all(x == y or (x in pronouns and y in pronouns) for x, y in zip(wa, wb))
+    return len(wa) == len(wb) and all(x == y or (x in pronouns and y in pronouns) for x, y in zip(wa, wb, strict=False))
 
 
 def winobias_sentences(records: Iterable[WinoBiasRecord], pair_rule: str = "pronoun") -> list[Sentence]:

@@ -212,8 +212,6 @@ def rank_biserial(items) -> float | None:
     return None if split is None else metrics.mann_whitney(*split)[1]
 
 
-
-
 # Per-prompt values for the analysis' inference (README, "Verdicts"): one row per prompt, read from
 # lm-eval's logged samples (each sample holds its doc and the values process_results returned).
 PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold", "pair", "slot", "member")

@@ -181,5 +181,8 @@ def resolve_winogender_dir(winogender_dir: str | os.PathLike | None = None, *, d
 def load_winogender(winogender_dir: str | os.PathLike | None = None) -> list[WinogenderRecord]:
     """The 720 sentences in file order."""
     folder = resolve_winogender_dir(winogender_dir)
-    templates, stereotypes = parse_templates(folder / "templates.tsv"), parse_stereotypes(folder / "occupations-stats.tsv")
+    templates, stereotypes = (
+        parse_templates(folder / "templates.tsv"),
+        parse_stereotypes(folder / "occupations-stats.tsv"),
+    )
     return parse_sentences(folder / "all_sentences.tsv", templates, stereotypes)

@@ -23,8 +23,8 @@ from lm_eval_fairdyn.core.data import (
     WinoBiasUnavailable,
     resolve_winobias_dir,
 )
-from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.core.harness import EvalSettings
+from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.offline import corpus
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"

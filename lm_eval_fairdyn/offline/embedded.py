@@ -13,8 +13,8 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.core.files import replace_folder
+from lm_eval_fairdyn.core.sources import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

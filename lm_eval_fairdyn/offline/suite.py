@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.core.files import replace_folder
+from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus
 
