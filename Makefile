@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch 2.13.0 is a CPU build on this project's machines; elsewhere pick the build you need.
 TORCH ?= torch==2.13.0
-# The real WinoBias files beside the checkout, when there (else the cache or a download is used).
+# The real WinoBias and Winogender files beside the checkout, when there (else the cache or a download).
 export FAIRDYN_WINOBIAS_DIR ?= $(abspath $(wildcard ../shared/winobias))
+export FAIRDYN_WINOGENDER_DIR ?= $(abspath $(wildcard ../shared/winogender))
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test test-fast

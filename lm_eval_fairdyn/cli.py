@@ -224,10 +224,14 @@ def _add_analyze(commands) -> None:
     analyze.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one folder per training run")
     analyze.add_argument("--output_path", default="fairdyn_out/analysis", help="(default: %(default)s)")
     analyze.add_argument("--performance", default=defaults.performance, help="TASK/METRIC (default: %(default)s)")
-    analyze.add_argument("--fairness_task", default=None, help="default: the run's winobias_fairdyn* task")
-    analyze.add_argument(
-        "--gap", choices=("jsdp", "ar"), default=defaults.gap_metric, help="gap metric (default: %(default)s)"
-    )
+    analyze.add_argument("--fairness_task", action="append", default=None, metavar="TASK",
+                         help="a fairness task to analyse; repeat for several (default: every task of the run that "
+                         "reports jsdp_gap: winobias_fairdyn*, winogender_fairdyn*)")  # fmt: skip
+    analyze.add_argument("--gap", choices=("both", "jsdp", "ar"), default="both",
+                         help="the gaps analysed: JSD-P, Average Rank (log ranks) or both; with both, JSD-P chooses "
+                         "the early stop (default: %(default)s)")  # fmt: skip
+    analyze.add_argument("--early_stop_task", default=None, metavar="TASK",
+                         help="the fairness task whose gap chooses the early stop (default: the first analysed)")  # fmt: skip
     analyze.add_argument(
         "--tolerance", type=float, default=defaults.tolerance, help="performance tolerance (default: %(default)s)"
     )
@@ -291,8 +295,9 @@ def _analyze(args) -> int:
 
     settings = Settings(
         performance=args.performance,
-        fairness_task=args.fairness_task,
-        gap_metric=args.gap,
+        fairness_tasks=args.fairness_task,
+        measures=("jsdp", "ar") if args.gap == "both" else (args.gap,),
+        early_stop_task=args.early_stop_task,
         tolerance=args.tolerance,
         relative=not args.absolute,
         alpha=args.alpha,
@@ -312,8 +317,12 @@ def _analyze(args) -> int:
         print(f"fairdyn analyze: {err}", file=sys.stderr)
         return 2
     for r in results:
-        print(f"{r.run}: final verdict {r.significance['verdict'].iloc[-1]}; emergence step: {r.emergence_step}; "
-              f"{r.early_stop.sentence()}")  # fmt: skip
+        print(f"{r.run} {r.fairness_task} {r.measure}: final verdict {r.significance['verdict'].iloc[-1]}; "
+              f"emergence step: {r.emergence_step}")  # fmt: skip
+    for run in dict.fromkeys(r.run for r in results):
+        chosen = next(r for r in results if r.run == run and r.fairness_task == (settings.early_stop_task
+                      or next(x.fairness_task for x in results if x.run == run)) and r.measure == settings.measures[0])  # fmt: skip
+        print(f"{run}: {chosen.early_stop.sentence()} (chosen on the {chosen.fairness_task} {chosen.measure} gap)")
     print(f"report: {Path(args.output_path) / 'report.html'}  summary: {Path(args.output_path) / 'summary.md'}")
     return 0
 
@@ -446,13 +455,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_analyze(commands)
     _add_check(commands)
 
-    if argv[:1] == ["eval"]:
-        return run_lm_eval(argv[1:])
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return args.handler(args)
+    from lm_eval_fairdyn.core.errors import UserInputError
+
+    try:
+        if argv[:1] == ["eval"]:
+            return run_lm_eval(argv[1:])
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return args.handler(args)
+    except UserInputError as err:  # the message names the input and what to do: no traceback
+        print(f"fairdyn {argv[0]}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

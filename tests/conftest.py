@@ -21,15 +21,67 @@ def real_winobias_dir() -> Path | None:
     return path if (path / "pro_stereotyped_type2.txt.test").is_file() else None
 
 
+def real_winogender_dir() -> Path | None:
+    """The real Winogender folder: $FAIRDYN_WINOGENDER_DIR, else ../shared/winogender beside the repo."""
+    env = os.environ.get("FAIRDYN_WINOGENDER_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "winogender"
+    return path if (path / "data" / "templates.tsv").is_file() or (path / "templates.tsv").is_file() else None
+
+
+# Templates of this project's own, in Winogender's format (two occupations, both answers).
+OWN_WINOGENDER_TEMPLATES = (
+    ("nurse", "visitor", 0, "The $OCCUPATION greeted the $PARTICIPANT because $NOM_PRONOUN was on duty."),
+    ("nurse", "visitor", 1, "The $OCCUPATION greeted the $PARTICIPANT because $NOM_PRONOUN was lost."),
+    ("mechanic", "driver", 0, "The $OCCUPATION phoned the $PARTICIPANT when $POSS_PRONOUN shift ended."),
+    ("mechanic", "driver", 1, "The $OCCUPATION fixed the car for a $PARTICIPANT so that $NOM_PRONOUN could leave."),
+)
+
+
+def write_own_winogender(folder: Path) -> Path:
+    """A Winogender-format folder of the project's own templates, every sentence instantiated."""
+    from lm_eval_fairdyn.core import winogender
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["occupation(0)\tother-participant(1)\tanswer\tsentence"]
+    sentences = ["sentid\tsentence"]
+    for index, (occupation, participant, answer, text) in enumerate(OWN_WINOGENDER_TEMPLATES, start=1):
+        rows.append(f"{occupation}\t{participant}\t{answer}\t{text}")
+        template = winogender.Template(index, occupation, participant, answer, text)
+        for variant in winogender.VARIANTS:
+            for member in winogender.MEMBERS:
+                name = participant if variant == "participant" else "someone"
+                sentences.append(f"{occupation}.{name}.{answer}.{member}.txt\t"
+                                 f"{winogender.instantiate(template, variant, member)}")  # fmt: skip
+    (folder / "templates.tsv").write_text("\n".join(rows) + "\n")
+    (folder / "all_sentences.tsv").write_text("\n".join(sentences) + "\n")
+    (folder / "occupations-stats.tsv").write_text(
+        "occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t90\t90.0\t2015\nmechanic\t2\t1.5\t2015\n"
+    )
+    (folder / "LICENSE").write_text("Test fixture written by lm-eval-fairdyn's tests; not Winogender.\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def winogender_dir(tmp_path_factory) -> Path:
+    """The real Winogender files when present, else the project's own templates in its format."""
+    return real_winogender_dir() or write_own_winogender(tmp_path_factory.mktemp("winogender_format"))
+
+
+@pytest.fixture(scope="session")
+def uses_real_winogender(winogender_dir) -> bool:
+    return winogender_dir == real_winogender_dir()
+
+
 def real_pythia_evals() -> Path | None:
     path = REPO.parent / "shared" / "pythia-evals"
     return path if (path / "pythia-160m").is_dir() else None
 
 
 def pytest_report_header(config):
-    winobias, pythia = real_winobias_dir(), real_pythia_evals()
+    winobias, pythia, winogender = real_winobias_dir(), real_pythia_evals(), real_winogender_dir()
     return [
         f"WinoBias: {f'the real files in {winobias}' if winobias else 'not found; the project writes WinoBias-format files of its own'}",
+        f"Winogender: {f'the real files in {winogender}' if winogender else 'not found; the project writes Winogender-format files of its own'}",
         f"Pythia evals: {f'the real files in {pythia}' if pythia else 'not found; the project writes lm-eval 0.3 files of its own'}",
     ]
 
@@ -47,6 +99,8 @@ def winobias_dir(tmp_path_factory) -> Path:
 
     folder = write_synthetic_winobias(tmp_path_factory.mktemp("winobias_format"))
     (folder / SYNTHETIC_MARKER).unlink()
+    for type2 in folder.glob("*_type2.txt.*"):  # the same sentences stand in for Type 1's files
+        (folder / type2.name.replace("type2", "type1")).write_bytes(type2.read_bytes())
     (folder / "LICENSE").write_text("Test fixture written by lm-eval-fairdyn's tests; not WinoBias.\n")
     return folder
 

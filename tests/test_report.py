@@ -78,7 +78,9 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     tidy = pd.read_csv(out / "tidy.csv")
     assert set(tidy.run) == {"pythia-6.9b-deduped", "pythia-160m"}
     sig = pd.read_csv(out / "significance.csv")
-    big_sig = sig[sig.run == "pythia-6.9b-deduped"].set_index("step")
+    assert list(sig.columns[:4]) == ["run", "task", "measure", "step"]
+    assert set(zip(sig.task, sig.measure, strict=True)) == {("winobias_fairdyn", "jsdp"), ("winobias_fairdyn", "ar")}
+    big_sig = sig[(sig.run == "pythia-6.9b-deduped") & (sig.measure == "jsdp")].set_index("step")
     assert set(big_sig.loc[:53000, "verdict"]) == {"fair"}  # planted gap <= 0.002, margin 0.05
     assert set(big_sig.loc[63000:, "verdict"]) == {"favours_male"}  # planted 0.1
     assert big_sig.loc[143000, "gap"] == pytest.approx(0.1, abs=0.005)
@@ -87,8 +89,10 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     # by 16; the tied ones after it are raised to that value by the step-down's running maximum.
     assert big_sig.loc[143000, "paper_mw_p_adjusted"] == pytest.approx(1e-6 * 16)
     assert big_sig.loc[143000, "paper_mw_p"] == pytest.approx(1e-6)
-    assert "emergence step: 63000" in proc.stdout
-    document = json.loads((out / "analysis.json").read_text())["runs"]["pythia-6.9b-deduped"]
+    assert "winobias_fairdyn jsdp: final verdict favours_male; emergence step: 63000" in proc.stdout
+    document = json.loads((out / "analysis.json").read_text())["runs"]["pythia-6.9b-deduped"]["winobias_fairdyn"][
+        "jsdp"
+    ]
     assert document["emergence_step"] == 63000 and document["final_verdict"] == "favours_male"
     assert document["verdicts"] == {"favours_male": 9, "fair": 7}
     assert [(c["from_step"], c["to_step"]) for c in document["change_points"]] == [(53000, 63000)]
@@ -106,16 +110,16 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert comparison.ci_low.iloc[0] < comparison.difference.iloc[0] < comparison.ci_high.iloc[0]
     parser = _Images()
     parser.feed((out / "report.html").read_text())
-    assert len(parser.images) == 6
+    assert len(parser.images) == 10  # per run: the groups, and per measure the gap and the trade-off
     for src in parser.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
-    assert "Stopping at step" in summary and "![gap](pythia-160m_gap.png)" in summary
+    assert "Stopping at step" in summary and "![gap](pythia-160m_winobias_fairdyn_jsdp_gap.png)" in summary
     assert "favours male 9, fair 7" in summary and "Emergence: step 63000" in summary
     assert "between steps 53000 and 63000" in summary
     jump = re.search(r"Largest jumps: 53000->63000: \+(0\.\d+) \[\+(0\.\d+), \+(0\.\d+)\]", summary)
     assert jump and float(jump[2]) < 0.1 < float(jump[3])  # the planted change of 0.1, with its interval
-    assert (out / "pythia-160m_gap.png").stat().st_size > 1000
+    assert (out / "pythia-160m_winobias_fairdyn_ar_gap.png").stat().st_size > 1000
 
 
 def test_analyze_refuses_a_negative_min_change_and_too_few_pairs(tmp_path, pythia_evals):

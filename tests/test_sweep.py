@@ -307,7 +307,7 @@ def test_failed_downloads_are_retried_and_a_lasting_failure_is_named(
 
 
 def test_bad_sweep_input_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint folders match"):
+    with pytest.raises(sweep.CheckpointError, match="no checkpoint folders match"):
         sweep.folder_checkpoints(str(tmp_path / "step*"))
     (tmp_path / "final").mkdir()
     with pytest.raises(ValueError, match=r"final: cannot tell the step from the folder name"):

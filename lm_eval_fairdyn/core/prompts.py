@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, SPLITS, WinoBiasRecord
+from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.winogender import MEMBERS as WINOGENDER_MEMBERS
 from lm_eval_fairdyn.core.winogender import VARIANTS, WinogenderRecord
 
@@ -44,7 +45,7 @@ KINDS = ("referent", "other")
 PAIR_RULES = ("pronoun", "minimal")
 
 
-class OptionSetError(ValueError):
+class OptionSetError(UserInputError, ValueError):
     """An option set the method cannot score; the message names the options."""
 
 

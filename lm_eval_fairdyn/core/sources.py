@@ -14,17 +14,18 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.files import atomic_write_bytes
 
 ENV_CACHE = "FAIRDYN_CACHE"
 _RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
 
-class DataError(ValueError):
+class DataError(UserInputError, ValueError):
     """A data file that cannot be used; the message names file and line."""
 
 
-class DataUnavailable(FileNotFoundError):
+class DataUnavailable(UserInputError, FileNotFoundError):
     """A dataset's files could be found neither locally nor upstream."""
 
 

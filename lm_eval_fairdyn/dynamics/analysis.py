@@ -180,8 +180,9 @@ def early_stopping(
 @dataclass
 class Settings:
     performance: str = "lambada_openai/acc"
-    fairness_task: str | None = None  # default: the run's winobias_fairdyn* task
-    gap_metric: str = "jsdp"  # "jsdp" or "ar"
+    fairness_tasks: tuple[str, ...] | None = None  # default: every fairness task of the run
+    measures: tuple[str, ...] = ("jsdp", "ar")  # the gaps analysed; the first chooses the early stop
+    early_stop_task: str | None = None  # the task whose gap chooses the early stop (default: the first)
     tolerance: float = 0.02
     relative: bool = True
     alpha: float = 0.01  # the p-values: the paper's test, the replicates' Holm-corrected test
@@ -198,14 +199,17 @@ class Settings:
     jumps: int = 5  # largest jumps listed (and every one whose band lies beyond the margin)
 
     def __post_init__(self):
-        if self.gap_metric not in inference.LOG_SCALE:
-            raise ValueError(f"gap metric {self.gap_metric!r}: choose from {sorted(inference.LOG_SCALE)}")
+        self.measures = tuple(self.measures)
+        if not self.measures or any(m not in inference.LOG_SCALE for m in self.measures):
+            raise ValueError(f"gap measures {list(self.measures)}: choose from {sorted(inference.LOG_SCALE)}")
+        if self.fairness_tasks is not None:
+            self.fairness_tasks = tuple(self.fairness_tasks)
         if self.min_change is not None and not self.min_change >= 0:
             raise ValueError(f"min_change {self.min_change}: expected 0 or more (gap units), or None for the margin")
 
-    def margin(self) -> inference.Margin:
-        """The margin of ``gap_metric``."""
-        return inference.Margin.parse(getattr(self, f"margin_{self.gap_metric}"))
+    def margin(self, measure: str | None = None) -> inference.Margin:
+        """The margin of ``measure`` (default: the first of ``measures``)."""
+        return inference.Margin.parse(getattr(self, f"margin_{measure or self.measures[0]}"))
 
     def bootstrap(self) -> inference.Bootstrap:
         return inference.Bootstrap(self.confidence, self.n_resamples, self.bootstrap_seed, self.bootstrap_method)
@@ -213,8 +217,11 @@ class Settings:
 
 @dataclass
 class RunAnalysis:
+    """One run's dynamics of one fairness task's gap on one measure."""
+
     run: str
     fairness_task: str
+    measure: str
     significance: pd.DataFrame  # per step: the verdict's interval and the paper's test
     emergence_step: int | None
     jumps: pd.DataFrame
@@ -227,6 +234,8 @@ class RunAnalysis:
     performance: pd.Series
     confidence: float = 0.99  # of the intervals behind the verdicts
     data_source: str = WINOBIAS_LABEL
+    # per step, the assumption rates of the "they" prompts (Winogender), else None
+    they: pd.DataFrame | None = None
 
     @property
     def intervals_available(self) -> bool:
@@ -259,19 +268,21 @@ class RunAnalysis:
         )
 
 
-def fairness_task(table: pd.DataFrame, run: str, wanted: str | None) -> str:
+def fairness_tasks(table: pd.DataFrame, run: str, wanted=None) -> list[str]:
+    """The run's fairness tasks (those reporting ``jsdp_gap``), or the ``wanted`` ones, checked."""
     tasks = sorted(table[(table.run == run) & (table.metric == metric("jsdp"))].task.unique())
     if wanted:
-        if wanted not in tasks:
+        unknown = [t for t in wanted if t not in tasks]
+        if unknown:
             raise ResultsError(
-                f"{run}: fairness task {wanted!r} not found; tasks with fairness metrics: {tasks or 'none'}"
+                f"{run}: fairness task {unknown[0]!r} not found; tasks with fairness metrics: {tasks or 'none'}"
             )
-        return wanted
+        return list(wanted)
     if not tasks:
         raise ResultsError(
-            f"{run}: no winobias_fairdyn results (no task reports jsdp_gap); run fairdyn sweep or fairdyn eval first"
+            f"{run}: no fairness task results (no task reports jsdp_gap); run fairdyn sweep or fairdyn eval first"
         )
-    return tasks[0]
+    return tasks
 
 
 def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
@@ -281,7 +292,7 @@ def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
         available = sorted(
             f"{t}/{m}"
             for t, m in table[table.run == run][["task", "metric"]].drop_duplicates().itertuples(index=False)
-            if not t.startswith("winobias_fairdyn")
+            if (t, "jsdp_gap") not in set(zip(table.task, table.metric, strict=True))
         )
         raise ResultsError(
             f"{run}: performance metric {performance!r} not found; choose one with --performance TASK/METRIC, "
@@ -290,7 +301,7 @@ def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
     return values
 
 
-def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings) -> pd.DataFrame:
+def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings, measure: str) -> pd.DataFrame:
     """Per step: pairs, gap (mean paired difference), ci_low, ci_high, margin, verdict, from the
     steps' ``inference.pair_values``; every verdict ``unavailable`` when there are none (no
     per-prompt values, or no ranks for AR)."""
@@ -299,8 +310,8 @@ def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings) -> 
         frame[["pairs", "gap", "ci_low", "ci_high", "margin"]] = np.nan
         frame["verdict"] = "unavailable"
         return frame
-    log_scale = inference.LOG_SCALE[settings.gap_metric]
-    return inference.step_verdicts(pairs, settings.margin(), log_scale, settings.bootstrap())
+    log_scale = inference.LOG_SCALE[measure]
+    return inference.step_verdicts(pairs, settings.margin(measure), log_scale, settings.bootstrap())
 
 
 def analyze_run(
@@ -309,21 +320,25 @@ def analyze_run(
     settings: Settings,
     prompts: pd.DataFrame | None = None,
     higher_is_better: bool = True,
+    task: str | None = None,
+    measure: str | None = None,
 ) -> RunAnalysis:
-    """One run: verdicts from ``prompts`` (its per-prompt values, ``results.read_prompts``),
-    emergence, change points, jumps, early stopping and the Pareto front on the performance
-    metric (``higher_is_better``: its direction), and the paper's test beside them."""
-    task = fairness_task(table, run, settings.fairness_task)
+    """One run's ``task`` (default: its first fairness task) on ``measure`` (default: the first
+    of ``settings.measures``): verdicts from ``prompts`` (the task's per-prompt values,
+    ``results.read_prompts``), emergence, change points, jumps, early stopping and the Pareto
+    front on the performance metric (``higher_is_better``: its direction), the paper's test
+    beside them, and for "they" prompts their assumption rates."""
+    task = task or fairness_tasks(table, run, settings.fairness_tasks)[0]
+    measure = measure or settings.measures[0]
     steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
     if len(steps) < 2:
         raise ResultsError(
             f"{run}: only one checkpoint (step {steps[0]}) has {task} results; dynamics need two or more"
         )
-    measure = settings.gap_metric
     usable = prompts is not None and not prompts.empty and prompts[measure].notna().any()
     pairs = inference.pairs_by_step(prompts, measure) if usable else {}
-    verdicts = verdict_table(pairs, steps, settings)
-    paper = paper_test(table, run, task, settings.gap_metric, settings.correction)
+    verdicts = verdict_table(pairs, steps, settings, measure)
+    paper = paper_test(table, run, task, measure, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
@@ -342,9 +357,11 @@ def analyze_run(
         run_trend = changes.trend(gaps, shifts)
     else:
         jumps, shifts = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS)
+    has_they = prompts is not None and not prompts.empty and (prompts["member"] == "neutral").any()
     return RunAnalysis(
         run=run,
         fairness_task=task,
+        measure=measure,
         significance=sig,
         emergence_step=inference.emergence_step(sig["verdict"]),
         jumps=jumps,
@@ -358,21 +375,40 @@ def analyze_run(
         pareto=pareto_front(performance, gap, higher_is_better),
         performance=performance,
         confidence=settings.confidence,
+        they=inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",)) if has_they else None,
     )
 
 
-def replicate_analysis(prompts: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def gaps_at_stop(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> list[dict]:
+    """Every fairness task's gap (on the chosen analysis' measure) at the early stop of
+    ``chosen`` and at the final step, with the verdicts there: what stopping early does to each."""
+    step, final = chosen.early_stop.chosen_step, chosen.early_stop.final_step
+    rows = []
+    for r in analyses:
+        if r.run != chosen.run or r.measure != chosen.measure:
+            continue
+        sig = r.significance
+        at = sig.loc[step] if step in sig.index else None
+        rows.append({"task": r.fairness_task, "measure": r.measure, "step": step, "final_step": final,
+                     "gap": None if at is None else float(at["gap"]),
+                     "verdict": None if at is None else str(at["verdict"]),
+                     "gap_final": float(sig.loc[final, "gap"]) if final in sig.index else None,
+                     "verdict_final": str(sig.loc[final, "verdict"]) if final in sig.index else None})  # fmt: skip
+    return rows
+
+
+def replicate_analysis(prompts: pd.DataFrame, settings: Settings, measure: str | None = None) -> pd.DataFrame:
     """Runs of one recipe (training seeds) as replicates: per step, the pairs x runs table of
     paired differences (the pairs every run has at that step), then ``inference.across_runs``;
     each run's own gap beside it as ``gap_<run>``."""
-    measure = settings.gap_metric
+    measure = measure or settings.measures[0]
     differences, levels = {}, {}
     for step, at_step in prompts.groupby("step"):
         per_run = {run: inference.pair_values(p, measure) for run, p in at_step.groupby("run")}
         differences[int(step)] = pd.DataFrame({run: v["difference"] for run, v in per_run.items()}).dropna()
         levels[int(step)] = {run: v["level"].mean() for run, v in per_run.items()}
     frame = inference.across_runs(
-        differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(),
+        differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(measure),
         inference.LOG_SCALE[measure], settings.confidence, settings.alpha,
     )  # fmt: skip
     gaps = pd.DataFrame({step: d.mean() for step, d in differences.items()}).T

@@ -313,6 +313,30 @@ def assumption_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def assumption_rates(
+    prompts: pd.DataFrame, settings: Bootstrap = Bootstrap(), members: tuple[str, ...] = ("neutral",)
+) -> pd.DataFrame:
+    """Per step, the "not specified" prompts of the given pronoun ``members`` (Winogender's
+    "they": ``neutral``) answered with each gender, each side apart: the share of a group's
+    (template's) prompts answered "male", averaged over groups (each weighs the same), with its
+    bootstrap interval over groups; likewise "female" (and any other option assumed, e.g.
+    ``non_binary``). Columns: prompts, pairs, then ``<side>``, ``<side>_ci_low``, ``<side>_ci_high``."""
+    prompts = with_pairs(prompts)
+    chosen = prompts[(prompts["gold"] == "unspecified") & prompts["member"].isin(members)]
+    sides = ["male", "female", *sorted(set(chosen["assumed"]) - {"male", "female", "none", ""})]
+    rows = {}
+    for step, at_step in chosen.groupby("step", sort=True):
+        shares = pd.DataFrame({side: at_step["assumed"] == side for side in sides}).groupby(at_step[PAIR]).mean()
+        row = {"prompts": len(at_step), "pairs": len(shares)}
+        for side in sides:
+            rate, low, high = interval([shares[side]], np.mean, settings)
+            row |= {side: rate, f"{side}_ci_low": low, f"{side}_ci_high": high}
+        rows[int(step)] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "step"
+    return frame
+
+
 def compare_assumption_rates(
     prompts_by_run: dict[str, pd.DataFrame], settings: Bootstrap = Bootstrap()
 ) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""``fairdyn analyze``: result folders in; tidy.csv, significance.csv, plots, analysis.json,
-report.html and summary.md out (model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
+"""``fairdyn analyze``: result folders in; tidy.csv, significance.csv (run x fairness task x
+measure x step), plots, analysis.json, report.html and summary.md out (they_assumption_rates.csv
+for Winogender tasks; model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
 figures ``plots``, rendering ``report``."""
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def analyze(
     settings: Settings | None = None,
     replicates: bool = False,
 ) -> list[RunAnalysis]:
-    """Read every run, analyse it, write tidy.csv, significance.csv, plots, analysis.json,
-    report.html and summary.md (and model_comparison.csv for several runs; replicates.csv when
-    ``replicates``: the runs are training seeds of one configuration)."""
+    """Read every run, analyse each of its fairness tasks on each measure, write tidy.csv,
+    significance.csv, plots, analysis.json, report.html and summary.md (and model_comparison.csv
+    for several runs; replicates.csv when ``replicates``: the runs are training seeds of one
+    configuration, analysed on the early-stopping task and the first measure). Returns the
+    analyses, one per run, task and measure."""
     settings = settings or Settings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,24 +64,46 @@ def analyze(
     table = tidy(files)
     table.to_csv(out / "tidy.csv", index=False)
     direction = higher_is_better(files, settings.performance)
-    results, prompts = [], {}
+    results, prompts, primary = [], {}, {}
     for run in sorted(names):
-        task = analysis.fairness_task(table, run, settings.fairness_task)
-        prompts[run] = read_prompts([f for f in files if f.run == run], task)
-        results.append(analysis.analyze_run(table, run, settings, prompts[run], direction))
+        run_files = [f for f in files if f.run == run]
+        tasks = analysis.fairness_tasks(table, run, settings.fairness_tasks)
+        stop_task = settings.early_stop_task or tasks[0]
+        if stop_task not in tasks:
+            raise ResultsError(f"{run}: --early_stop_task {stop_task!r} is not among the fairness tasks {tasks}")
+        for task in tasks:
+            prompts[(run, task)] = read_prompts(run_files, task)
+            for measure in settings.measures:
+                r = analysis.analyze_run(table, run, settings, prompts[(run, task)], direction, task, measure)
+                r.data_source = _data_source(run_files, task)
+                results.append(r)
+        primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
+                                                                                       settings.measures[0]))  # fmt: skip
     fingerprints = weights_fingerprints(files)
     figures: dict[str, dict[str, Path]] = {}
     for r in results:
         recorded = fingerprints[fingerprints.run == r.run].set_index("step")["weights_fingerprint"]
         if not recorded.empty:
             r.significance["same_weights_as"] = analysis.same_weights_as(recorded).reindex(r.significance.index)
-        r.data_source = _data_source([f for f in files if f.run == r.run], r.fairness_task)
-        figures[r.run] = {kind: out / f"{r.run}_{kind}.png" for kind in ("groups", "gap", "tradeoff")}
-        plots.plot_groups(table, r, figures[r.run]["groups"])
-        plots.plot_gap(r, settings, figures[r.run]["gap"])
-        plots.plot_tradeoff(r, settings, figures[r.run]["tradeoff"])
-    pd.concat({r.run: r.significance for r in results}, names=["run"]).to_csv(out / "significance.csv")
-    final_prompts = {run: p[p.step == p.step.max()] for run, p in prompts.items() if not p.empty}
+        name = report.key(r)
+        figures[name] = {kind: out / f"{name}_{kind}.png" for kind in ("gap", "tradeoff")}
+        if r.measure == settings.measures[0]:
+            figures[name] = {"groups": out / f"{name}_groups.png"} | figures[name]
+            plots.plot_groups(table, r, figures[name]["groups"])
+        plots.plot_gap(r, settings, figures[name]["gap"])
+        plots.plot_tradeoff(r, settings, figures[name]["tradeoff"])
+    significance = {(r.run, r.fairness_task, r.measure): r.significance for r in results}
+    pd.concat(significance, names=["run", "task", "measure"]).to_csv(out / "significance.csv")
+    they = {
+        (r.run, r.fairness_task): r.they for r in results if r.they is not None and r.measure == settings.measures[0]
+    }
+    if they:
+        pd.concat(they, names=["run", "task"]).to_csv(out / "they_assumption_rates.csv")
+    final_prompts = {}
+    for run, r in primary.items():
+        p = prompts[(run, r.fairness_task)]
+        if not p.empty:
+            final_prompts[run] = p[p.step == p.step.max()]
     comparison = (
         inference.compare_assumption_rates(final_prompts, settings.bootstrap())
         if len(final_prompts) > 1
@@ -88,14 +113,14 @@ def analyze(
         comparison.to_csv(out / "model_comparison.csv", index=False)
     seeds = None
     if replicates:
-        every = pd.concat([p for p in prompts.values() if not p.empty] or [pd.DataFrame()])
+        every = pd.concat([prompts[(run, r.fairness_task)] for run, r in primary.items()])
         if every.empty:
             raise ResultsError("--replicates needs per-prompt values (prompts_<task>.csv from fairdyn sweep)")
         seeds = analysis.replicate_analysis(every, settings)
         seeds.to_csv(out / "replicates.csv")
-    summary = {
-        r.run: {
-            "fairness_task": r.fairness_task,
+    summary: dict = {}
+    for r in results:
+        summary.setdefault(r.run, {}).setdefault(r.fairness_task, {})[r.measure] = {
             "data_source": r.data_source,
             "emergence_step": r.emergence_step,
             "verdicts": r.verdict_counts(),
@@ -108,18 +133,20 @@ def analyze(
             "early_stop": asdict(r.early_stop),
             "same_weights_as": r.duplicate_weights(),
         }
-        for r in results
-    }
-    document = {"settings": asdict(settings), "runs": summary}
+    document = {"settings": asdict(settings), "runs": summary,
+                "early_stop": {run: {"task": r.fairness_task, "measure": r.measure} | asdict(r.early_stop)
+                               | {"gaps": analysis.gaps_at_stop(r, results)} for run, r in primary.items()}}  # fmt: skip
     if seeds is not None:
         document["replicates"] = {
             "runs": sorted(names),
+            "task": next(iter(primary.values())).fairness_task,
+            "measure": settings.measures[0],
             "emergence_step": inference.emergence_step(seeds["verdict"]),
             "final": seeds.iloc[-1][
                 ["runs", "pairs", "mean_gap", "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "verdict"]
             ].to_dict(),
         }
     atomic_write_json(out / "analysis.json", document)
-    report.write_html(out / "report.html", results, figures, comparison, settings, seeds)
-    report.write_markdown(out / "summary.md", results, figures, comparison, settings, seeds)
+    report.write_html(out / "report.html", results, primary, figures, comparison, settings, seeds)
+    report.write_markdown(out / "summary.md", results, primary, figures, comparison, settings, seeds)
     return results

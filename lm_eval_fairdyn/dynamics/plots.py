@@ -63,7 +63,9 @@ def plot_groups(table, result: RunAnalysis, path: Path) -> None:
         _steps_axis(ax)
         ax.set_title(label)
         ax.legend(fontsize="small")
-    fig.suptitle(f"{result.run}: per gold group (shaded: the verdict on the male-female gap)")
+    fig.suptitle(
+        f"{result.run}, {result.fairness_task}: per gold group (shaded: the verdict on the {result.measure} gap)"
+    )
     _save(fig, path)
 
 
@@ -72,7 +74,7 @@ def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax = fig.subplots()
     sig = result.significance
     ax.plot(sig.index, sig["gap"].to_numpy(), marker="o", ms=3, color="tab:red",
-            label=f"{settings.gap_metric} gap (F - M)")  # fmt: skip
+            label=f"{result.measure} gap (F - M)")  # fmt: skip
     if result.intervals_available:
         ax.fill_between(sig.index, sig["ci_low"].to_numpy(), sig["ci_high"].to_numpy(), color="tab:red", alpha=0.2,
                         lw=0, label=f"{100 * settings.confidence:g}% interval (sentence pairs)")  # fmt: skip
@@ -95,7 +97,7 @@ def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     right.set_ylabel(settings.performance)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="best", fontsize="small")
-    ax.set_title(f"{result.run}: fairness gap and performance")
+    ax.set_title(f"{result.run}, {result.fairness_task}: {result.measure} gap and performance")
     _save(fig, path)
 
 
@@ -125,8 +127,8 @@ def plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
         zorder=3,
     )
     ax.set_xlabel(settings.performance)
-    ax.set_ylabel(f"|{settings.gap_metric}_gap|")
+    ax.set_ylabel(f"|{result.measure}_gap|")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{result.run}: performance vs fairness")
+    ax.set_title(f"{result.run}, {result.fairness_task}: performance vs {result.measure} gap")
     _save(fig, path)

@@ -7,83 +7,105 @@ import base64
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 
 from lm_eval_fairdyn.core.files import atomic_write_text
 from lm_eval_fairdyn.dynamics import inference
-from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
+from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings, gaps_at_stop
 
 HTML = """\
 <!doctype html><html><head><meta charset='utf-8'><title>Fairness dynamics report</title>
-<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>
+<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}img{max-width:100%}
+.wide{overflow-x:auto}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
+details{margin:0.5em 0}</style>
 </head><body><h1>Fairness dynamics report</h1>
-<p>Gap: {{ gap_words }}, female - male over counterfactual sentence pairs (the same sentence with the
-pronoun's gender swapped), positive favours male. Interval: {{ confidence }} bootstrap over sentence pairs.
-Margin: {{ margin }}. Performance: {{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }}
-({{ "relative" if s.relative else "absolute" }}).</p>
+<p>Gaps: female - male over counterfactual groups (the same sentence with the pronoun's gender swapped: WinoBias'
+sentence pairs, Winogender's templates), positive favours male. {% for m in s.measures %}{{ gap_words[m] }}.
+{% endfor %}Interval: {{ confidence }} bootstrap over the groups. Margin: {{ margin }}. Performance:
+{{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }} ({{ "relative" if s.relative else "absolute" }}).</p>
 <p>Verdicts ({{ level }}):</p><ul>{% for v, text in explanations.items() %}<li><b>{{ v }}</b>: {{ text }}.</li>{% endfor %}</ul>
 <p>{{ population }}</p>
 <p>The paper's test (two-sided Mann-Whitney U between male and female prompts, {{ s.correction }} correction,
 alpha {{ s.alpha }}) is reported beside them as <code>paper_*</code> columns; it treats the prompts of a sentence as
 independent and flags any offset, so no conclusion is drawn from it.</p>
 <p>Limits: {{ limits }}</p>
-{% for r in results %}
-<h2>{{ r.run }} ({{ r.fairness_task }})</h2>
-<p>Fairness data: <b>{{ r.data_source }}</b>.</p>
+{% for run in runs %}
+<h2>{{ run.name }}</h2>
+<h3>Final verdicts (step {{ run.final_step }})</h3>
+<div class="wide">{{ run.finals|table(index=False) }}</div>
+<p><b>{{ run.stop_line }}</b></p>
+<p>Same weights: {{ run.primary.duplicates_sentence() }}.</p>
+{% for t in run.tasks %}
+<h3>{{ t.task }}</h3>
+<p>Fairness data: <b>{{ t.data_source }}</b>.</p>
+{% if t.they is not none %}<p>{{ they_line(t.they) }}</p>
+<details><summary>"They" assumption rates per checkpoint</summary><div class="wide">{{ t.they|table }}</div></details>
+{% endif %}
+{% for r in t.analyses %}
+<h4>{{ t.task }}: {{ r.measure }} gap</h4>
 <p><b>{{ verdict_line(r) }}</b></p>
-<p><b>{{ r.early_stop.sentence() }}</b>.</p>
-<p>Same weights: {{ r.duplicates_sentence() }}.</p>
 <p>{{ emergence_line(r) }}</p>
 <p>{{ change_line(r) }}</p>
 <p>{{ trend_line(r) }}</p>
-{% for name, data in images[r.run].items() %}<img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
+<p>{{ r.early_stop.sentence() }} (chosen on this gap alone).</p>
+{% for name, data in images[key(r)].items() %}<img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
 {% endfor %}
-<h3>Per checkpoint</h3>
-{{ r.significance|table }}
-<h3>Largest jumps of the gap</h3>
+<details><summary>Per checkpoint</summary><div class="wide">{{ r.significance|table }}</div></details>
 <p>{{ jumps_line(r) }}</p>
-{{ r.jumps|table(index=False) }}
-<h3>Pareto front</h3>
-{{ r.pareto|table }}
-{% endfor %}
+<div class="wide">{{ r.jumps|table(index=False) }}</div>
+<details><summary>Pareto front</summary>{{ r.pareto|table }}</details>
+{% endfor %}{% endfor %}{% endfor %}
 {% if seeds is not none %}<h2>Training seeds as replicates</h2>
 <p>{{ seeds_line }}</p>
-{{ seeds|table }}
+<div class="wide">{{ seeds|table }}</div>
 {% endif %}
 {% if not comparison.empty %}<h2>Model comparison: assumption rates (final checkpoints)</h2>
 <p>Counts of "not specified" prompts answered with a gender; difference b - a with a {{ confidence }} bootstrap
 interval over sentence pairs.</p>
-{{ comparison|table(index=False) }}
+<div class="wide">{{ comparison|table(index=False) }}</div>
 {% endif %}</body></html>
 """
 
 MARKDOWN = """\
 # Fairness dynamics summary
 
-Gap: {{ gap_words }} (female - male over counterfactual sentence pairs; positive favours male), {{ confidence }} \
-intervals over sentence pairs, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }}
-{% for r in results %}
-## {{ r.run }} ({{ r.fairness_task }})
+Gaps: female - male over counterfactual groups (WinoBias' sentence pairs, Winogender's templates; positive favours \
+male): {% for m in s.measures %}{{ gap_words[m] }}{{ "; " if not loop.last }}{% endfor %}. {{ confidence }} \
+intervals over the groups, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }}
+{% for run in runs %}
+## {{ run.name }}
 
-- Fairness data: **{{ r.data_source }}**.
+Final verdicts (step {{ run.final_step }}):
+
+{{ run.finals|markdown }}
+
+- {{ run.stop_line }}
+- Same weights: {{ run.primary.duplicates_sentence() }}.
+{% for t in run.tasks %}
+### {{ t.task }}
+
+- Fairness data: **{{ t.data_source }}**.
+{% if t.they is not none %}- {{ they_line(t.they) }}
+{% endif %}
+{%- for r in t.analyses %}
+#### {{ r.measure }} gap
+
 - {{ verdict_line(r) }}
 - {{ emergence_line(r) }}
 - {{ change_line(r) }}
 - {{ trend_line(r) }}
-- {{ r.early_stop.sentence() }} (tolerance {{ "%g"|format(s.tolerance) }}).
-- Gap at the final step {{ r.early_stop.final_step }}: {{ "%+.4f"|format(r.early_stop.gap_final) }}; at step \
-{{ r.early_stop.chosen_step }}: {{ "%+.4f"|format(r.early_stop.gap_chosen) }}.
+- {{ r.early_stop.sentence() }} (chosen on this gap alone; tolerance {{ "%g"|format(s.tolerance) }}).
 - The paper's Mann-Whitney test ({{ s.correction }}, alpha {{ s.alpha }}) flags \
 {{ (r.significance.paper_mw_p_adjusted < s.alpha).sum() }} of {{ r.significance|length }} checkpoints (reported, not used).
-- Same weights: {{ r.duplicates_sentence() }}.
 - {{ jumps_line(r) }} Largest jumps: {% for j in r.jumps.itertuples() %}{{ j.from_step|int }}->{{ j.to_step|int }}: \
-{{ "%+.4f"|format(j.change) }}{% if j.ci_low is defined %} [{{ "%+.4f"|format(j.ci_low) }}, \
-{{ "%+.4f"|format(j.ci_high) }}]{{ " beyond the margin" if j.beyond_margin else (" significant" if j.significant) }}{% endif %}{{ "; " if not loop.last }}{% endfor %}
+{{ "%+.3g"|format(j.change) }}{% if j.ci_low is defined %} [{{ "%+.3g"|format(j.ci_low) }}, \
+{{ "%+.3g"|format(j.ci_high) }}]{{ " beyond the margin" if j.beyond_margin else (" significant" if j.significant) }}{% endif %}{{ "; " if not loop.last }}{% endfor %}
 
-{% for name, path in figures[r.run].items() %}![{{ name }}]({{ path.name }})
+{% for name, path in figures[key(r)].items() %}![{{ name }}]({{ path.name }})
 {% endfor %}
-{% endfor %}
+{%- endfor %}{% endfor %}{% endfor %}
 {%- if seeds is not none %}
 ## Training seeds as replicates
 
@@ -107,9 +129,87 @@ GAP_WORDS = {
 }
 POPULATION = (
     "A run's verdicts, jumps, change points and trend are about that run's checkpoints on sentences like these "
-    "(the sentence pair is the unit of sampling); the replicates' are about the training recipe (any seed of it, on "
-    "sentences like these)."
+    "(the counterfactual group, WinoBias' sentence pair or Winogender's template, is the unit of sampling); the "
+    "replicates' are about the training recipe (any seed of it, on sentences like these)."
 )
+
+
+def key(r: RunAnalysis) -> str:
+    """The name of one analysis' figures: run, task and measure."""
+    return f"{r.run}_{r.fairness_task}_{r.measure}"
+
+
+def number(value, column: str = "") -> str:
+    """A table cell: three significant digits; p-values below 0.001 as "<0.001" (not 8.392e-130
+    beside 0.05); integers as integers; missing as an empty cell."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return "" if value is None else str(value)
+    if not np.isfinite(value):
+        return "" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if float(value).is_integer() and abs(value) < 1e15 and not _is_pvalue(column):
+        return str(int(value))
+    if _is_pvalue(column) and value < 1e-3:
+        return "<0.001"
+    return f"{value:.3g}"
+
+
+def _is_pvalue(column: str) -> bool:
+    return column.startswith("p_") or "_p_" in column or column.endswith(("_p", "_p_adjusted"))
+
+
+def they_line(they: pd.DataFrame) -> str:
+    """The final checkpoint's "they" assumption rates, each side apart, in words."""
+    final = they.iloc[-1]
+    sides = [c for c in they.columns if f"{c}_ci_low" in they.columns]
+    rates = "; ".join(
+        f"{side.replace('_', '-')} {100 * final[side]:.1f}% [{100 * final[f'{side}_ci_low']:.1f}, "
+        f"{100 * final[f'{side}_ci_high']:.1f}]"
+        for side in sides
+    )
+    return (
+        f'"They" prompts (gold "not specified") at step {they.index[-1]}, {int(final.prompts)} prompts over '
+        f"{int(final.pairs)} templates, answered with a gender: {rates} (intervals over templates)."
+    )
+
+
+def finals_table(analyses: list[RunAnalysis]) -> pd.DataFrame:
+    """One row per fairness task, one column per measure: the final verdict with its gap and interval."""
+    rows: dict[str, dict] = {}
+    for r in analyses:
+        last = r.significance.iloc[-1]
+        cell = last["verdict"].replace("_", " ")
+        if last["verdict"] != "unavailable":
+            cell += f" ({number(last['gap'])} [{number(last['ci_low'])}, {number(last['ci_high'])}])"
+        rows.setdefault(r.fairness_task, {"task": r.fairness_task, "data": r.data_source})[r.measure] = cell
+    return pd.DataFrame(list(rows.values()))
+
+
+def stop_line(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> str:
+    """The run's early stop (chosen on one task's gap) and every fairness task's gap there."""
+    gaps = "; ".join(
+        f"{g['task']} {number(g['gap'])} ({(g['verdict'] or 'n/a').replace('_', ' ')}; final {number(g['gap_final'])})"
+        for g in gaps_at_stop(chosen, analyses)
+    )
+    return (
+        f"{chosen.early_stop.sentence()}, chosen on the {chosen.fairness_task} {chosen.measure} gap. The "
+        f"{chosen.measure} gap of every fairness task at step {chosen.early_stop.chosen_step}: {gaps}."
+    )
+
+
+def runs_context(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> list[dict]:
+    """The report's structure: per run its final verdicts, early stop and tasks, each task with
+    its analyses (one per measure) and, for Winogender, the "they" assumption rates."""
+    out = []
+    for name, chosen in primary.items():
+        mine = [r for r in results if r.run == name]
+        tasks = []
+        for task in dict.fromkeys(r.fairness_task for r in mine):
+            analyses = [r for r in mine if r.fairness_task == task]
+            tasks.append({"task": task, "data_source": analyses[0].data_source, "they": analyses[0].they,
+                          "analyses": analyses})  # fmt: skip
+        out.append({"name": name, "primary": chosen, "final_step": chosen.early_stop.final_step,
+                    "finals": finals_table(mine), "stop_line": stop_line(chosen, mine), "tasks": tasks})  # fmt: skip
+    return out
 
 
 def verdict_line(r: RunAnalysis) -> str:
@@ -182,8 +282,19 @@ def seeds_line(seeds: pd.DataFrame, settings: Settings) -> str:
     )
 
 
+def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: [number(v, str(c)) for v in frame[c]] for c in frame.columns}, index=frame.index)
+
+
 def _table(frame: pd.DataFrame, index: bool = True) -> str:
-    return frame.to_html(index=index, float_format=lambda v: f"{v:.4g}")
+    return _formatted(frame).to_html(index=index)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    cells = _formatted(frame)
+    lines = ["| " + " | ".join(map(str, cells.columns)) + " |", "|" + "---|" * len(cells.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
@@ -191,19 +302,20 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
     environment.filters["table"] = lambda frame, index=True: jinja2.utils.markupsafe.Markup(_table(frame, index))
+    environment.filters["markdown"] = _markdown
     environment.globals.update(
         verdict_line=verdict_line, emergence_line=emergence_line, change_line=change_line, trend_line=trend_line,
-        jumps_line=jumps_line,
+        jumps_line=jumps_line, they_line=they_line, key=key,
     )  # fmt: skip
     return environment
 
 
-def _context(results, comparison, settings: Settings, seeds) -> dict:
+def _context(results, primary, comparison, settings: Settings, seeds) -> dict:
     confidence = f"{100 * settings.confidence:g}%"
     return {
-        "results": results, "comparison": comparison, "s": settings, "seeds": seeds, "confidence": confidence,
-        "margin": f"{settings.margin_jsdp} for JSD-P, a rank ratio of {settings.margin_ar} for AR",
-        "gap_words": GAP_WORDS[settings.gap_metric], "level": inference.level_sentence(settings.confidence),
+        "runs": runs_context(results, primary), "comparison": comparison, "s": settings, "seeds": seeds,
+        "confidence": confidence, "margin": f"{settings.margin_jsdp} for JSD-P, a rank ratio of {settings.margin_ar} for AR",
+        "gap_words": GAP_WORDS, "level": inference.level_sentence(settings.confidence),
         "population": POPULATION,
         "explanations": {v: t.format(confidence=confidence) for v, t in inference.EXPLANATIONS.items()},
         "limits": inference.LIMITS, "seeds_line": None if seeds is None else seeds_line(seeds, settings),
@@ -211,8 +323,9 @@ def _context(results, comparison, settings: Settings, seeds) -> dict:
 
 
 def write_html(
-    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings, seeds=None
-) -> Path:
+    path: Path, results: list[RunAnalysis], primary: dict[str, RunAnalysis], figures: dict, comparison: pd.DataFrame,
+    settings: Settings, seeds=None,
+) -> Path:  # fmt: skip
     """The HTML report, figures embedded as base64 PNGs (one self-contained file)."""
     images = {
         run: {p.stem: base64.b64encode(p.read_bytes()).decode() for p in paths.values()}
@@ -221,18 +334,19 @@ def write_html(
     text = (
         _environment(autoescape=True)
         .from_string(HTML)
-        .render(images=images, **_context(results, comparison, settings, seeds))
+        .render(images=images, **_context(results, primary, comparison, settings, seeds))
     )
     return atomic_write_text(path, text)
 
 
 def write_markdown(
-    path: Path, results: list[RunAnalysis], figures: dict, comparison: pd.DataFrame, settings: Settings, seeds=None
-) -> Path:
+    path: Path, results: list[RunAnalysis], primary: dict[str, RunAnalysis], figures: dict, comparison: pd.DataFrame,
+    settings: Settings, seeds=None,
+) -> Path:  # fmt: skip
     """The Markdown summary, linking the figures written beside it."""
     text = (
         _environment(autoescape=False)
         .from_string(MARKDOWN)
-        .render(figures=figures, **_context(results, comparison, settings, seeds))
+        .render(figures=figures, **_context(results, primary, comparison, settings, seeds))
     )
     return atomic_write_text(path, text)

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.dynamics import inference
 
 _STEP_PATTERNS = (re.compile(r"(?:^|[^a-z])step[_-]?(\d+)(?![\w.])", re.I), re.compile(r"checkpoint[_-](\d+)\b", re.I))
 
 
-class ResultsError(ValueError):
+class ResultsError(UserInputError, ValueError):
     """Result files that cannot be analysed; the message names the file or folder."""
 
 

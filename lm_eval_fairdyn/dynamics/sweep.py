@@ -46,6 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lm_eval_fairdyn.core import harness
+from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.files import atomic_write_json, replace_folder
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
@@ -85,20 +86,35 @@ def hub_checkpoints(pretrained: str, revisions: list[str]) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.step)
 
 
+class CheckpointError(UserInputError, ValueError):
+    """Checkpoints that cannot be evaluated: none match, or a folder is not a model."""
+
+
 def folder_checkpoints(pattern: str) -> list[Checkpoint]:
-    """Local checkpoint folders matching a glob; the step is read from the folder name."""
+    """Local checkpoint folders matching a glob; the step is read from the folder name, and each
+    must be a model saved by ``save_pretrained`` (a ``config.json``)."""
     folders = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)) if Path(p).is_dir())
     if not folders:
-        raise FileNotFoundError(f"no checkpoint folders match {pattern!r}")
+        raise CheckpointError(
+            f"no checkpoint folders match {pattern!r} (from {Path.cwd()}); give a glob of model folders such as "
+            "'runs/x/step*', quoted so that the shell leaves it to fairdyn"
+        )
     out = []
     for folder in folders:
         step = step_from_text(folder.name)
         if step is None:
-            raise ValueError(f"{folder}: cannot tell the step from the folder name (expected stepN or checkpoint-N)")
+            raise CheckpointError(
+                f"{folder}: cannot tell the step from the folder name (expected stepN or checkpoint-N)"
+            )
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                f"{folder}: not a model folder (no config.json); --checkpoints takes folders written by "
+                "save_pretrained (a Trainer's checkpoint-N folders), one per checkpoint"
+            )
         out.append(Checkpoint(folder.name, step, f"pretrained={folder.resolve()}"))
     labels = [c.label for c in out]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"checkpoint folder names repeat in {pattern!r}: {labels}")
+        raise CheckpointError(f"checkpoint folder names repeat in {pattern!r}: {labels}")
     return sorted(out, key=lambda c: c.step)
 
 

@@ -137,7 +137,7 @@ def run_demo(
     report_dir = out / ("report" if label == WINOBIAS_TEST_LABEL else "report_synthetic")
     print(f"[4/4] analysis and report -> {report_dir}")
     analyze(
-        [sweep_dir], report_dir, Settings(performance=PERFORMANCE, fairness_task=FAIRNESS_TASK, tolerance=TOLERANCE)
+        [sweep_dir], report_dir, Settings(performance=PERFORMANCE, fairness_tasks=(FAIRNESS_TASK,), tolerance=TOLERANCE)
     )
     return DemoOutputs(
         suite=folder,
