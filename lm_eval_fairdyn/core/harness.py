@@ -20,6 +20,7 @@ import numpy as np
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core.data import with_data_source
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
+from lm_eval_fairdyn.core.task import check_metric_list
 
 # lm-eval's simple_evaluate seeds numpy, torch and few-shot sampling with 1234 (Python's random with 0).
 DEFAULT_SEED = 1234
@@ -124,6 +125,7 @@ class Evaluator:
                     task.set_config(key="num_fewshot", value=0)
                 task.set_fewshot_seed(seed=DEFAULT_SEED)
                 _docs_as_lists(task)
+                check_metric_list(task)
                 if self.settings.prompt_tables:
                     self._record_prompt_rows(task)
         return self._tasks

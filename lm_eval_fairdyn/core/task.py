@@ -109,6 +109,25 @@ def doc_to_choice(doc) -> list[str]:
     return answer_continuations(_options(doc))
 
 
+def check_metric_list(task) -> None:
+    """A loaded fairness task (lm-eval ``Task``) whose docs use an option set must list that
+    set's metrics: an option set given through ``--metadata`` to a task whose YAML lists another
+    set's would fail inside lm-eval's aggregation."""
+    docs = task.eval_docs
+    if not len(docs) or "options" not in docs[0]:
+        return
+    doc = docs[0]
+    options, task_family = _options(doc), family(doc.get("dataset", "winobias"))
+    listed = [entry["metric"] for entry in task.config.metric_list]
+    if listed != metric_names(options, task_family):
+        raise OptionSetError(
+            f"{task.config.task}: its prompts offer the options {list(options)}, but its YAML lists the metrics of "
+            f"another option set; a task with this option set needs a YAML of its own whose metric_list is what "
+            f"`python -m lm_eval_fairdyn.core.metric_table {task_family} '{'|'.join(options)}'` prints "
+            "(as winogender_fairdyn_nonbinary.yaml does)"
+        )
+
+
 def _check_first_tokens(doc, results) -> None:
     """Stop when two options share the token that scores them (``hf-fairdyn`` reports it)."""
     tokens = [getattr(answer, "first_token", None) for answer in results]
