@@ -10,9 +10,9 @@ from lm_eval.models.huggingface import HFLM
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
 
-from lm_eval_fairdyn.core import metrics, task
+from lm_eval_fairdyn.core import metrics, prompts, task
 from lm_eval_fairdyn.core.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
-from lm_eval_fairdyn.core.prompts import answer_continuations
+from lm_eval_fairdyn.core.prompts import NONBINARY_OPTIONS, answer_continuations
 
 
 def winobias_requests(winobias_dir, n_prompts):
@@ -253,3 +253,47 @@ def test_rank_and_jsdp_exact_on_real_smollm2_with_default_arguments(smollm2_dir,
     assert check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) >= 0.9
     stock = HFLM(pretrained=str(smollm2_dir), batch_size=8, device="cpu")
     assert [tuple(a) for a in answers] == stock.loglikelihood(instances(pairs))
+
+
+def _family_docs(kind, winobias_dir, winogender_dir, n):
+    nonbinary = {"options": NONBINARY_OPTIONS, "template": "{sentence} Out of the options {options}, the {occupation}'s gender is"}  # fmt: skip
+    if kind == "type1":
+        docs = task.load_dataset(split="test", seeds=[0], winobias_dir=str(winobias_dir), type=1)["test"]
+    else:
+        docs = task.load_winogender_dataset(seeds=[0], winogender_dir=str(winogender_dir),
+                                            **(nonbinary if kind == "winogender_nonbinary" else {}))["test"]  # fmt: skip
+    rows = list(docs)
+    # every gold group and stratum: the first n of each gold group
+    return [d for g in ("male", "female", "unspecified") for d in [r for r in rows if r["gold"] == g][:n]]
+
+
+@pytest.mark.parametrize("kind", ["type1", "winogender", "winogender_nonbinary"])
+def test_new_tasks_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, winobias_dir, winogender_dir, kind):
+    """Per prompt of WinoBias Type 1 and Winogender (also with four options): AR and every JSD-P
+    part as process_results reports them equal a float64 brute force from the logits row the
+    harness computed (the rank by counting, JSD(P, one-hot) term by term over the vocabulary)."""
+    ranked = neox_pair[1]
+    docs = _family_docs(kind, winobias_dir, winogender_dir, 4)
+    choices = [task.doc_to_choice(d) for d in docs]
+    pairs = [(d["prompt"], " " + word) for d, words in zip(docs, choices, strict=True) for word in words]
+    answers, calls = loglikelihood_capturing_model_calls(ranked, pairs)
+    check_equal_to_harness_logits(ranked, pairs, answers, calls)
+    start = 0
+    for doc, words in zip(docs, choices, strict=True):
+        mine = answers[start : start + len(words)]
+        requests = [request_tokens(ranked, *pair) for pair in pairs[start : start + len(words)]]
+        start += len(words)
+        values = task.process_results(doc, mine)
+        gold = doc["label"]
+        groups = prompts.option_groups(doc["options"].split("|"))
+        z = harness_row(calls, *requests[gold])
+        P = np.exp(z - logsumexp(z))
+        tokens = [cont[0] for _, cont in requests]
+        truth = jsdp_part_from_full_softmax(P, tokens, gold)
+        assert values[f"ar_{groups[gold]}"] == float64_rank_and_logprob(z, tokens[gold])[0]
+        assert values[f"jsdp_{groups[gold]}"] == pytest.approx(truth[gold], rel=1e-9, abs=1e-15)
+        for k, other in enumerate(groups):
+            if k != gold:
+                assert values[f"jsdp_{groups[gold]}_part_{other}"] == pytest.approx(truth[k], rel=1e-9, abs=1e-15)
+    if kind == "winogender_nonbinary":
+        assert len(choices[0]) == 4 and {a.n_tokens for a in answers} == {1, 3}  # " non-binary": " non" "-" "binary"
