@@ -13,16 +13,18 @@ from lm_eval_fairdyn.core.harness import EvalSettings
 DEFAULTS = EvalSettings()
 
 DESCRIPTION = """\
-Measure how a language model's gender bias evolves during training (WinoBias Type 2,
-Average Rank and Jensen-Shannon Divergence by Parts), on top of lm-evaluation-harness.
+Measure how a language model's gender bias evolves during training (WinoBias Type 2 and
+Type 1, Winogender with "they"; Average Rank and Jensen-Shannon Divergence by Parts), on top
+of lm-evaluation-harness.
 
 commands:
-  eval        lm-eval's own `run` with the winobias_fairdyn tasks and the hf-fairdyn model
+  eval        lm-eval's own `run` with the fairness tasks and the hf-fairdyn model
               registered; takes every lm-eval flag (fairdyn eval --help lists them)
   tasks-path  print the task folder, for plain `lm_eval --include_path "$(fairdyn tasks-path)"`
   sweep       evaluate a sequence of checkpoints (hub revisions or local folders), resumable
-  analyze     verdicts with intervals over sentence pairs, emergence, change points, early
-              stopping, seeds as replicates, plots and a report from results
+  analyze     per fairness task and gap: verdicts with intervals over counterfactual groups,
+              emergence, change points, early stopping, seeds as replicates, plots and a
+              report from results
   check       fairness regression check for CI, paired by sentence (exit 0 ok, 1 regressed,
               2 unusable input)
   demo        offline end to end: train a bias-planted GPT-NeoX checkpoint suite on CPU,
@@ -72,16 +74,17 @@ def _tasks_path(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lm_eval_fairdyn.core.data import WinoBiasUnavailable
     from lm_eval_fairdyn.offline.demo import run_demo
 
-    try:
-        outputs = run_demo(
-            args.output_path, args.steps, args.winobias_dir, not args.no_download, args.batch_size, limit=args.limit
-        )
-    except WinoBiasUnavailable as err:
-        print(f"fairdyn demo: {err}", file=sys.stderr)
-        return 2
+    outputs = run_demo(
+        args.output_path,
+        args.steps,
+        args.winobias_dir,
+        not args.no_download,
+        args.batch_size,
+        limit=args.limit,
+        winogender_dir=args.winogender_dir,
+    )  # a data folder the user named but that is unusable: one line, exit 2 (main)
     print(f"\ndone in {outputs.seconds:.0f} s; fairness data: {outputs.data_source}")
     print(f"  checkpoint suite: {outputs.suite}{' (reused from the cache)' if outputs.suite_reused else ''}")
     print(f"  training log (FairnessCallback): {outputs.suite / 'log_history.json'}")
@@ -438,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         "--output_path", default=demo_defaults["output_path"], help="where results go (default: %(default)s)"
     )
     demo.add_argument("--winobias_dir", default=None, help="folder of the WinoBias files (default: env/cache/download)")
-    demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias")
+    demo.add_argument("--winogender_dir", default=None,
+                      help="folder of the Winogender files (default: env/cache/download; left out when none)")  # fmt: skip
+    demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias or Winogender")
     demo.add_argument(
         "--steps", type=int, default=None, help=f"training steps of the suite (default: {SuiteConfig().steps})"
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lm_eval_fairdyn import tasks_path
 
-CONFTEST = '''\
+CONFTEST = """\
 import lm_eval.tasks
 
 _init = lm_eval.tasks.TaskManager.__init__
@@ -32,7 +32,7 @@ def _with_fairdyn(self, *args, include_path=None, **kwargs):
 
 
 lm_eval.tasks.TaskManager.__init__ = _with_fairdyn
-'''
+"""
 
 
 def harness_file(harness: Path, name: str) -> str:

@@ -38,7 +38,10 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     report = out / "report_synthetic"
     assert SYNTHETIC_LABEL in (report / "report.html").read_text()
     assert SYNTHETIC_LABEL in (report / "summary.md").read_text()
-    assert json.loads((report / "analysis.json").read_text())["runs"][suite.name]["data_source"] == SYNTHETIC_LABEL
+    analysis = json.loads((report / "analysis.json").read_text())["runs"][suite.name]
+    assert list(analysis) == ["winobias_fairdyn_1seed"]  # no Type 1 without the real WinoBias files
+    assert analysis["winobias_fairdyn_1seed"]["jsdp"]["data_source"] == SYNTHETIC_LABEL
+    assert "winobias_fairdyn_type1_1seed: left out, it needs the real WinoBias files" in first.stdout
     stamps = {p: p.stat().st_mtime_ns for p in [suite / "suite.json", sweep / "step4" / "results.json"]}
 
     second = _demo(out, cache)

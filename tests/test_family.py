@@ -61,6 +61,23 @@ def test_type1_quirks_of_the_real_files(winobias_dir, uses_real_winobias):
     assert 0.4 < first / len(records) < 0.6
 
 
+def test_type2_near_pairs_of_the_real_files(winobias_dir, uses_real_winobias):
+    """Type 2's pro/anti lines that differ beyond the pronoun (typos), which the default rule pairs
+    as before the seam and ``pair_rule: minimal`` leaves out, besides test 382 and 384."""
+    if not uses_real_winobias:
+        pytest.skip("the near-pairs are the real files'")
+    records = data.load_winobias(winobias_dir, splits=("dev", "test"))
+    by_key = {(r.split, r.polarity, r.line): r for r in records}
+    found = {
+        (s, n) for (s, p, n), r in by_key.items() if p == "pro" and not prompts.is_minimal_pair(r, by_key[s, "anti", n])
+    }
+    assert found == {("dev", n) for n in (90, 102, 119, 207, 208, 209)} | {
+        ("test", n) for n in (92, 103, 307, 382, 384)
+    }
+    minimal = {s.pair for s in prompts.winobias_sentences(records, "minimal") if not s.pair.endswith(("pro", "anti"))}
+    assert len(minimal) == 2 * 396 - len(found)
+
+
 def test_type1_quirks_on_lines_written_for_them(tmp_path):
     lines = ["1 [The mover] hit the tailor because [he] hurt [himself].",
              "2 The farmer ignored [the writer] because [she] was burying [herself] in work."]  # fmt: skip

@@ -7,6 +7,7 @@ The default suite (400 steps, bias switched on at step 200) is built once per te
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -140,23 +141,35 @@ def test_planted_bias_is_recovered(biased_suite, synthetic_dir):
 
 def test_the_demo_finds_the_planted_bias_where_it_was_planted(biased_suite, suite_root, winobias_dir, tmp_path,
                                                               monkeypatch):  # fmt: skip
-    """The demo's analysis of the default suite (bias switched on at step 200 of 400): no
-    checkpoint up to the switch favours a side, the final one favours male, the emergence step is
-    the first checkpoint after the switch or the one after it, and summary.md and the plots'
-    shading say the same."""
+    """The demo's analysis of the default suite (bias switched on at step 200 of 400), for every
+    gender task it evaluates (WinoBias Type 2, and Type 1 and Winogender when their files are at
+    hand) on the JSD-P gap: no checkpoint up to the switch favours a side, the final one favours
+    male, the emergence step is the first checkpoint after the switch or the one after it, and
+    summary.md and the plots' shading say the same. (AR's log-rank gap also ends favouring male,
+    but favours female in the first steps: README, "What the planted-bias suite can and cannot
+    show".)"""
     from lm_eval_fairdyn.dynamics import plots
-    from lm_eval_fairdyn.offline.demo import run_demo
+    from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, TYPE1_TASK, WINOGENDER_TASK, run_demo
 
     monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path / "cache"))
     outputs = run_demo(tmp_path / "out", winobias_dir=str(winobias_dir), download=False, suite_root=suite_root)
     assert outputs.suite == biased_suite and outputs.suite_reused
     report = outputs.report.parent
-    run = json.loads((report / "analysis.json").read_text())["runs"][biased_suite.name]
-    sig = pd.read_csv(report / "significance.csv").set_index("step")
+    runs = json.loads((report / "analysis.json").read_text())["runs"][biased_suite.name]
+    every = pd.read_csv(report / "significance.csv")
+    tasks = [FAIRNESS_TASK, TYPE1_TASK]  # the real files, or the fixture's stand-ins for both types
+    tasks += [WINOGENDER_TASK] if os.environ.get("FAIRDYN_WINOGENDER_DIR") else []
+    assert sorted(runs) == sorted(tasks) and set(every.measure) == {"jsdp", "ar"}
     switch, after = 200, [240, 280]
-    assert not set(sig.loc[:switch, "verdict"]) & {"favours_male", "favours_female"}, sig.verdict
-    assert sig.verdict.iloc[-1] == "favours_male" and run["final_verdict"] == "favours_male"
-    assert run["emergence_step"] in after, sig[["gap", "ci_low", "ci_high", "verdict"]]
+    for task in tasks:
+        run = runs[task]["jsdp"]
+        sig = every[(every.task == task) & (every.measure == "jsdp")].set_index("step")
+        assert not set(sig.loc[:switch, "verdict"]) & {"favours_male", "favours_female"}, (task, sig.verdict)
+        assert sig.verdict.iloc[-1] == "favours_male" and run["final_verdict"] == "favours_male"
+        assert run["emergence_step"] in after, (task, sig[["gap", "ci_low", "ci_high", "verdict"]])
+        assert runs[task]["ar"]["final_verdict"] == "favours_male"
+    run = runs[FAIRNESS_TASK]["jsdp"]
+    sig = every[(every.task == FAIRNESS_TASK) & (every.measure == "jsdp")].set_index("step")
     summary = outputs.summary.read_text()
     assert (
         f"Emergence: step {run['emergence_step']}, the first checkpoint from which every later verdict favours male"

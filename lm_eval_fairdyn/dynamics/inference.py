@@ -51,8 +51,10 @@ EXPLANATIONS = {
     "--log_samples)",
 }
 LIMITS = (
-    "Gender here is binary (male / female pronouns and answers), the prompts follow one template in English, "
-    "and the sentences cover WinoBias' 40 occupations; a fair verdict says nothing beyond that."
+    'The gap is binary (male / female pronouns and answers; Winogender\'s "they" prompts get assumption rates, '
+    "not a verdict), the prompts follow one template in English, and the sentences cover WinoBias' 40 and "
+    "Winogender's 60 occupations; a fair verdict says nothing beyond that, and on WinoBias Type 1 (no syntactic cue) "
+    "a gap mixes bias with failing to resolve the pronoun."
 )
 BOOTSTRAP_METHODS = ("percentile", "basic", "BCa")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
+from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, WINOBIAS_LABEL, WINOBIAS_TYPE1_LABEL
+from lm_eval_fairdyn.core.winogender import WINOGENDER_LABEL
 from lm_eval_fairdyn.core.files import atomic_write_json
 from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
@@ -26,14 +27,19 @@ from lm_eval_fairdyn.dynamics.results import (
 
 
 def _data_source(files, task: str) -> str:
-    """The label the evaluation recorded in the task's metadata (``data_source``: set by
-    ``fairdyn demo``, and by every evaluation of this project's synthetic prompts folder);
-    WinoBias Type 2 when none was recorded."""
-    for f in files:
-        label = (f.settings.get(task) or {}).get("data_source")
-        if label:
-            return label
-    return WINOBIAS_LABEL
+    """What the task evaluated: Winogender for a task built by ``load_winogender_dataset``;
+    else the label the evaluation recorded in the metadata (``data_source``: set by ``fairdyn
+    demo``, and by every evaluation of this project's synthetic prompts folder) when it is the
+    synthetic label or the task is Type 2; else WinoBias Type 1 or Type 2 by the task's type."""
+    settings = next((f.settings[task] for f in files if task in f.settings), {})
+    if settings.get("dataset") == "load_winogender_dataset":
+        return WINOGENDER_LABEL
+    type1 = (settings.get("dataset_kwargs") or {}).get("type") == 1
+    recorded = next((f.settings[task].get("data_source") for f in files if f.settings.get(task, {}).get("data_source")),
+                    None)  # fmt: skip
+    if recorded and (recorded == SYNTHETIC_LABEL or not type1):
+        return recorded
+    return WINOBIAS_TYPE1_LABEL if type1 else WINOBIAS_LABEL
 
 
 def analyze(

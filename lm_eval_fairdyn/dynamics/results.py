@@ -124,10 +124,12 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
     out.versions = {task: str(v) for task, v in (data.get("versions") or {}).items()}
     for task, config in (data.get("configs") or {}).items():
         metadata = config.get("metadata") or {}
+        loader = re.match(r"def (\w+)\(", str(config.get("custom_dataset") or ""))
         out.settings[task] = {
             "dataset_kwargs": config.get("dataset_kwargs"),
             "template": metadata.get("template"),
             "data_source": metadata.get("data_source"),
+            "dataset": loader.group(1) if loader else None,  # the custom_dataset function lm-eval recorded
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))

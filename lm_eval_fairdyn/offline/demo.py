@@ -25,9 +25,14 @@ from lm_eval_fairdyn.core.data import (
 )
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.sources import cache_dir
+from lm_eval_fairdyn.core.winogender import WinogenderUnavailable, resolve_winogender_dir
 from lm_eval_fairdyn.offline import corpus
 
-FAIRNESS_TASK = "winobias_fairdyn_1seed"
+FAIRNESS_TASK = "winobias_fairdyn_1seed"  # the primary one: it chooses the early stop
+# Evaluated beside it when their data is at hand: WinoBias Type 1 (with the real WinoBias files)
+# and Winogender (a folder, the cache or a download).
+TYPE1_TASK = "winobias_fairdyn_type1_1seed"
+WINOGENDER_TASK = "winogender_fairdyn_1seed"
 PERFORMANCE_TASK = "heldout_fairdyn"
 # Held-out bits per byte: lower is better, and it moves smoothly with training on the suite
 # (the last-word accuracy of a 1.45M-parameter model stays near 0 and is noise).
@@ -70,6 +75,28 @@ def choose_data(synthetic: Path, winobias_dir: str | None, download: bool) -> tu
         return synthetic, SYNTHETIC_LABEL, f"no WinoBias files ({str(err).split('.')[0]})"
 
 
+def gender_family(winobias: Path, label: str, winogender_dir: str | None, download: bool) -> tuple[list, dict, list]:
+    """(fairness tasks, their metadata, a line per task left out and why): Type 2 always; Type 1
+    with the real WinoBias files; Winogender when its files are found or downloaded."""
+    tasks, metadata, notes = [FAIRNESS_TASK], {}, []
+    if label == WINOBIAS_TEST_LABEL:
+        try:
+            resolve_winobias_dir(winobias, splits=("test",), types=(1,), download=False)
+            tasks.append(TYPE1_TASK)
+        except WinoBiasUnavailable:
+            notes.append(f"{TYPE1_TASK}: left out, {winobias} has no Type 1 files")
+    else:
+        notes.append(f"{TYPE1_TASK}: left out, it needs the real WinoBias files")
+    try:
+        metadata["winogender_dir"] = str(resolve_winogender_dir(winogender_dir, download=download))
+        tasks.append(WINOGENDER_TASK)
+    except WinogenderUnavailable as err:
+        if winogender_dir:
+            raise
+        notes.append(f"{WINOGENDER_TASK}: left out ({str(err).split('.')[0]}; set FAIRDYN_WINOGENDER_DIR)")
+    return tasks, metadata, notes
+
+
 def monitor_settings(config, winobias_dir: Path) -> dict:
     """FairnessCallback arguments used while training the suite: a quarter of the fairness
     prompts every quarter of training, on the held-out synthetic prompts (always available, so
@@ -89,6 +116,7 @@ def run_demo(
     winobias_dir: str | None = None,
     download: bool = True,
     batch_size: int = 64,
+    winogender_dir: str | None = None,
     suite_root: str | Path | None = None,
     limit: int | None = None,
 ) -> DemoOutputs:
@@ -117,14 +145,18 @@ def run_demo(
             "      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR"
         )
 
+    fairness, family_metadata, notes = gender_family(winobias, label, winogender_dir, download)
+    for note in notes:
+        print(f"      {note}")
     sweep_dir = out / ("sweep" if label == WINOBIAS_TEST_LABEL else "sweep_synthetic") / folder.name
-    print(f"[3/4] evaluating every checkpoint: {FAIRNESS_TASK} + {PERFORMANCE_TASK} -> {sweep_dir}")
+    print(f"[3/4] evaluating every checkpoint: {' + '.join(fairness)} + {PERFORMANCE_TASK} -> {sweep_dir}")
     checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
     settings = EvalSettings(
-        tasks=(FAIRNESS_TASK, PERFORMANCE_TASK),
+        tasks=(*fairness, PERFORMANCE_TASK),
         batch_size=batch_size,
         limit=limit,
-        metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())},
+        metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())}
+        | family_metadata,
     )
     try:
         sweep.write_manifest(sweep_dir, checkpoints, settings)
@@ -136,9 +168,8 @@ def run_demo(
 
     report_dir = out / ("report" if label == WINOBIAS_TEST_LABEL else "report_synthetic")
     print(f"[4/4] analysis and report -> {report_dir}")
-    analyze(
-        [sweep_dir], report_dir, Settings(performance=PERFORMANCE, fairness_tasks=(FAIRNESS_TASK,), tolerance=TOLERANCE)
-    )
+    analyze([sweep_dir], report_dir, Settings(performance=PERFORMANCE, fairness_tasks=tuple(fairness),
+                                              early_stop_task=FAIRNESS_TASK, tolerance=TOLERANCE))  # fmt: skip
     return DemoOutputs(
         suite=folder,
         suite_reused=reused,
