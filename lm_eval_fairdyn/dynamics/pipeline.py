@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, WINOBIAS_LABEL, WINOBIAS_TYPE1_LABEL
-from lm_eval_fairdyn.core.winogender import WINOGENDER_LABEL
 from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.core.winogender import WINOGENDER_LABEL
 from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 from lm_eval_fairdyn.dynamics.results import (
