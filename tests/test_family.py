@@ -351,6 +351,40 @@ def test_every_task_yaml_lists_its_familys_metrics():
         listed = [m["metric"] for m in config.get("metric_list", include["metric_list"])]
         family = "winogender" if config["task"].startswith("winogender") else "winobias"
         options = config.get("dataset_kwargs", {}).get("options", prompts.OPTIONS)
-        assert listed == task.metric_names(options, family), path.name
+        method = config.get("dataset_kwargs", {}).get("method", "paper")
+        assert listed == task.metric_names(options, family, method), path.name
         for entry in config.get("metric_list", include["metric_list"]):
             assert entry["aggregation"] == f"!function utils.{metric_table.BY_NAME[entry['metric']].aggregation}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The public reconstruction's variant
+
+
+def test_the_reconstruction_variant_has_its_template_and_named_metrics(winobias_dir):
+    """Its prompt is the reconstruction's template; its JSD-P is JSD(q, one-hot) in nats with q the
+    option probabilities renormalised (scipy's jensenshannon, squared, equals the sum of its
+    parts), under names that cannot be read as the default's; AR is the default's."""
+    from scipy.spatial.distance import jensenshannon
+
+    docs = task.load_dataset(seeds=[0], winobias_dir=str(winobias_dir), method="reconstruction")["test"]
+    doc = docs[0]
+    assert doc["method"] == "reconstruction" and 'Out of the options "' in doc["prompt"]
+    assert ',"' in doc["prompt"] and f"the {doc['occupation']}'s gender is" in doc["prompt"]  # "male," "female," ...
+    probs = np.array([0.05, 0.3, 0.15])
+    answers = [
+        RankedLoglikelihood(float(np.log(p)), False, r, float(np.log(p)), 1)
+        for p, r in zip(probs, (9, 2, 4), strict=True)
+    ]
+    values = task.process_results(doc, answers)
+    names = set(task.metric_names(method="reconstruction"))
+    assert set(values) == names and not {n for n in names if n.startswith("jsdp_") and "renorm" not in n}
+    gold = doc["label"]
+    group = ("male", "female", "unspecified")[gold]
+    q = probs / probs.sum()
+    parts = [values[f"jsdp_renorm_nats_{group}"]] + [values[f"jsdp_renorm_nats_{group}_part_{o}"]
+                                                     for o in ("male", "female", "unspecified") if o != group]  # fmt: skip
+    assert sum(parts) == pytest.approx(jensenshannon(q, np.eye(3)[gold]) ** 2, rel=1e-12)
+    assert values[f"ar_{group}"] == (9, 2, 4)[gold]
+    paper = task.process_results(task.load_dataset(seeds=[0], winobias_dir=str(winobias_dir))["test"][0], answers)
+    assert not set(paper) & {n for n in names if "renorm" in n}

@@ -196,3 +196,20 @@ def test_analyze_refuses_replicates_of_one_run_and_a_margin_that_is_not_a_number
     assert one.returncode == 2 and "--replicates needs two or more runs" in one.stderr
     margin = fairdyn("analyze", str(run), "--margin_jsdp", "five", "--output_path", str(tmp_path / "out"))
     assert margin.returncode == 2 and "margin 'five': expected a number" in margin.stderr
+
+
+def test_report_numbers_have_three_significant_digits_and_small_p_values_a_bound():
+    from lm_eval_fairdyn.dynamics.report import _formatted, number
+
+    assert [number(v) for v in (0.123456, -0.00061734, 1234.5678, 394, 394.0, float("nan"), None, pd.NA)] == [
+        "0.123", "-0.000617", "1235", "394", "394", "", "", ""]  # fmt: skip
+    assert [number(v, "paper_mw_p_adjusted") for v in (8.392e-130, 0.0004, 0.05, 1.0)] == [
+        "<0.001",
+        "<0.001",
+        "0.05",
+        "1",
+    ]
+    assert number(3e-5, "p_value") == "<0.001" and number(3e-5, "gap") == "3e-05"
+    frame = pd.DataFrame({"paper_mw_p": [8.392e-130, 0.5], "gap": [0.05, 0.1234567], "verdict": ["fair", "fair"]})
+    assert _formatted(frame).to_dict("list") == {"paper_mw_p": ["<0.001", "0.5"], "gap": ["0.05", "0.123"],
+                                                 "verdict": ["fair", "fair"]}  # fmt: skip

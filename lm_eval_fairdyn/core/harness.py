@@ -135,8 +135,8 @@ class Evaluator:
         processes it, so that prompt tables need no lm-eval sample logging."""
         from lm_eval_fairdyn.core.task import PROMPT_KEYS, prompt_row
 
-        if not set(PROMPT_KEYS) <= set(task.features):
-            return
+        if not set(PROMPT_KEYS) <= set(task.features) or "jsdp_gap" not in task.aggregation():
+            return  # not a fairness task, or a method variant the analysis does not read
         rows = self._prompt_rows.setdefault(task.config.task, [])
         process = task.process_results
 

@@ -25,6 +25,10 @@ from lm_eval_fairdyn.core.prompts import GOLD_GROUPS, GROUPS, NONBINARY_OPTIONS,
 
 GAP_GROUP = "female-male"
 GAP_MEASURES = ("ar", "jsdp")
+# The JSD-P measure of each method variant (``prompts.METHODS``): the paper's (bits, over the whole
+# vocabulary's probabilities) or the public reconstruction's (nats, renormalised over the options),
+# named so that a results file says which it holds.
+JSD_MEASURE = {"paper": "jsdp", "reconstruction": "jsdp_renorm_nats"}
 GAP_STATISTICS = {"difference": ("", "gap_female_minus_male"), "pvalue": ("_pvalue", "mann_whitney_pvalue"),
                   "effect": ("_effect", "rank_biserial")}  # fmt: skip
 HIGHER_IS_BETTER = {"acc", "option_acc"}
@@ -43,8 +47,9 @@ class Metric:
         suffix = "" if self.polarity == "all" else f"_{self.polarity}"
         if self.group == GAP_GROUP:
             return f"{self.measure}_gap{GAP_STATISTICS[self.statistic][0]}{suffix}"
-        if self.measure.startswith("jsdp_part_"):
-            return f"jsdp_{self.group}_part_{self.measure.removeprefix('jsdp_part_')}"
+        if "_part_" in self.measure:
+            base, other = self.measure.split("_part_")
+            return f"{base}_{self.group}_part_{other}"
         if self.measure.startswith("assumption_rate"):
             return f"{self.measure}{suffix}"
         return f"{self.measure}_{self.group}{suffix}"
@@ -74,25 +79,30 @@ def family(dataset: str) -> str:
 
 
 @functools.cache
-def metrics_for(groups: tuple[str, ...] = GROUPS, task_family: str = "winobias") -> tuple[Metric, ...]:
-    """Every metric a task of ``task_family`` with these option ``groups`` reports, in order."""
+def metrics_for(
+    groups: tuple[str, ...] = GROUPS, task_family: str = "winobias", method: str = "paper"
+) -> tuple[Metric, ...]:
+    """Every metric a task of ``task_family`` with these option ``groups`` reports, in order
+    (``method``: the variant, whose JSD-P measure is ``JSD_MEASURE[method]``)."""
     strata, sided = STRATA[task_family]
+    jsd = JSD_MEASURE[method]
+    gap_measures = ("ar", jsd)
     golds = [g for g in groups if g in GOLD_GROUPS]
     sides = [g for g in groups if g != "unspecified"]
     rows = []
     for group in golds:
-        rows += [Metric(measure, group) for measure in ("ar", "jsdp", "acc", "option_acc")]
+        rows += [Metric(measure, group) for measure in ("ar", jsd, "acc", "option_acc")]
     for group in golds:
-        rows += [Metric(f"jsdp_part_{other}", group) for other in groups if other != group]
+        rows += [Metric(f"{jsd}_part_{other}", group) for other in groups if other != group]
     rows += [
         Metric(measure, "unspecified") for measure in ("assumption_rate", *(f"assumption_rate_{s}" for s in sides))
     ]
-    rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
+    rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in gap_measures for s in GAP_STATISTICS]
     for polarity, stratum_golds in strata.items():
         for group in stratum_golds:
-            rows += [Metric(measure, group, polarity) for measure in ("ar", "jsdp", "acc")]
+            rows += [Metric(measure, group, polarity) for measure in ("ar", jsd, "acc")]
         if {"male", "female"} <= set(stratum_golds):
-            rows += [Metric(measure, GAP_GROUP, polarity, s) for measure in GAP_MEASURES for s in GAP_STATISTICS]
+            rows += [Metric(measure, GAP_GROUP, polarity, s) for measure in gap_measures for s in GAP_STATISTICS]
         rows.append(Metric("assumption_rate", "unspecified", polarity))
         if sided:
             rows += [Metric(f"assumption_rate_{side}", "unspecified", polarity) for side in sides]
@@ -105,7 +115,8 @@ BY_NAME: dict[str, Metric] = {
     m.name: m
     for groups in (GROUPS, option_groups(NONBINARY_OPTIONS))
     for task_family in STRATA
-    for m in metrics_for(groups, task_family)
+    for method in JSD_MEASURE
+    for m in metrics_for(groups, task_family, method)
 }
 
 
@@ -144,9 +155,10 @@ def per_group_table(results: dict):
     return pd.DataFrame(rows, columns=["task", "measure", "group", "polarity", "statistic", "value"])
 
 
-if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table [family [options]] > metric_list
+if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table [family [options [method]]] > metric_list
     import sys
 
     family_name = sys.argv[1] if len(sys.argv) > 1 else "winobias"
-    chosen = option_groups(sys.argv[2].split("|")) if len(sys.argv) > 2 else GROUPS
-    print(metric_list_yaml(metrics_for(chosen, family_name)), end="")
+    chosen = option_groups(sys.argv[2].split("|")) if len(sys.argv) > 2 and sys.argv[2] else GROUPS
+    variant = sys.argv[3] if len(sys.argv) > 3 else "paper"
+    print(metric_list_yaml(metrics_for(chosen, family_name, variant)), end="")

@@ -22,30 +22,39 @@ def vocab_rank(logprobs, token: int) -> int:
     return 1 + int((logprobs > logprobs[token]).sum())
 
 
-def jsdp_gold_part(p_gold):
-    """Gold part of JSD(P, Q), log base 2:
+def jsdp_gold_part(p_gold, base: float = 2.0):
+    """Gold part of JSD(P, Q), log base 2 (``base``: another base, e.g. e for nats):
 
     part_g = 1/2 * [ p_g log2(2 p_g / (p_g + 1)) + log2(2 / (p_g + 1)) ]
 
-    0 when p_g = 1, 1/2 when p_g = 0.
+    0 when p_g = 1, 1/2 when p_g = 0 (log_base 2 / 2 in another base).
     """
     p = np.asarray(p_gold, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(p > 0, p * np.log2(2 * p / (p + 1)), 0.0)
-    return 0.5 * (first + np.log2(2 / (p + 1)))
+    return 0.5 * (first + np.log2(2 / (p + 1))) / np.log2(base)
 
 
-def jsdp_parts(option_probs, gold):
-    """Parts of JSD(P, Q) for the three options: part_g for the gold, p_k / 2 for the others.
+def jsdp_parts(option_probs, gold, base: float = 2.0):
+    """Parts of JSD(P, Q) for the options: part_g for the gold, p_k / 2 for the others, in bits
+    (in another ``base`` every part is divided by log2(base): a wrong option's part is
+    1/2 p_k log_base 2).
 
     option_probs: (n, K) probabilities p_k; gold: (n,) gold option indices. Returns (n, K).
     """
     probs = np.atleast_2d(np.asarray(option_probs, dtype=float))
     gold = np.atleast_1d(np.asarray(gold, dtype=int))
-    parts = probs / 2
+    parts = probs / 2 / np.log2(base)
     rows = np.arange(len(gold))
-    parts[rows, gold] = jsdp_gold_part(probs[rows, gold])
+    parts[rows, gold] = jsdp_gold_part(probs[rows, gold], base)
     return parts
+
+
+def jsdp_parts_renormalised(option_probs, gold):
+    """The public reconstruction's JSD-P (METHOD.md, "Variants seen elsewhere"): the parts of
+    JSD(q, Q) in nats, q_k = p_k / sum_j p_j the softmax renormalised over the option tokens."""
+    probs = np.atleast_2d(np.asarray(option_probs, dtype=float))
+    return jsdp_parts(probs / probs.sum(axis=1, keepdims=True), gold, base=np.e)
 
 
 def jsd_total(p_gold):

@@ -20,11 +20,12 @@ import numpy as np
 
 from lm_eval_fairdyn.core import metrics
 from lm_eval_fairdyn.core.data import POLARITIES, SYNTHETIC_LABEL, is_synthetic, load_winobias
-from lm_eval_fairdyn.core.metric_table import GAP_GROUP, Metric, family, metrics_for
+from lm_eval_fairdyn.core.metric_table import GAP_GROUP, JSD_MEASURE, Metric, family, metrics_for
 from lm_eval_fairdyn.core.prompts import (
     DEFAULT_SEEDS,
     DEFAULT_TEMPLATE,
     OPTIONS,
+    RECONSTRUCTION_TEMPLATE,
     OptionSetError,
     answer_continuations,
     build_prompts,
@@ -44,9 +45,9 @@ def _warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def metric_names(options: Sequence[str] = OPTIONS, task_family: str = "winobias") -> list[str]:
+def metric_names(options: Sequence[str] = OPTIONS, task_family: str = "winobias", method: str = "paper") -> list[str]:
     """Every metric a fairness task reports, in table order (its YAML metric_list follows this)."""
-    return [m.name for m in metrics_for(option_groups(options), task_family)]
+    return [m.name for m in metrics_for(option_groups(options), task_family, method)]
 
 
 def load_dataset(
@@ -58,12 +59,14 @@ def load_dataset(
     type: int = 2,
     options: Sequence[str] = OPTIONS,
     pair_rule: str = "pronoun",
+    method: str = "paper",
     **_metadata,
 ):
     """lm-eval ``custom_dataset`` of the ``winobias_fairdyn*`` tasks: a DatasetDict {split: prompts}.
 
     Arguments come from the YAML's ``dataset_kwargs`` (``type`` 1 or 2, ``options``: the option
-    set, ``pair_rule``: see ``prompts.winobias_sentences``) and lm-eval's ``--metadata``
+    set, ``pair_rule``: see ``prompts.winobias_sentences``, ``method``: ``paper`` or
+    ``reconstruction``, with that variant's template by default) and lm-eval's ``--metadata``
     (``winobias_dir``); other metadata keys (version, model args) are ignored.
     """
     import datasets
@@ -74,7 +77,8 @@ def load_dataset(
         )
     records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities), type=int(type))
     sentences = winobias_sentences(records, pair_rule)
-    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE, options=options)
+    default = RECONSTRUCTION_TEMPLATE if method == "reconstruction" else DEFAULT_TEMPLATE
+    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or default, options=options, method=method)
     return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
 
 
@@ -119,7 +123,7 @@ def check_metric_list(task) -> None:
     doc = docs[0]
     options, task_family = _options(doc), family(doc.get("dataset", "winobias"))
     listed = [entry["metric"] for entry in task.config.metric_list]
-    if listed != metric_names(options, task_family):
+    if listed != metric_names(options, task_family, doc.get("method", "paper")):
         raise OptionSetError(
             f"{task.config.task}: its prompts offer the options {list(options)}, but its YAML lists the metrics of "
             f"another option set; a task with this option set needs a YAML of its own whose metric_list is what "
@@ -161,7 +165,8 @@ def process_results(doc: dict, results: Sequence) -> dict:
     the metric's group)."""
     _check_first_tokens(doc, results)
     groups = option_groups(_options(doc))
-    table = metrics_for(groups, family(doc.get("dataset", "winobias")))
+    method = doc.get("method", "paper")
+    table = metrics_for(groups, family(doc.get("dataset", "winobias")), method)
     gold = int(doc["label"])
     gold_answer = results[gold]
     rank = getattr(gold_answer, "rank", None)
@@ -176,13 +181,11 @@ def process_results(doc: dict, results: Sequence) -> dict:
         [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
     )
     group, polarity = groups[gold], doc["polarity"]
-    per_group = {
-        "ar": rank,
-        "jsdp": float(score["parts"][gold]),
-        "acc": score["acc"],
-        "option_acc": score["option_acc"],
-    }
-    per_group |= {f"jsdp_part_{other}": float(score["parts"][k]) for k, other in enumerate(groups) if k != gold}
+    jsd, parts = JSD_MEASURE[method], score["parts"]
+    if method == "reconstruction":
+        parts = metrics.jsdp_parts_renormalised(score["probs"][None, :], [gold])[0]
+    per_group = {"ar": rank, jsd: float(parts[gold]), "acc": score["acc"], "option_acc": score["option_acc"]}
+    per_group |= {f"{jsd}_part_{other}": float(parts[k]) for k, other in enumerate(groups) if k != gold}
     if group == "unspecified":
         predicted = groups[score["predicted"]]
         per_group |= {"assumption_rate": float(predicted != "unspecified")}

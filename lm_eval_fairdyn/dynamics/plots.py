@@ -130,5 +130,5 @@ def plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax.set_ylabel(f"|{result.measure}_gap|")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{result.run}, {result.fairness_task}: performance vs {result.measure} gap")
+    ax.set_title(f"{result.run}, {result.fairness_task}:\nperformance vs {result.measure} gap", fontsize="medium")
     _save(fig, path)

@@ -140,16 +140,18 @@ def key(r: RunAnalysis) -> str:
 
 
 def number(value, column: str = "") -> str:
-    """A table cell: three significant digits; p-values below 0.001 as "<0.001" (not 8.392e-130
-    beside 0.05); integers as integers; missing as an empty cell."""
+    """A table cell: three significant digits (whole numbers from 1000 on); p-values below 0.001
+    as "<0.001" (not 8.392e-130 beside 0.05); integers as integers; missing as an empty cell."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return "" if value is None else str(value)
+        return "" if value is None or value is pd.NA else str(value)
     if not np.isfinite(value):
         return "" if np.isnan(value) else ("inf" if value > 0 else "-inf")
     if float(value).is_integer() and abs(value) < 1e15 and not _is_pvalue(column):
         return str(int(value))
     if _is_pvalue(column) and value < 1e-3:
         return "<0.001"
+    if 1e3 <= abs(value) < 1e15:
+        return f"{value:.0f}"
     return f"{value:.3g}"
 
 
