@@ -399,7 +399,7 @@ def _check(args) -> int:
     except (ResultsError, ValueError) as err:
         print(f"fairdyn check: {err}", file=sys.stderr)
         return 2
-    print(f"{task} {args.gap} gap (female - male, {len(current)} sentence pairs): baseline "
+    print(f"{task} {args.gap} gap (female - male, {len(current)} counterfactual groups): baseline "
           f"{baseline['difference'].mean():+.4f}, current {current['difference'].mean():+.4f}")  # fmt: skip
     print(f"{'check':<58} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
     for row in rows:
