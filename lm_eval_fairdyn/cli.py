@@ -176,7 +176,7 @@ def _sweep(args) -> int:
     from lm_eval_fairdyn.dynamics import fetch, schedule, sweep
 
     if not args.checkpoints and not args.pretrained:
-        raise SystemExit("fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained")
+        raise sweep.CheckpointError("--revisions, --schedule and --all_branches need --pretrained (a hub repository)")
     if args.checkpoints:
         checkpoints = sweep.folder_checkpoints(args.checkpoints)
     else:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -257,9 +260,22 @@ def planted_prompts(gap: float, lines: int = 396, seeds=(0,), noise: float = 0.0
     return pd.DataFrame(rows)
 
 
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """The fairdyn command line, run in this process (what ``python -m lm_eval_fairdyn`` runs):
+    its exit status and what it printed. tests/test_errors.py starts real processes."""
+    from lm_eval_fairdyn.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["fairdyn", *args], code, out.getvalue(), err.getvalue())
+
+
 def run_concurrently(commands: list[list[str]], env: dict | None = None, timeout: float = 600) -> None:
     """Start every command at once (as shards or distributed ranks run); each must exit 0."""
-    import subprocess
 
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     for proc in procs:

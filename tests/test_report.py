@@ -5,12 +5,10 @@ import html.parser
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from conftest import planted_prompts, write_fairdyn_result
+from conftest import planted_prompts, run_cli, write_fairdyn_result
 
 STEPS = (
     1000,
@@ -55,8 +53,7 @@ def make_run(root, pythia_evals, model="pythia-6.9b-deduped", **kwargs):
     return run
 
 
-def fairdyn(*args):
-    return subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", *args], capture_output=True, text=True)
+fairdyn = run_cli
 
 
 class _Images(html.parser.HTMLParser):

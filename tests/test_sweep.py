@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_concurrently
+from conftest import run_cli, run_concurrently
 
 from lm_eval_fairdyn.core.harness import task_manager
 from lm_eval_fairdyn.dynamics import schedule, sweep
@@ -316,12 +316,15 @@ def test_bad_sweep_input_is_named(tmp_path):
         schedule.schedule_steps("olmo")
     with pytest.raises(ValueError, match="K must be between 2 and 154"):
         schedule.schedule_steps("pythia:1")
-    proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--revisions", "step0",
-                           "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode != 0 and "need --pretrained" in proc.stderr
+    proc = run_cli("sweep", "--revisions", "step0", "--output_path", tmp_path / "o")
+    assert (
+        proc.returncode == 2
+        and "fairdyn sweep: --revisions, --schedule and --all_branches need --pretrained" in proc.stderr
+    )
     for flag in ("--prefetch", "--retries"):
-        proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "sweep", "--pretrained", "x/y", "--revisions",
-                               "step0", flag, "-1", "--output_path", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+        proc = run_cli(
+            "sweep", "--pretrained", "x/y", "--revisions", "step0", flag, "-1", "--output_path", tmp_path / "o"
+        )
         assert proc.returncode == 2 and f"argument {flag}: expected a whole number, 0 or more, not '-1'" in proc.stderr
     with pytest.raises(ValueError, match="prefetch and retries must be 0 or more"):
         CheckpointFetcher([None], retries=-1)
