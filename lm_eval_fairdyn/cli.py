@@ -322,10 +322,9 @@ def _analyze(args) -> int:
     for r in results:
         print(f"{r.run} {r.fairness_task} {r.measure}: final verdict {r.significance['verdict'].iloc[-1]}; "
               f"emergence step: {r.emergence_step}")  # fmt: skip
-    for run in dict.fromkeys(r.run for r in results):
-        chosen = next(r for r in results if r.run == run and r.fairness_task == (settings.early_stop_task
-                      or next(x.fairness_task for x in results if x.run == run)) and r.measure == settings.measures[0])  # fmt: skip
-        print(f"{run}: {chosen.early_stop.sentence()} (chosen on the {chosen.fairness_task} {chosen.measure} gap)")
+    for r in results:
+        if r.chooses_early_stop:
+            print(f"{r.run}: {r.early_stop.sentence()} (chosen on the {r.fairness_task} {r.measure} gap)")
     print(f"report: {Path(args.output_path) / 'report.html'}  summary: {Path(args.output_path) / 'summary.md'}")
     return 0
 

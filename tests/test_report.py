@@ -87,6 +87,7 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert big_sig.loc[143000, "paper_mw_p_adjusted"] == pytest.approx(1e-6 * 16)
     assert big_sig.loc[143000, "paper_mw_p"] == pytest.approx(1e-6)
     assert "winobias_fairdyn jsdp: final verdict favours_male; emergence step: 63000" in proc.stdout
+    assert proc.stdout.count("(chosen on the winobias_fairdyn jsdp gap)") == 2  # one early stop per run
     document = json.loads((out / "analysis.json").read_text())["runs"]["pythia-6.9b-deduped"]["winobias_fairdyn"][
         "jsdp"
     ]

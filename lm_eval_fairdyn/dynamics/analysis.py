@@ -236,6 +236,7 @@ class RunAnalysis:
     data_source: str = WINOBIAS_LABEL
     # per step, the assumption rates of the "they" prompts (Winogender), else None
     they: pd.DataFrame | None = None
+    chooses_early_stop: bool = False  # the run's analysis whose gap chooses its early stop
 
     @property
     def intervals_available(self) -> bool:

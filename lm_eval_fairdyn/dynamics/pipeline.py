@@ -85,6 +85,7 @@ def analyze(
                 results.append(r)
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
+        primary[run].chooses_early_stop = True
     fingerprints = weights_fingerprints(files)
     figures: dict[str, dict[str, Path]] = {}
     for r in results:
