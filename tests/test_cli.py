@@ -85,7 +85,7 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     # Two evaluations of one model pass fairdyn check, read from lm-eval's own samples files.
     check = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "check", str(tmp_path / "same"), "--baseline",
                             str(tmp_path / "fairdyn")], capture_output=True, text=True)  # fmt: skip
-    assert check.returncode == 0 and "10 sentence pairs" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "10 counterfactual groups" in check.stdout, check.stdout + check.stderr
 
 
 @pytest.mark.slow

@@ -62,7 +62,8 @@ def test_sweep_layout(uninterrupted):
         results = json.loads((folder / "results.json").read_text())
         assert results["results"]["winobias_fairdyn_1seed"]["jsdp_gap,none"] is not None
         prompts = (folder / "prompts_winobias_fairdyn_1seed.csv").read_text().splitlines()
-        assert len(prompts) == 1 + 12 and prompts[0].startswith("split,polarity,line,seed,kind,gold,ar,jsdp")
+        assert len(prompts) == 1 + 12
+        assert prompts[0].startswith("split,polarity,line,seed,kind,gold,pair,slot,member,ar,jsdp")
         assert not list(folder.glob("samples_*"))  # lm-eval's full samples only with --log_samples
     assert not list((uninterrupted / ".partial").iterdir())
     timings = sweep.read_timings(uninterrupted)
@@ -374,10 +375,14 @@ def test_identical_weights_are_fingerprinted_warned_about_and_marked(
     proc = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "analyze", str(out), "--output_path", str(report),
                            "--performance", "winobias_fairdyn_1seed/option_acc_male"], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {int(r["step"]): r["same_weights_as"] for r in csv.DictReader((report / "significance.csv").open())}
-    assert rows == {0: "", 1: "0", 10: ""}
+    rows = {
+        (r["measure"], int(r["step"])): r["same_weights_as"]
+        for r in csv.DictReader((report / "significance.csv").open())
+    }
+    assert rows == {(m, step): same for m in ("jsdp", "ar") for step, same in ((0, ""), (1, "0"), (10, ""))}
     assert "step 1 holds the same weights as step 0" in (report / "summary.md").read_text()
-    assert json.loads((report / "analysis.json").read_text())["runs"]["sweep"]["same_weights_as"] == {"1": 0}
+    document = json.loads((report / "analysis.json").read_text())["runs"]["sweep"]["winobias_fairdyn_1seed"]
+    assert document["jsdp"]["same_weights_as"] == document["ar"]["same_weights_as"] == {"1": 0}
 
 
 @pytest.mark.slow
