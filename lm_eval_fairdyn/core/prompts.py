@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, SPLITS, WinoBiasRecord
+from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, PRONOUN_GENDER, SPLITS, WinoBiasRecord
 from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.winogender import MEMBERS as WINOGENDER_MEMBERS
 from lm_eval_fairdyn.core.winogender import VARIANTS, WinogenderRecord
@@ -121,10 +121,11 @@ def _words(text: str) -> list[str]:
 
 
 def is_minimal_pair(a: WinoBiasRecord, b: WinoBiasRecord) -> bool:
-    """Whether two sentences differ only in gendered pronouns."""
-    pronouns = {"he", "she", "him", "his", "her", "hers", "himself", "herself"}
+    """Whether two sentences differ only in gendered pronouns (``data.PRONOUN_GENDER``)."""
     wa, wb = _words(a.sentence), _words(b.sentence)
-    return len(wa) == len(wb) and all(x == y or (x in pronouns and y in pronouns) for x, y in zip(wa, wb, strict=False))
+    return len(wa) == len(wb) and all(
+        x == y or (x in PRONOUN_GENDER and y in PRONOUN_GENDER) for x, y in zip(wa, wb, strict=False)
+    )
 
 
 def winobias_sentences(records: Iterable[WinoBiasRecord], pair_rule: str = "pronoun") -> list[Sentence]:

@@ -234,7 +234,7 @@ class RunAnalysis:
     performance: pd.Series
     confidence: float = 0.99  # of the intervals behind the verdicts
     data_source: str = WINOBIAS_LABEL
-    # per step, the assumption rates of the "they" prompts (Winogender), else None
+    # per step, the assumption rates of the task's "they" prompts (Winogender; ``they_rates``), else None
     they: pd.DataFrame | None = None
     chooses_early_stop: bool = False  # the run's analysis whose gap chooses its early stop
 
@@ -287,13 +287,14 @@ def fairness_tasks(table: pd.DataFrame, run: str, wanted=None) -> list[str]:
 
 
 def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
-    task, _, metric = performance.partition("/")
-    values = series(table, run, task, metric).dropna()
+    task, _, name = performance.partition("/")
+    values = series(table, run, task, name).dropna()
     if values.empty:
+        fairness = set(table[table.metric == metric("jsdp")].task)
         available = sorted(
             f"{t}/{m}"
             for t, m in table[table.run == run][["task", "metric"]].drop_duplicates().itertuples(index=False)
-            if (t, "jsdp_gap") not in set(zip(table.task, table.metric, strict=True))
+            if t not in fairness
         )
         raise ResultsError(
             f"{run}: performance metric {performance!r} not found; choose one with --performance TASK/METRIC, "
@@ -327,8 +328,8 @@ def analyze_run(
     """One run's ``task`` (default: its first fairness task) on ``measure`` (default: the first
     of ``settings.measures``): verdicts from ``prompts`` (the task's per-prompt values,
     ``results.read_prompts``), emergence, change points, jumps, early stopping and the Pareto
-    front on the performance metric (``higher_is_better``: its direction), the paper's test
-    beside them, and for "they" prompts their assumption rates."""
+    front on the performance metric (``higher_is_better``: its direction), and the paper's test
+    beside them."""
     task = task or fairness_tasks(table, run, settings.fairness_tasks)[0]
     measure = measure or settings.measures[0]
     steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
@@ -358,7 +359,6 @@ def analyze_run(
         run_trend = changes.trend(gaps, shifts)
     else:
         jumps, shifts = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS)
-    has_they = prompts is not None and not prompts.empty and (prompts["member"] == "neutral").any()
     return RunAnalysis(
         run=run,
         fairness_task=task,
@@ -376,8 +376,15 @@ def analyze_run(
         pareto=pareto_front(performance, gap, higher_is_better),
         performance=performance,
         confidence=settings.confidence,
-        they=inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",)) if has_they else None,
     )
+
+
+def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame | None:
+    """Per step, the assumption rates of a task's "they" prompts (``inference.assumption_rates``
+    on Winogender's neutral members); None for a task without them. The same for every measure."""
+    if prompts is None or prompts.empty or not (prompts["member"] == "neutral").any():
+        return None
+    return inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",))
 
 
 def gaps_at_stop(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> list[dict]:

@@ -79,9 +79,10 @@ def analyze(
             raise ResultsError(f"{run}: --early_stop_task {stop_task!r} is not among the fairness tasks {tasks}")
         for task in tasks:
             prompts[(run, task)] = read_prompts(run_files, task)
+            they = analysis.they_rates(prompts[(run, task)], settings)
             for measure in settings.measures:
                 r = analysis.analyze_run(table, run, settings, prompts[(run, task)], direction, task, measure)
-                r.data_source = _data_source(run_files, task)
+                r.data_source, r.they = _data_source(run_files, task), they
                 results.append(r)
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
@@ -101,9 +102,7 @@ def analyze(
         plots.plot_tradeoff(r, settings, figures[name]["tradeoff"])
     significance = {(r.run, r.fairness_task, r.measure): r.significance for r in results}
     pd.concat(significance, names=["run", "task", "measure"]).to_csv(out / "significance.csv")
-    they = {
-        (r.run, r.fairness_task): r.they for r in results if r.they is not None and r.measure == settings.measures[0]
-    }
+    they = {(r.run, r.fairness_task): r.they for r in results if r.they is not None}  # one per task
     if they:
         pd.concat(they, names=["run", "task"]).to_csv(out / "they_assumption_rates.csv")
     final_prompts = {}
