@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--json", help="loop: write the result here")
     parser.add_argument("--bandwidth", type=float, help="sweep: the local hub's bytes/s (default: one evaluation's)")
     parser.add_argument("--tasks", default="winobias_fairdyn_1seed", help="sweep: the tasks evaluated")
-    parser.add_argument("--prefetch_modes", type=int, nargs="+", default=[0, 1, 2], help="sweep: hub runs' --prefetch")
+    parser.add_argument("--prefetch_modes", type=int, nargs="*", default=[0, 1, 2], help="sweep: hub runs' --prefetch")
     args = parser.parse_args()
     if args.what == "loop":
         Path(args.json).write_text(json.dumps(minimal_loop(args)))

@@ -1,0 +1,145 @@
+"""Where one sweep checkpoint's evaluation spends the time outside the forward passes.
+
+    python scripts/profile_evaluation.py                       # winobias_fairdyn_1seed, batch 64
+    python scripts/profile_evaluation.py --tasks winobias_fairdyn --batch_size 64 --repeats 3
+
+One Evaluator over the demo suite's checkpoints, as ``fairdyn sweep`` runs them: the first
+checkpoint sets everything up (tasks, model, tokenization, the batch plan), then each of the next
+``--repeats`` checkpoints is evaluated under cProfile. Printed per component: seconds per
+checkpoint, share of the time outside the forward passes, milliseconds per prompt. Components
+are lm-eval's phases (building requests, the model's log-likelihood call, filters, process_results,
+aggregation) and, inside them, the functions whose own time is at least ``--min_share`` of it.
+The forward passes are ``hf-fairdyn``'s ``_model_call`` (everything the model itself runs); the
+profiler is off during them, so what it records is the time outside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+os.environ.setdefault("FAIRDYN_WINOBIAS_DIR", str(REPO.parent / "shared" / "winobias"))
+os.environ.setdefault("FAIRDYN_WINOGENDER_DIR", str(REPO.parent / "shared" / "winogender"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# lm-eval's phases of one evaluation: (name, module, class or None, function)
+PHASES = (
+    ("weights fingerprint", "lm_eval_fairdyn.core.fingerprint", None, "weights_fingerprint"),
+    ("lm-eval: build requests (Task.build_all_requests)", "lm_eval.api.task", "Task", "build_all_requests"),
+    ("model: loglikelihood, outside the forward", "lm_eval_fairdyn.core.model", "HFLMWithRank", "loglikelihood"),
+    ("lm-eval: filters (Task.apply_filters)", "lm_eval.api.task", "ConfigurableTask", "apply_filters"),
+    ("task: process_results (per-prompt metrics)", "lm_eval.api.task", "ConfigurableTask", "process_results"),
+    ("harness: prompt table rows", "lm_eval_fairdyn.core.task", None, "prompt_row"),
+    ("lm-eval: aggregation (_process_results)", "lm_eval.evaluator", None, "_process_results"),
+)
+
+
+def timed_phases() -> dict[str, float]:
+    """Wrap every phase function with a wall-clock timer; returns the running totals (seconds).
+    The model's log-likelihood call is counted without its forward passes."""
+    import functools
+    import importlib
+
+    totals = dict.fromkeys((name for name, *_ in PHASES), 0.0)
+    for name, module_name, class_name, func in PHASES:
+        owner = importlib.import_module(module_name)
+        if class_name is not None:
+            owner = getattr(owner, class_name)
+        inner = getattr(owner, func)
+
+        @functools.wraps(inner)
+        def wrapper(*args, _inner=inner, _name=name, **kwargs):
+            lm = args[0] if _name.startswith("model") else None
+            forward = lm.seconds["forward"] if lm is not None else 0.0
+            started = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                forward = lm.seconds["forward"] - forward if lm is not None else 0.0
+                totals[_name] += time.perf_counter() - started - forward
+
+        setattr(owner, func, wrapper)
+    return totals
+
+
+def unprofiled_forward(profile: cProfile.Profile) -> None:
+    """Stop the profiler during every forward pass: what it records is all outside the forward."""
+    from lm_eval_fairdyn.core.model import HFLMWithRank
+
+    forward = HFLMWithRank._model_call
+
+    def model_call(self, *args, **kwargs):
+        profile.disable()
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            profile.enable()
+
+    HFLMWithRank._model_call = model_call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="winobias_fairdyn_1seed")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="checkpoints profiled after the first")
+    parser.add_argument("--min_share", type=float, default=0.05, help="functions listed above this share")
+    args = parser.parse_args()
+
+    from benchmark import checkpoint_folders, demo_suite
+
+    from lm_eval_fairdyn.core.harness import EvalSettings, Evaluator, keep_freed_memory
+
+    keep_freed_memory()  # as fairdyn sweep does
+    folders = checkpoint_folders(demo_suite())
+    evaluator = Evaluator(EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device="cpu"))
+    totals = timed_phases()
+    evaluator.evaluate(f"pretrained={folders[0]}")
+    gc.freeze()  # as fairdyn sweep does after its first checkpoint
+    prompts = sum(len(task.eval_docs) for task in evaluator.tasks()["tasks"].values())
+    totals.update(dict.fromkeys(totals, 0.0))
+    wall = forward = 0.0
+    checkpoints = folders[1 : 1 + args.repeats]
+    for folder in checkpoints:
+        started = time.perf_counter()
+        evaluator.evaluate(f"pretrained={folder}")
+        wall += time.perf_counter() - started
+        forward += evaluator.seconds["forward_s"]
+    n = len(checkpoints)
+    outside = (wall - forward) / n
+    print(f"{args.tasks}: {prompts} prompts, batch {args.batch_size}, {n} checkpoints after the first")
+    print(f"evaluation {wall / n:.3f} s per checkpoint, forward passes {forward / n:.3f} s, outside them "
+          f"{outside:.3f} s = {1000 * outside / prompts:.3f} ms per prompt\n")  # fmt: skip
+    rows = [(name, seconds / n) for name, seconds in totals.items()]
+    rows.append(("everything else (lm-eval's evaluate loops, results)", outside - sum(s for _, s in rows)))
+    print(f"{'component':<54} {'s/ckpt':>7} {'share':>7} {'ms/prompt':>10}")
+    for name, seconds in rows:
+        print(f"{name:<54} {seconds:7.3f} {seconds / outside:7.1%} {1000 * seconds / prompts:10.3f}")
+
+    profile = cProfile.Profile()
+    unprofiled_forward(profile)
+    for folder in checkpoints:
+        profile.enable()
+        evaluator.evaluate(f"pretrained={folder}")
+        profile.disable()
+    stats = pstats.Stats(profile)
+    print(f"\nunder cProfile (off during the forward passes), functions whose own time is at least "
+          f"{args.min_share:.0%} of the time outside the forward:")  # fmt: skip
+    own = sorted(((v[2] / n, k) for k, v in stats.stats.items()), reverse=True)
+    for seconds, (file, line, func) in own:
+        if seconds < args.min_share * outside:
+            break
+        where = file.split("site-packages/")[-1].replace(str(REPO) + "/", "")
+        print(f"{func + ' (' + where + ':' + str(line) + ')':<70} {seconds:8.3f} {seconds / outside:7.1%}")
+
+
+if __name__ == "__main__":
+    main()
