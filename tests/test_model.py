@@ -218,6 +218,46 @@ def test_same_answers_as_stock_hf_for_any_loglikelihood_request(neox_pair, winob
     assert ranked.loglikelihood_rolling(rolling) == stock.loglikelihood_rolling(rolling)
 
 
+@pytest.mark.parametrize("settings", [{"max_length": 12}, {"logits_cache": False}, {"batch_size": 3}])
+def test_same_answers_as_stock_hf_under_lm_evals_batching_rules(neox_dir, winobias_dir, settings):
+    """The rules hf-fairdyn reproduces from lm-eval's HFLM: left truncation to max_length (the
+    WinoBias prompts are longer than 12 tokens), no grouping with logits_cache=False, batch sizes
+    that split groups, and two requests of one group (same context + continuation[:-1]) whose
+    contexts split differently, for which lm-eval reads the log-probabilities from the group's first
+    rows and the greedy check from its last."""
+    kwargs = {"batch_size": 4, "device": "cpu", **settings}
+    _, pairs = winobias_requests(winobias_dir, 4)
+    pairs += [("The cat sat on", " the mat and"), ("The cat sat on the", " mat and"), ("A", " b c d e f")]
+    expected = HFLM(pretrained=str(neox_dir), **kwargs).loglikelihood(instances(pairs))
+    ranked = HFLMWithRank(pretrained=str(neox_dir), **kwargs)
+    got = ranked.loglikelihood(instances(pairs))
+    assert [tuple(a) for a in got] == [tuple(a) for a in expected]
+    assert [a.n_tokens for a in got[-3:]] == [3, 2, 5]
+
+
+def test_an_identical_second_call_reuses_its_batches_without_tokenizing(neox_dir, winobias_dir):
+    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu")
+    _, pairs = winobias_requests(winobias_dir, 6)
+    first = lm.loglikelihood(instances(pairs))
+    encoded = []
+    encode = lm.tok_encode
+    lm.tok_encode = lambda *args, **kwargs: encoded.append(args) or encode(*args, **kwargs)
+    again = lm.loglikelihood(instances(pairs))  # new Instance objects, the same requests
+    assert encoded == []
+    assert [(*a, a.rank, a.first_logprob) for a in again] == [(*a, a.rank, a.first_logprob) for a in first]
+    fewer = lm.loglikelihood(instances(pairs[:-3]))  # another list of requests: planned anew, other batches
+    assert encoded
+    fresh = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu").loglikelihood(instances(pairs[:-3]))
+    assert [(*a, a.rank, a.first_logprob) for a in fewer] == [(*a, a.rank, a.first_logprob) for a in fresh]
+
+
+def test_seq2seq_models_are_refused_with_the_way_out(neox_pair):
+    ranked = HFLMWithRank(pretrained=str(neox_pair[1].model.name_or_path), batch_size=2, device="cpu")
+    ranked.backend = "seq2seq"
+    with pytest.raises(ValueError, match="decoder-only.*--model hf"):
+        ranked._loglikelihood_tokens([(("a", " b"), [1], [2])])
+
+
 def test_answers_survive_the_request_cache(neox_pair, winobias_dir, tmp_path):
     from lm_eval.api.model import CachingLM
 

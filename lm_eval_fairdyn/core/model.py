@@ -18,22 +18,31 @@ as the model produced them, so with bfloat16 (or float16) logits, tokens whose l
 same value tie, and ties count in the model's favour: a bf16 rank can be lower than the rank of
 the same model run in float32. ``(loglikelihood, is_greedy)`` stay exactly stock ``hf``'s.
 
-How the rows are found: ``_model_call`` keeps the batch's raw logits; lm-eval then calls
-``_select_cont_toks`` once per request of the batch, in order, and reports each answer to the
-model's ``cache_hook``. ``hf-fairdyn`` selects the same positions from the raw logits and computes
-rank and log-probability when the answer is reported, so requests that share one forward pass
-(lm-eval's one-token-continuation cache) share one row, exactly as their log-likelihoods do.
+How the rows are found: ``_loglikelihood_tokens`` batches the requests exactly as lm-eval's
+``HFLM`` does (its ``Collator``: sorted by length, one forward pass per group of requests that
+share context + continuation[:-1], right padding) and reads, per batch, the logits rows that
+predict continuation tokens. Each row's float32 log-softmax gives stock ``hf``'s answer; the raw
+rows in float64 give the ranks. Requests that share one forward pass (lm-eval's
+one-token-continuation cache) share one row, exactly as their log-likelihoods do. The batches are
+planned once per list of requests and kept for the next identical call (the next checkpoint of
+a sweep); docs/PERFORMANCE.md, section 6, has what this saves and the upstream proposal.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator
+from tqdm import tqdm
 
-from lm_eval_fairdyn.core.metrics import vocab_rank
+eval_logger = logging.getLogger(__name__)
 
 
 class RankedLoglikelihood(tuple):
@@ -63,51 +72,54 @@ def rank_and_logprob(logits: torch.Tensor, token: int) -> tuple[int, float]:
     Casting to float64 is exact and keeps the order, so the rank is that of the logits as the
     model produced them; the log-probability is the float64 log-softmax of those logits.
     """
-    return _RowScorer(logits).score(token)
+    rank, logprob = ranks_and_logprobs(logits[None], torch.tensor([0]), torch.tensor([token]))
+    return int(rank[0]), float(logprob[0])
 
 
-class _RowScorer:
-    """One logits row in float64 with its logsumexp, scored for any number of tokens (the
-    answers of a prompt share the row that predicts their first token)."""
+def ranks_and_logprobs(
+    rows: torch.Tensor, row: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per request i: rank and log-probability of ``tokens[i]`` in logits row ``rows[row[i]]``.
 
-    def __init__(self, logits: torch.Tensor):
-        self.row = logits.detach().to(torch.float64)
-        self.logsumexp = torch.logsumexp(self.row, dim=0)
+        rank_i    = 1 + #{v : z_v > z_t}        z = rows[row[i]] in float64, t = tokens[i]
+        logprob_i = z_t - logsumexp(z)
 
-    def score(self, token: int) -> tuple[int, float]:
-        return vocab_rank(self.row, token), float(self.row[token] - self.logsumexp)
+    Requests that share a row (the options of one prompt) share its float64 copy and logsumexp.
+    """
+    z = rows.detach().to(torch.float64)
+    logsumexp = torch.logsumexp(z, dim=-1)
+    z_token = z[row, tokens]
+    return 1 + (z[row] > z_token[:, None]).sum(dim=-1), z_token - logsumexp[row]
 
 
-class _RankingHook:
-    """Stands in for the model's cache hook during one ``_loglikelihood_tokens`` call."""
+@dataclass
+class _Batch:
+    """One forward pass of a planned ``_loglikelihood_tokens`` call and what is read from it.
 
-    def __init__(self, model: HFLMWithRank, inner, continuations: dict):
-        self.model, self.inner, self.continuations = model, inner, continuations
-        self.answers: dict = {}
-        self._texts: dict[int, str] = {}  # token id -> its text, decoded once
-        self._scorer: tuple = (None, 0, None)  # (selected logits, continuation length, _RowScorer)
+    Rows are the logits positions that predict a continuation token (the representative
+    request of each lm-eval context group); per answered request, ``token_row`` (its tokens'
+    log-probabilities: lm-eval gathers them from the first ``len(cont)`` rows of the
+    representative), ``greedy_row`` (the last ``len(cont)`` rows, lm-eval's greedy check) and
+    ``rank_row`` (the row predicting its first token)."""
 
-    def add_partial(self, attr, req, res) -> None:
-        if attr == "loglikelihood" and req in self.continuations:
-            cont = self.continuations[req]
-            selected = self.model._selected_logits
-            if self._scorer[0] is not selected or self._scorer[1] != len(cont):  # the row predicting the first token
-                self._scorer = (selected, len(cont), _RowScorer(selected[-len(cont)]))
-            rank, first_logprob = self._scorer[2].score(cont[0])
-            if cont[0] not in self._texts:
-                self._texts[cont[0]] = self.model.tokenizer.decode([cont[0]])
-            res = RankedLoglikelihood(res[0], res[1], rank=rank, first_logprob=first_logprob, n_tokens=len(cont),
-                                      first_token=cont[0], first_token_text=self._texts[cont[0]])  # fmt: skip
-            self.answers[req] = res
-        self.inner.add_partial(attr, req, res)
+    inputs: torch.Tensor  # [batch, padding_len] right-padded with 0, as lm-eval pads
+    batch_index: torch.Tensor  # per scored row: its sequence in the batch
+    position: torch.Tensor  # per scored row: its position before any virtual tokens
+    token_row: torch.Tensor  # per continuation token: the scored row of its log-probability
+    greedy_row: torch.Tensor  # per continuation token: the scored row of its greedy check
+    token: torch.Tensor  # per continuation token: its id
+    rank_row: torch.Tensor  # per request: the scored row predicting its first token
+    first_token: torch.Tensor  # per request: its first continuation token
+    requests: list  # per request: (its index in the call, its request strings, its number of tokens)
+
+    @property
+    def one_token_each(self) -> bool:
+        return len(self.token) == len(self.requests)
 
 
 @register_model("hf-fairdyn")
 class HFLMWithRank(HFLM):
     """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's exact vocabulary rank."""
-
-    _batch_logits: torch.Tensor | None = None
-    _selected_logits: torch.Tensor | None = None
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
         """lm-eval's encoding, computed once per string for this model's tokenizer: a sweep that
@@ -131,31 +143,136 @@ class HFLMWithRank(HFLM):
         started = time.perf_counter()
         logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         self.seconds["forward"] += time.perf_counter() - started
-        self._batch_logits, self._batch_row = logits, 0
         return logits
 
-    def _select_cont_toks(self, logits: torch.Tensor, contlen: int | None = None, inplen: int | None = None):
-        # Called once per request of the batch, in batch order, after _model_call.
-        raw = self._batch_logits[self._batch_row]
-        self._batch_row += 1
-        self._selected_logits = super()._select_cont_toks(raw, contlen=contlen, inplen=inplen)
-        return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        """lm-eval's; when the batches of these very requests are kept (the previous checkpoint of a
+        sweep asked the same), they are answered without tokenizing them again."""
+        kept = self.__dict__.get("_kept_plan")
+        if kept is not None and not self.enable_thinking and kept[0] == self._plan_key([r.args for r in requests]):
+            return self._answer(kept[1], len(requests), disable_tqdm)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        continuations = {req: cont for req, _, cont in requests if req is not None}
-        hook = _RankingHook(self, self.cache_hook, continuations)
-        self.cache_hook = hook
-        try:
-            answers = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        finally:
-            self.cache_hook = hook.inner
-            self._batch_logits = self._selected_logits = None
-        missing = [req for req in continuations if req not in hook.answers]
-        if missing:
-            raise RuntimeError(
-                f"hf-fairdyn got no rank for {len(missing)} request(s), e.g. {missing[0]!r}: this lm-eval "
-                "version no longer reports each answer to the cache hook; pin lm-eval to a tested version."
+        """lm-eval's ``HFLM._loglikelihood_tokens`` (same batches, same forward passes, same
+        ``(loglikelihood, is_greedy)``), vectorised per batch, with each answer's rank.
+
+        What differs from lm-eval is where time goes, not what is computed: the log-softmax
+        runs on the rows that score a continuation token only (each row's log-softmax does not
+        depend on the other rows), the per-request reads are one gather per batch, and the
+        batches (sorted and grouped by lm-eval's ``Collator``, padded, as tensors) are planned
+        once per distinct list of requests and reused by the next checkpoint of a sweep.
+        """
+        if self.backend != "causal":
+            raise ValueError(
+                "hf-fairdyn scores decoder-only (causal) models; this is a seq2seq model: use `--model hf` "
+                "(Average Rank is then unavailable)"
             )
-        return [
-            answer if req is None else hook.answers[req] for (req, _, _), answer in zip(requests, answers, strict=True)
-        ]
+        batches = list(self._batches(requests, override_bs))
+        if override_bs is None and all(req is not None for req, _, _ in requests):  # not loglikelihood_rolling's
+            self._kept_plan = (self._plan_key([req for req, _, _ in requests]), batches)
+        return self._answer(batches, len(requests), disable_tqdm)
+
+    def _plan_key(self, strings: list) -> tuple:
+        """What decides a call's batches: its requests' strings (their tokens follow from the strings
+        for this model object, whose tokenizer never changes) and the batching settings."""
+        return tuple(strings), self.batch_size, self.logits_cache, self.max_length
+
+    def _answer(self, batches: list[_Batch], n_requests: int, disable_tqdm: bool) -> list:
+        """Run the planned batches; the answers in request order, each reported to the cache hook."""
+        answers: list = [None] * n_requests
+        texts = self.__dict__.setdefault("_token_texts", {})  # token id -> its text, decoded once
+        with tqdm(total=n_requests, disable=disable_tqdm or self.rank != 0,
+                  desc="Running loglikelihood requests") as progress:  # fmt: skip
+            for batch in batches:
+                for (index, request, n_tokens), loglikelihood, is_greedy, rank, logprob, token in self._score(batch):
+                    if token not in texts:
+                        texts[token] = self.tokenizer.decode([token])
+                    answer = RankedLoglikelihood(loglikelihood, is_greedy, rank=rank, first_logprob=logprob,
+                                                 n_tokens=n_tokens, first_token=token, first_token_text=texts[token])  # fmt: skip
+                    answers[index] = answer
+                    if request is not None:
+                        self.cache_hook.add_partial("loglikelihood", request, answer)
+                progress.update(len(batch.requests))
+        return answers
+
+    def _score(self, batch: _Batch):
+        """Per request of a batch: (its entry, loglikelihood, is_greedy, rank, first log p, first token)."""
+        logits = self._model_call(batch.inputs)
+        offset = logits.shape[1] - batch.inputs.shape[1]  # virtual tokens (prompt tuning) come first
+        rows = logits[batch.batch_index, batch.position + offset]
+        logprobs = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
+        token_logprobs = logprobs[batch.token_row, batch.token]
+        token_is_greedy = logprobs.argmax(dim=-1)[batch.greedy_row] == batch.token
+        ranks, first_logprobs = ranks_and_logprobs(rows, batch.rank_row, batch.first_token)
+        if batch.one_token_each:
+            loglikelihoods, greedy = token_logprobs.tolist(), token_is_greedy.tolist()
+        else:  # lm-eval's float(sum) and all() over each request's tokens
+            n_tokens = [n for _, _, n in batch.requests]
+            spans = [(int(end) - n, int(end)) for end, n in zip(np.cumsum(n_tokens), n_tokens, strict=True)]
+            loglikelihoods = [float(token_logprobs[start:end].sum()) for start, end in spans]
+            greedy = [bool(token_is_greedy[start:end].all()) for start, end in spans]
+        return zip(batch.requests, loglikelihoods, greedy, ranks.tolist(), first_logprobs.tolist(),
+                   batch.first_token.tolist(), strict=True)  # fmt: skip
+
+    def _batches(self, requests, override_bs):
+        """lm-eval's batching of ``HFLM._loglikelihood_tokens`` (causal): requests sorted by
+        descending length, grouped by context + continuation[:-1] (one pass per group), left
+        truncation to ``max_length``, right padding with 0."""
+        collator = Collator(
+            requests,
+            sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])),
+            group_by="contexts" if self.logits_cache else None,
+            group_fn=lambda req: req[-2] + req[-1][:-1],
+        )
+        auto = self.batch_size == "auto"
+        batch_size = (override_bs or 0) if auto else self.batch_size
+        batch_fn = self._batch_scheduler if auto and len(collator) > 0 and not override_bs else None
+        if batch_fn is not None:
+            self.batch_sizes = {}  # as lm-eval: detect against these requests
+        answered = []  # per answered request, in lm-eval's order: (batch, position in batch)
+        batches = []
+        for chunk in collator.get_batched(n=batch_size, batch_fn=batch_fn):
+            inputs, batch_index, position, first_row = [], [], [], []
+            for b, (_, context, continuation) in enumerate(chunk):
+                if not context or not continuation or len(continuation) > self.max_length:
+                    raise ValueError(f"hf-fairdyn: a request with {len(context)} context and {len(continuation)} "
+                                     f"continuation tokens cannot be scored (max_length {self.max_length})")  # fmt: skip
+                if len(context) + len(continuation) > self.max_length + 1:
+                    eval_logger.warning(
+                        f"Combined length of context ({len(context)}) and continuation ({len(continuation)}) exceeds "
+                        f"model's maximum length ({self.max_length}). Truncating "
+                        f"{len(context) + len(continuation) - self.max_length + 1} tokens from the left."
+                    )
+                inputs.append((context + continuation)[-(self.max_length + 1) :][:-1])
+                first_row.append(len(position))
+                batch_index += [b] * len(continuation)
+                position += range(len(inputs[-1]) - len(continuation), len(inputs[-1]))
+            token_row, greedy_row, token, rank_row, first_token, members = [], [], [], [], [], []
+            for (request, context, continuation), start in zip(chunk, first_row, strict=True):
+                rows = torch.arange(start, start + len(continuation))[None, :, None]
+                for member, cont, member_rows in collator.get_cache(request, context, continuation, rows):
+                    member_rows = member_rows.flatten().tolist()
+                    token_row += member_rows[: len(cont)]
+                    greedy_row += member_rows[-len(cont) :]
+                    token += cont
+                    rank_row.append(member_rows[-len(cont)])
+                    first_token.append(cont[0])
+                    members.append((member, len(cont)))
+                    answered.append((len(batches), len(members) - 1))
+            padded = torch.zeros(len(inputs), max(map(len, inputs)), dtype=torch.long)
+            for b, ids in enumerate(inputs):
+                padded[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batches.append(_Batch(
+                inputs=padded.to(self.device), batch_index=self._index(batch_index), position=self._index(position),
+                token_row=self._index(token_row), greedy_row=self._index(greedy_row), token=self._index(token),
+                rank_row=self._index(rank_row), first_token=self._index(first_token), requests=members,
+            ))  # fmt: skip
+        order = collator.get_original(answered)  # per request of the call: where it is answered
+        for index, (b, k) in enumerate(order):
+            member, n_tokens = batches[b].requests[k]
+            batches[b].requests[k] = (index, member, n_tokens)
+        return batches
+
+    def _index(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
