@@ -460,14 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     _add_check(commands)
 
     from lm_eval_fairdyn.core.errors import UserInputError
+    from lm_eval_fairdyn.core.harness import keep_freed_memory
 
     try:
         if argv[:1] == ["eval"]:
+            keep_freed_memory()
             return run_lm_eval(argv[1:])
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command in ("sweep", "demo"):
+            keep_freed_memory()
         return args.handler(args)
     except UserInputError as err:  # the message names the input and what to do: no traceback
         print(f"fairdyn {argv[0]}: {err}", file=sys.stderr)

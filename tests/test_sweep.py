@@ -420,3 +420,41 @@ def test_a_sweep_gives_what_lm_eval_gives_each_checkpoint_alone(tiny_checkpoints
         rows = pd.DataFrame([prompt_row(s) for s in alone["samples"]["winobias_fairdyn_1seed"]])
         expected = rows.sort_values(list(PROMPT_KEYS)).to_csv(index=False)
         assert (out / label / "prompts_winobias_fairdyn_1seed.csv").read_text() == expected, label
+
+
+@pytest.mark.slow
+def test_a_later_checkpoint_gets_the_few_shot_contexts_of_a_fresh_run(tiny_checkpoints, tmp_path):
+    """The evaluator builds a task's requests once: with few-shot examples drawn from a seeded
+    sampler, building them again for the next checkpoint would draw other examples than
+    simple_evaluate does on that checkpoint alone."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_fairdyn.core.harness import EvalSettings, Evaluator
+
+    data = tmp_path / "tasks"
+    data.mkdir()
+    for split, n in (("train", 40), ("test", 6)):
+        lines = [json.dumps({"text": f"Item {split} {i} is number", "target": str(i)}) for i in range(n)]
+        (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (data / "fewshot_probe.yaml").write_text(
+        "task: fewshot_probe\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    train: {data / 'train.jsonl'}\n    test: {data / 'test.jsonl'}\n"
+        "output_type: loglikelihood\ntraining_split: train\ntest_split: test\nfewshot_split: train\nnum_fewshot: 3\n"
+        'doc_to_text: "{{text}}"\ndoc_to_target: " {{target}}"\nmetric_list:\n  - metric: perplexity\n'
+    )
+    settings = EvalSettings(tasks=("fewshot_probe",), batch_size=4, device="cpu", include_path=(str(data),),
+                            prompt_tables=False, log_samples=True)  # fmt: skip
+    evaluator = Evaluator(settings)
+    swept = [evaluator.evaluate(f"pretrained={tiny_checkpoints / label}") for label in ("step0", "step10")]
+    manager = TaskManager(include_path=str(data), include_defaults=False)
+    alone = simple_evaluate(model="hf-fairdyn", model_args=f"pretrained={tiny_checkpoints / 'step10'}",
+                            tasks=["fewshot_probe"], batch_size=4, device="cpu", log_samples=True, bootstrap_iters=0,
+                            task_manager=manager)  # fmt: skip
+
+    def contexts(results):
+        return [sample["arguments"][0][0] for sample in results["samples"]["fewshot_probe"]]
+
+    assert contexts(swept[1]) == contexts(alone) == contexts(swept[0])
+    assert contexts(alone)[0].count("is number") == 4  # three examples and the question
+    assert swept[1]["results"] == alone["results"]

@@ -8,6 +8,7 @@ model and keyed request cache.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import random
@@ -58,6 +59,30 @@ class EvalSettings:
         settings = asdict(self)
         del settings["use_cache"]
         return json.loads(json.dumps(settings))
+
+
+def keep_freed_memory(threshold: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep freed blocks of up to ``threshold`` bytes for reuse
+    (``mallopt`` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD) instead of mapping each large block afresh
+    and unmapping it when freed; returns whether it applied (glibc only; ``FAIRDYN_MALLOC=default``
+    leaves malloc as it is). On the CPU every forward pass allocates its logits (batch x length x
+    vocabulary floats: 47 MB on the demo suite's batches of 64) and frees them after: unmapping took
+    about 6 ms a batch and the first touch of fresh pages about as much again (docs/PERFORMANCE.md,
+    section 6). Called by ``fairdyn sweep``, ``demo`` and ``eval``, never on import: it is the
+    process's setting. Freed memory stays with the process, up to its peak use."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("FAIRDYN_MALLOC") == "default" or not ctypes.util.find_library("c"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, threshold))
 
 
 def default_device() -> str:
@@ -112,6 +137,7 @@ class Evaluator:
         self._tasks = None
         self._lm = self._layout = self._loader = self._load_args = None
         self._environment: dict | None = None
+        self._hash_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._prompt_rows: dict[str, list[dict]] = {}  # per fairness task, filled during an evaluation
 
     def tasks(self) -> dict:
@@ -125,6 +151,7 @@ class Evaluator:
                     task.set_config(key="num_fewshot", value=0)
                 task.set_fewshot_seed(seed=DEFAULT_SEED)
                 _docs_as_lists(task)
+                _reuse_requests(task)
                 check_metric_list(task)
                 if self.settings.prompt_tables:
                     self._record_prompt_rows(task)
@@ -175,6 +202,11 @@ class Evaluator:
         self._layout, self._load_args, self.reused = layout, args, False
         return self._lm
 
+    def _hasher(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._hash_thread is None:
+            self._hash_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fairdyn-fingerprint")
+        return self._hash_thread
+
     def environment(self) -> dict:
         """simple_evaluate's environment entries (git hash, pip and torch environment), once."""
         if self._environment is None:
@@ -190,8 +222,9 @@ class Evaluator:
         ``model_args`` name the checkpoint (joined with ``settings.model_args``; recorded in the
         results); ``folder``: a local folder holding those files (a downloaded hub revision), loaded
         instead of the name; ``lm``: an already built lm-eval model instead (the callback's model
-        in memory). Weights are fingerprinted before the evaluation (None for a model without
-        PyTorch weights) and key the request cache.
+        in memory). Weights are fingerprinted (None for a model without PyTorch weights) in a thread
+        beside the evaluation, which returns only once the hash is done; with ``use_cache`` the
+        fingerprint keys the request cache and is waited for first.
         """
         import lm_eval.evaluator
         from lm_eval.loggers.utils import add_tokenizer_info
@@ -207,9 +240,12 @@ class Evaluator:
         self.seconds = {"load_s": time.perf_counter() - started}
         before = dict(getattr(lm, "seconds", {}))
         weights = torch_model(lm)
-        fingerprint = weights_fingerprint(weights) if weights is not None else None
+        fingerprinting = None  # the weights are hashed beside the evaluation (xxhash releases the GIL)
+        if weights is not None:
+            fingerprinting = self._hasher().submit(weights_fingerprint, weights)
         evaluated = lm
-        if settings.use_cache is not None:
+        if settings.use_cache is not None:  # the cache is keyed by the fingerprint: wait for it
+            fingerprint = fingerprinting.result() if fingerprinting is not None else None
             evaluated = CheckpointCachingLM(lm, f"{settings.use_cache}_rank{lm.rank}.db", weights=fingerprint)
         tasks = self.tasks()
         for rows in self._prompt_rows.values():
@@ -224,6 +260,7 @@ class Evaluator:
             bootstrap_iters=settings.bootstrap_iters,
             log_samples=settings.log_samples,
         )
+        fingerprint = fingerprinting.result() if fingerprinting is not None else None  # before the weights change
         after = getattr(lm, "seconds", {})
         for name in ("tokenize", "forward"):
             self.seconds[f"{name}_s"] = after[name] - before[name] if name in after else None
@@ -263,6 +300,27 @@ def _docs_as_lists(task) -> None:
     for split in {task.config.test_split, task.config.validation_split} - {None}:
         if isinstance(dataset.get(split), datasets.Dataset):
             dataset[split] = dataset[split].to_list()
+
+
+def _reuse_requests(task) -> None:
+    """Build a task's requests once per evaluator: lm-eval calls ``build_all_requests`` for every
+    evaluation, and the contexts, continuations and docs do not depend on the checkpoint. A later
+    call with the same arguments gets the same instances with their responses cleared. This also
+    keeps few-shot contexts as a fresh run samples them: the task's few-shot sampler is seeded once,
+    so building again would draw other examples for every later checkpoint."""
+    build = task.build_all_requests
+    kept: dict = {}
+
+    def build_or_reuse(**kwargs):
+        if kept and kept["arguments"] == kwargs:
+            for instance in kept["instances"]:
+                instance.resps, instance.filtered_resps = [], {}
+            task._instances = list(kept["instances"])
+            return
+        build(**kwargs)
+        kept.update(arguments=kwargs, instances=list(task.instances))
+
+    task.build_all_requests = build_or_reuse
 
 
 def _load_args(model_args: str, folder: str | Path | None) -> str:
