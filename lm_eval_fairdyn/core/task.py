@@ -13,8 +13,10 @@ unavailable, never an invented number.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -164,10 +166,9 @@ def process_results(doc: dict, results: Sequence) -> dict:
     """Per-prompt values of every metric of the doc's task (``None`` where the prompt is not in
     the metric's group)."""
     _check_first_tokens(doc, results)
-    groups = option_groups(_options(doc))
     method = doc.get("method", "paper")
-    table = metrics_for(groups, family(doc.get("dataset", "winobias")), method)
     gold = int(doc["label"])
+    layout = _layout(_options(doc), doc.get("dataset", "winobias"), method, gold, doc["polarity"])
     gold_answer = results[gold]
     rank = getattr(gold_answer, "rank", None)
     if rank is None:
@@ -180,28 +181,50 @@ def process_results(doc: dict, results: Sequence) -> dict:
     score = metrics.score_prompt(
         [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
     )
-    group, polarity = groups[gold], doc["polarity"]
-    jsd, parts = JSD_MEASURE[method], score["parts"]
+    groups, parts = layout.groups, score["parts"]
     if method == "reconstruction":
         parts = metrics.jsdp_parts_renormalised(score["probs"][None, :], [gold])[0]
-    per_group = {"ar": rank, jsd: float(parts[gold]), "acc": score["acc"], "option_acc": score["option_acc"]}
-    per_group |= {f"{jsd}_part_{other}": float(parts[k]) for k, other in enumerate(groups) if k != gold}
-    if group == "unspecified":
+    per_group = {"ar": rank, layout.jsd: float(parts[gold]), "acc": score["acc"], "option_acc": score["option_acc"]}
+    per_group |= {f"{layout.jsd}_part_{other}": float(parts[k]) for k, other in enumerate(groups) if k != gold}
+    if groups[gold] == "unspecified":
         predicted = groups[score["predicted"]]
         per_group |= {"assumption_rate": float(predicted != "unspecified")}
         per_group |= {f"assumption_rate_{side}": float(predicted == side) for side in groups if side != "unspecified"}
-    return {m.name: _prompt_value(m, group, polarity, per_group) for m in table}
+    values = dict.fromkeys(layout.names)
+    for name, measure in layout.values:
+        values[name] = per_group.get(measure)
+    for name, measure in layout.gaps:
+        value = per_group[measure]
+        values[name] = None if value is None else [groups[gold], value]
+    return values
 
 
-def _prompt_value(metric: Metric, group: str, polarity: str, per_group: dict):
-    """One prompt's value for a metric: its measure when the prompt is in the metric's group and
-    polarity; for a gap, the (gold group, value) pair of a male or female prompt; else None."""
-    if metric.polarity not in ("all", polarity):
-        return None
-    if metric.group == GAP_GROUP:
-        value = per_group[metric.measure]
-        return None if group == "unspecified" or value is None else [group, value]
-    return per_group.get(metric.measure) if metric.group == group else None
+@dataclass(frozen=True)
+class _Layout:
+    """Which of a task's metrics one kind of prompt (option set, gold, polarity) fills, and with
+    which of its measures: ``values`` take the measure, ``gaps`` a (gold group, measure) pair."""
+
+    groups: tuple[str, ...]
+    jsd: str
+    names: tuple[str, ...]  # every metric of the task, in order
+    values: tuple[tuple[str, str], ...]
+    gaps: tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(options: tuple[str, ...], dataset: str, method: str, gold: int, polarity: str) -> _Layout:
+    groups = option_groups(options)
+    table = metrics_for(groups, family(dataset), method)
+    group, values, gaps = groups[gold], [], []
+    for metric in table:
+        if metric.polarity not in ("all", polarity):
+            continue
+        if metric.group == GAP_GROUP:
+            if group != "unspecified":
+                gaps.append((metric.name, metric.measure))
+        elif metric.group == group:
+            values.append((metric.name, metric.measure))
+    return _Layout(groups, JSD_MEASURE[method], tuple(m.name for m in table), tuple(values), tuple(gaps))
 
 
 def mean_of_present(items) -> float | None:
@@ -246,12 +269,22 @@ def prompt_row(sample: dict) -> dict:
     prompt, the group the model assumed (``male``, ``female``, another option's, or ``none``)."""
     doc, gold = sample["doc"], sample["doc"]["gold"]
     row = {key: doc[key] for key in PROMPT_KEYS if key in doc}  # logs written before the seam lack pair, slot, member
-    row |= {measure: sample[Metric(measure, gold).name] for measure in ("ar", "jsdp", "acc", "option_acc")}
+    row |= {measure: sample[name] for measure, name in _gold_metric_names(gold)}
     assumed = ""
     if gold == "unspecified":
-        sides = [g for g in option_groups(_options(doc)) if g != "unspecified"]
+        sides = [g for g in _option_groups(_options(doc)) if g != "unspecified"]
         assumed = next((g for g in sides if sample[f"assumption_rate_{g}"]), "none")
     return row | {"assumed": assumed}
+
+
+@functools.lru_cache(maxsize=64)
+def _gold_metric_names(gold: str) -> tuple[tuple[str, str], ...]:
+    return tuple((measure, Metric(measure, gold).name) for measure in ("ar", "jsdp", "acc", "option_acc"))
+
+
+@functools.lru_cache(maxsize=64)
+def _option_groups(options: tuple[str, ...]) -> tuple[str, ...]:
+    return option_groups(options)
 
 
 def lastword_context(doc) -> str:
