@@ -2,8 +2,6 @@
 option sets, and WinoBias Type 2 unchanged by it."""
 
 import collections
-import http.server
-import threading
 
 import numpy as np
 import pytest
@@ -236,7 +234,7 @@ def test_winogender_gap_pairs_templates_and_they_rates_count_templates(winogende
 
 
 def test_winogender_folder_env_and_download_from_a_local_server(tmp_path, monkeypatch, winogender_dir):
-    from conftest import write_own_winogender
+    from conftest import raw_file_server, write_own_winogender
 
     folder = write_own_winogender(tmp_path / "clone" / "data").parent  # a clone: files under data/
     monkeypatch.setenv("FAIRDYN_WINOGENDER_DIR", str(folder))
@@ -249,24 +247,7 @@ def test_winogender_folder_env_and_download_from_a_local_server(tmp_path, monkey
     served = folder / "data"
     checksums = {name: sources.git_blob_sha1((served / name).read_bytes()) for name in winogender.UPSTREAM_BLOB_SHA1}
     monkeypatch.setattr(winogender, "UPSTREAM_BLOB_SHA1", checksums)
-    seen = []
-
-    class Files(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            seen.append(self.path)
-            body = (served / self.path.rsplit("/", 1)[1]).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(sources, "_RAW_URL", f"http://127.0.0.1:{server.server_port}/{{repo}}/{{commit}}/{{path}}")
+    with raw_file_server(monkeypatch, served) as seen:
         cached = winogender.resolve_winogender_dir()
         assert len(winogender.load_winogender(cached)) == len(winogender.load_winogender(folder))
         assert f"/rudinger/winogender-schemas/{winogender.UPSTREAM_COMMIT}/data/templates.tsv" in seen
@@ -275,8 +256,6 @@ def test_winogender_folder_env_and_download_from_a_local_server(tmp_path, monkey
         monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path / "cache2"))
         with pytest.raises(WinogenderError, match="checksum mismatch"):
             winogender.resolve_winogender_dir()
-    finally:
-        server.shutdown()
 
 
 def test_winogender_upstream_checksums_are_the_real_files(winogender_dir, uses_real_winogender):
