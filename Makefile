@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch 2.13.0 is a CPU build on this project's machines; elsewhere pick the build you need.
 TORCH ?= torch==2.13.0
-# The real WinoBias and Winogender files beside the checkout, when there (else the cache or a download).
+# The real WinoBias, Winogender and BBQ files beside the checkout, when there (else the cache or a download).
 export FAIRDYN_WINOBIAS_DIR ?= $(abspath $(wildcard ../shared/winobias))
 export FAIRDYN_WINOGENDER_DIR ?= $(abspath $(wildcard ../shared/winogender))
+export FAIRDYN_BBQ_DIR ?= $(abspath $(wildcard ../shared/bbq))
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test test-fast

@@ -9,7 +9,8 @@ see our task folder, then runs lm-eval's file unchanged:
 
 HARNESS: a checkout of lm-evaluation-harness, or a bare clone (the files are read with
 ``git show HEAD:tests/...``). TASK: task names (default: every fairness task); the data folders
-come from FAIRDYN_WINOBIAS_DIR and FAIRDYN_WINOGENDER_DIR as for any evaluation.
+come from FAIRDYN_WINOBIAS_DIR, FAIRDYN_WINOGENDER_DIR and FAIRDYN_BBQ_DIR as for any evaluation; BBQ
+categories whose files are not at hand are left out and named.
 """
 
 from __future__ import annotations
@@ -43,12 +44,28 @@ def harness_file(harness: Path, name: str) -> str:
                           text=True).stdout  # fmt: skip
 
 
+def bbq_task_yamls() -> list[Path]:
+    """The ``bbq_fairdyn_<category>`` tasks whose files are at hand (FAIRDYN_BBQ_DIR, the cache);
+    the others are named."""
+    from lm_eval_fairdyn.core import bbq
+
+    present = []
+    for category in bbq.CATEGORIES:
+        try:
+            bbq.bbq_dir(None, [category], download=False)
+            present.append(tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(category)}.yaml")
+        except bbq.BBQUnavailable:
+            print(f"left out bbq_fairdyn_{bbq.task_suffix(category)}: no {category}.jsonl at hand", file=sys.stderr)
+    return present
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     harness, wanted = Path(argv[0]), set(argv[1:])
     yamls = [p for p in sorted(tasks_path().glob("*_fairdyn*.yaml")) if p.name.startswith(("winobias", "winogender"))]
+    yamls += bbq_task_yamls()
     if wanted:
         yamls = [p for p in yamls if p.stem in wanted]
     with tempfile.TemporaryDirectory() as root:

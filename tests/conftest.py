@@ -184,6 +184,7 @@ def pytest_report_header(config):
         f"WinoBias: {f'the real files in {winobias}' if winobias else 'not found; the project writes WinoBias-format files of its own'}",
         f"Winogender: {f'the real files in {winogender}' if winogender else 'not found; the project writes Winogender-format files of its own'}",
         f"Pythia evals: {f'the real files in {pythia}' if pythia else 'not found; the project writes lm-eval 0.3 files of its own'}",
+        f"BBQ: {f'the real files in {real_bbq_dir()}' if real_bbq_dir() else 'not found; the project writes BBQ-format items of its own'}",
     ]
 
 

@@ -145,3 +145,142 @@ def test_pinned_checksums_are_the_real_files(bbq_dir, uses_real_bbq):
         assert (ours == bbq.UPSTREAM_BLOB_SHA1[f"{category}.jsonl"]) is uses_real_bbq
     if uses_real_bbq:
         assert sources.git_blob_sha1((bbq_dir / "LICENSE").read_bytes()) == bbq.UPSTREAM_BLOB_SHA1["LICENSE"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The bbq_fairdyn_<category> tasks
+
+
+def test_the_task_yamls_list_the_bbq_metrics_and_every_category():
+    import yaml
+
+    from lm_eval_fairdyn import tasks_path
+    from lm_eval_fairdyn.core import task
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    template = yaml.load((tasks_path() / "_bbq_template_yaml").read_text(), Loader=Loader)
+    listed = [
+        (m["metric"], m["aggregation"].removeprefix("utils."), m["higher_is_better"]) for m in template["metric_list"]
+    ]
+    assert listed == list(task.BBQ_METRICS)
+    group = yaml.safe_load((tasks_path() / "bbq_fairdyn.yaml").read_text())
+    assert group["task"] == [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in bbq.CATEGORIES]
+    for category in bbq.CATEGORIES:
+        config = yaml.safe_load((tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(category)}.yaml").read_text())
+        assert config["dataset_kwargs"] == {"category": category} and config["include"] == "_bbq_template_yaml"
+    assert "bbq_fairdyn_race_x_ses" in group["task"] and "bbq_fairdyn_disability_status" in group["task"]
+
+
+def test_prompts_offer_each_answer_once_and_score_distinct_words(bbq_dir, uses_real_bbq):
+    touched = {}
+    for category in present_categories(bbq_dir):
+        items = bbq.load_bbq(bbq_dir, [category], download=False)[category]
+        docs = bbq.bbq_docs(items, seeds=(0, 1))
+        assert docs == bbq.bbq_docs(items, seeds=(0, 1))  # seeded
+        assert len(docs) == 2 * len(items)
+        by_id = {i.example_id: i for i in items}
+        orders = set()
+        for doc in docs:
+            item = by_id[doc["example_id"]]
+            shown, words, _ = bbq.option_words(item)
+            assert doc["prompt"].startswith(f"{item.context} {item.question} Out of the options ")
+            assert doc["prompt"].endswith("the answer is")
+            assert sorted(doc["option_order"].split(", ")) == sorted(shown)
+            assert all(doc["prompt"].count(f'"{option}"') == 1 for option in shown)
+            assert len({w.lower() for w in doc["choices"].split("|")}) == 3
+            assert doc["gold"] == bbq.sides(item)[doc["label"]]
+            assert doc["gold"] == ("unknown" if item.condition == "ambig" else doc["gold"])
+            orders.add(doc["option_order"].split(", ").index(shown[doc["label"]]))
+        assert orders == {0, 1, 2}  # the gold answer appears in every position
+        touched[category] = sum(bbq.option_words(i)[2] for i in items)
+    if uses_real_bbq:  # the shared-words rule (README, "BBQ")
+        assert touched == {"Age": 0, "Disability_status": 92, "Nationality": 0, "Physical_appearance": 48,
+                           "Religion": 0, "Sexual_orientation": 0}  # fmt: skip
+
+
+def fake_answers(rng, n_options=3, ranks=True, tokens=None):
+    """Log-likelihood answers as hf-fairdyn returns them: random log p, ranks, distinct first tokens."""
+    from lm_eval_fairdyn.core.model import RankedLoglikelihood
+
+    logprobs = np.log(rng.dirichlet(np.ones(n_options + 1))[:n_options])
+    order = np.argsort(-logprobs)
+    tokens = tokens or list(range(100, 100 + n_options))
+    return [RankedLoglikelihood(float(lp), bool(k == order[0]), rank=int(np.where(order == k)[0][0]) + 1 if ranks else None,
+                                first_logprob=float(lp), n_tokens=1, first_token=tokens[k], first_token_text=f"t{k}")
+            for k, lp in enumerate(logprobs)]  # fmt: skip
+
+
+def test_task_metrics_equal_lm_evals_bbq_scores_on_the_answers_the_task_chose(bbq_dir):
+    """process_results and the aggregations of a bbq_fairdyn task against lm-eval's bbq functions
+    fed the answer the task chose (its highest option probability), item by item."""
+    from lm_eval.tasks.bbq import utils
+
+    from lm_eval_fairdyn.core import task
+
+    rng = np.random.default_rng(1)
+    category = present_categories(bbq_dir)[0]
+    docs = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
+    theirs = {d["example_id"]: d for d in lm_eval_docs(bbq_dir, category)}
+    items = {i.example_id: i for i in bbq.load_bbq(bbq_dir, [category], download=False)[category]}
+    ours, their_metrics = [], []
+    for doc in docs:
+        answers = fake_answers(rng)
+        ours.append(task.bbq_process_results(doc, answers))
+        chosen = int(np.argmax([a.first_logprob for a in answers]))
+        lm_doc = theirs[doc["example_id"]]
+        their_metrics.append(
+            utils._process_results(lm_doc, utils.doc_to_choice(lm_doc).index(items[doc["example_id"]].answers[chosen]))
+        )
+    column = {name: [v[name] for v in ours] for name in ours[0]}
+    assert task.bbq_disambiguated_bias_score(column["disamb_bias_score"]) == pytest.approx(
+        utils.agg_disamb_bias_scores([m[f"disamb_bias_score_{category}"] for m in their_metrics]), abs=1e-12
+    )
+    assert task.bbq_ambiguous_bias_score(column["amb_bias_score"]) == pytest.approx(
+        utils.agg_amb_bias_scores([m[f"amb_bias_score_{category}"] for m in their_metrics]), abs=1e-12
+    )
+    assert task.mean_of_present(column["accuracy_amb"]) == pytest.approx(
+        utils.agg_accuracy_amb([m["accuracy_amb"] for m in their_metrics]), abs=1e-12
+    )
+    assert task.mean_of_present(column["accuracy_disamb"]) == pytest.approx(
+        utils.agg_accuracy_disamb([m["accuracy_disamb"] for m in their_metrics]), abs=1e-12)  # fmt: skip
+    # the gap: gold the inconsistent person minus gold the consistent one, from the same values
+    consistent = [v["jsdp_consistent"] for v in ours if v["jsdp_consistent"] is not None]
+    inconsistent = [v["jsdp_inconsistent"] for v in ours if v["jsdp_inconsistent"] is not None]
+    assert task.gap_inconsistent_minus_consistent(column["jsdp_gap"]) == pytest.approx(
+        np.mean(inconsistent) - np.mean(consistent), abs=1e-15
+    )
+    ambiguous = [v for v in ours if v["assumption_rate"] is not None]
+    assert len(ambiguous) == sum(d["condition"] == "ambig" for d in docs)
+    assert all(v["assumption_rate"] == v["assumption_rate_consistent"] + v["assumption_rate_inconsistent"]
+               for v in ambiguous)  # fmt: skip
+
+
+def test_items_whose_answers_share_a_first_token_are_left_out_and_counted(bbq_dir):
+    from lm_eval_fairdyn.core import task
+
+    category = present_categories(bbq_dir)[0]
+    doc = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"][0]
+    rng = np.random.default_rng(2)
+    values = task.bbq_process_results(doc, fake_answers(rng, tokens=[7, 7, 9]))
+    assert values["collided"] == 1.0
+    assert all(v is None for name, v in values.items() if name != "collided")
+    clean = task.bbq_process_results(doc, fake_answers(rng))
+    assert clean["collided"] == 0.0 and clean[f"jsdp_{doc['gold']}"] is not None
+    assert task.mean_of_present([values["collided"], clean["collided"]]) == 0.5
+
+
+def test_the_group_expands_to_the_categories_at_hand_naming_the_others(tmp_path, monkeypatch, caplog):
+    folder = write_own_bbq(tmp_path / "own")  # Religion and Age only
+    with caplog.at_level("WARNING", logger="lm_eval_fairdyn"):
+        expanded = bbq.expand_group(["winobias_fairdyn_1seed", "bbq_fairdyn"], folder, download=False)
+    assert expanded == ["winobias_fairdyn_1seed", "bbq_fairdyn_age", "bbq_fairdyn_religion"]
+    assert "evaluating 2 of BBQ's 11 categories; left out: Disability_status, Gender_identity" in caplog.text
+    assert "Race_x_gender, SES, Sexual_orientation" in caplog.text and "nyu-mll/BBQ" in caplog.text
+    assert bbq.expand_group(["winobias_fairdyn"], folder) == ["winobias_fairdyn"]
+    monkeypatch.setenv("FAIRDYN_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("FAIRDYN_BBQ_DIR", raising=False)
+    with pytest.raises(BBQUnavailable, match="bbq_fairdyn: no BBQ category at hand"):
+        bbq.expand_group(["bbq_fairdyn"], None, download=False)

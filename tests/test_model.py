@@ -337,3 +337,38 @@ def test_new_tasks_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, 
                 assert values[f"jsdp_{groups[gold]}_part_{other}"] == pytest.approx(truth[k], rel=1e-9, abs=1e-15)
     if kind == "winogender_nonbinary":
         assert len(choices[0]) == 4 and {a.n_tokens for a in answers} == {1, 3}  # " non-binary": " non" "-" "binary"
+
+
+def test_bbq_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, bbq_dir):
+    """Per BBQ prompt (gold the consistent person, the inconsistent one, unknown): AR and every
+    JSD-P part as bbq_process_results reports them equal a float64 brute force from the logits
+    row the harness computed."""
+    from lm_eval_fairdyn.core import bbq
+
+    ranked = neox_pair[1]
+    category = next(c for c in bbq.CATEGORIES if (bbq_dir / "data" / f"{c}.jsonl").is_file()
+                    or (bbq_dir / f"{c}.jsonl").is_file())  # fmt: skip
+    rows = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
+    docs = [d for side in bbq.SIDES for d in [r for r in rows if r["gold"] == side][:3]]
+    choices = [task.bbq_doc_to_choice(d) for d in docs]
+    pairs = [(d["prompt"], " " + word) for d, words in zip(docs, choices, strict=True) for word in words]
+    answers, calls = loglikelihood_capturing_model_calls(ranked, pairs)
+    check_equal_to_harness_logits(ranked, pairs, answers, calls)
+    checked = 0
+    for i, doc in enumerate(docs):
+        mine, requests = answers[3 * i : 3 * i + 3], [request_tokens(ranked, *p) for p in pairs[3 * i : 3 * i + 3]]
+        values = task.bbq_process_results(doc, mine)
+        tokens = [cont[0] for _, cont in requests]
+        if len(set(tokens)) < 3:
+            assert values["collided"] == 1.0
+            continue
+        gold, item_sides = doc["label"], doc["sides"].split("|")
+        z = harness_row(calls, *requests[gold])
+        truth = jsdp_part_from_full_softmax(np.exp(z - logsumexp(z)), tokens, gold)
+        assert values[f"ar_{item_sides[gold]}"] == float64_rank_and_logprob(z, tokens[gold])[0]
+        assert values[f"jsdp_{item_sides[gold]}"] == pytest.approx(truth[gold], rel=1e-9, abs=1e-15)
+        for k, other in enumerate(item_sides):
+            if k != gold:
+                assert values[f"jsdp_{item_sides[gold]}_part_{other}"] == pytest.approx(truth[k], rel=1e-9, abs=1e-15)
+        checked += 1
+    assert checked >= 6

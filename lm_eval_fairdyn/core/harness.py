@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.core.bbq import expand_group
 from lm_eval_fairdyn.core.data import with_data_source
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.task import check_metric_list
@@ -144,8 +145,9 @@ class Evaluator:
         """lm-eval's loaded tasks (``TaskManager.load``), with simple_evaluate's defaults applied."""
         if self._tasks is None:
             metadata = with_data_source(self.settings.metadata)
-            manager = task_manager(self.settings.include_path, metadata, self.settings.tasks)
-            self._tasks = manager.load(list(self.settings.tasks))
+            names = expand_group(self.settings.tasks, metadata.get("bbq_dir"))  # BBQ: the categories at hand
+            manager = task_manager(self.settings.include_path, metadata, names)
+            self._tasks = manager.load(names)
             for task in self._tasks["tasks"].values():
                 if task.get_config("num_fewshot") is None:
                     task.set_config(key="num_fewshot", value=0)
