@@ -229,10 +229,11 @@ def _add_analyze(commands) -> None:
     analyze.add_argument("--performance", default=defaults.performance, help="TASK/METRIC (default: %(default)s)")
     analyze.add_argument("--fairness_task", action="append", default=None, metavar="TASK",
                          help="a fairness task to analyse; repeat for several (default: every task of the run that "
-                         "reports jsdp_gap: winobias_fairdyn*, winogender_fairdyn*)")  # fmt: skip
-    analyze.add_argument("--gap", choices=("both", "jsdp", "ar"), default="both",
-                         help="the gaps analysed: JSD-P, Average Rank (log ranks) or both; with both, JSD-P chooses "
-                         "the early stop (default: %(default)s)")  # fmt: skip
+                         "reports jsdp_gap: winobias_fairdyn*, winogender_fairdyn*, bbq_fairdyn_*)")  # fmt: skip
+    analyze.add_argument("--gap", choices=("all", "both", "jsdp", "ar", "choice"), default="all",
+                         help="the gaps analysed: JSD-P, Average Rank (log ranks), choice (the prompts no person "
+                         "answers: the share answered with one side minus the other), both (JSD-P and AR) or all; "
+                         "the first of them, JSD-P unless chosen alone, chooses the early stop (default: %(default)s)")  # fmt: skip
     analyze.add_argument("--early_stop_task", default=None, metavar="TASK",
                          help="the fairness task whose gap chooses the early stop (default: the first analysed)")  # fmt: skip
     analyze.add_argument(
@@ -258,6 +259,11 @@ def _add_analyze(commands) -> None:
         default=defaults.margin_ar,
         help="margin of the AR verdicts, which compare log ranks: N%% is a ratio (female ranks within N%% of their "
         "male twins'), a plain number is in log units (default: %(default)s)",
+    )
+    analyze.add_argument(
+        "--margin_choice",
+        default=defaults.margin_choice,
+        help="margin of the choice verdicts, a difference of shares of prompts (default: %(default)s)",
     )
     analyze.add_argument(
         "--confidence",
@@ -292,6 +298,7 @@ def _add_analyze(commands) -> None:
 
 
 def _analyze(args) -> int:
+    from lm_eval_fairdyn.dynamics import inference
     from lm_eval_fairdyn.dynamics.analysis import Settings
     from lm_eval_fairdyn.dynamics.pipeline import analyze
     from lm_eval_fairdyn.dynamics.results import ResultsError
@@ -299,7 +306,7 @@ def _analyze(args) -> int:
     settings = Settings(
         performance=args.performance,
         fairness_tasks=args.fairness_task,
-        measures=("jsdp", "ar") if args.gap == "both" else (args.gap,),
+        measures={"all": inference.MEASURES, "both": ("jsdp", "ar")}.get(args.gap, (args.gap,)),
         early_stop_task=args.early_stop_task,
         tolerance=args.tolerance,
         relative=not args.absolute,
@@ -307,6 +314,7 @@ def _analyze(args) -> int:
         correction=args.correction,
         margin_jsdp=args.margin_jsdp,
         margin_ar=args.margin_ar,
+        margin_choice=args.margin_choice,
         confidence=args.confidence,
         n_resamples=args.n_resamples,
         bootstrap_seed=args.bootstrap_seed,

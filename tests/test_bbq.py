@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import raw_file_server, write_own_bbq
 
@@ -284,3 +285,75 @@ def test_the_group_expands_to_the_categories_at_hand_naming_the_others(tmp_path,
     monkeypatch.delenv("FAIRDYN_BBQ_DIR", raising=False)
     with pytest.raises(BBQUnavailable, match="bbq_fairdyn: no BBQ category at hand"):
         bbq.expand_group(["bbq_fairdyn"], None, download=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference on BBQ's design: the template is the unit of sampling
+
+
+def bbq_prompt_table(gap: float, choice: float, templates: int = 40, slots: int = 4, rng_seed: int = 0):
+    """A per-prompt table shaped like a BBQ task's: per template and slot one disambiguated twin of
+    each side, and ambiguous prompts answered with the consistent person, the inconsistent one or
+    "unknown". Planted: the inconsistent twin's JSD-P part is ``gap`` above the consistent one's
+    (plus template and prompt noise), and the consistent person is chosen ``choice`` more often."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for t in range(templates):
+        level = rng.uniform(0.2, 0.3)
+        for s in range(slots):
+            consistent = level + rng.normal(0, 0.02)
+            for side, value in (("consistent", consistent), ("inconsistent", consistent + gap + rng.normal(0, 0.02))):
+                rows.append({"pair": f"q{t:02d}", "slot": f"s{s}", "seed": 0, "kind": "referent", "gold": side,
+                             "jsdp": value, "ar": float(np.exp(3 + 10 * value)), "assumed": "", "step": 0})  # fmt: skip
+            for _ in range(6):
+                p = np.clip([0.3 + choice / 2, 0.3 - choice / 2, 0.4], 0, 1)
+                assumed = rng.choice(["consistent", "inconsistent", "none"], p=p / p.sum())
+                rows.append({"pair": f"q{t:02d}", "slot": f"s{s}", "seed": 0, "kind": "other", "gold": "unknown",
+                             "jsdp": 0.3, "ar": 5.0, "assumed": assumed, "step": 0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "gap, choice, expected",
+    [(0.15, 0.4, "favours_stereotype"), (0.0, 0.0, "fair"), (-0.15, -0.4, "against_stereotype")],
+)
+def test_planted_stereotype_gaps_get_their_verdicts(gap, choice, expected):
+    from lm_eval_fairdyn.dynamics import inference
+
+    prompts = bbq_prompt_table(gap, choice)
+    assert inference.sides_of(prompts) == inference.STEREOTYPE
+    settings = inference.Bootstrap(n_resamples=2000)
+    pairs = inference.pair_values(prompts, "jsdp")
+    assert len(pairs) == 40 and list(pairs.columns) == ["inconsistent", "consistent", "difference", "level"]
+    assert pairs["difference"].mean() == pytest.approx(gap, abs=0.01)
+    for measure in ("jsdp", "ar"):
+        table = inference.gap_table(prompts, measure, inference.DEFAULT_MARGINS[measure], settings)
+        assert table.loc[0, "verdict"] == expected, measure
+    choices = inference.choice_values(prompts)
+    assert len(choices) == 40
+    table = inference.gap_table(prompts, "choice", inference.DEFAULT_MARGINS["choice"], settings)
+    assert table.loc[0, "gap"] == pytest.approx(choice, abs=0.1)
+    assert table.loc[0, "verdict"] == expected
+
+
+def test_real_bbq_templates_compare_both_sides_at_each_polarity(bbq_dir, uses_real_bbq):
+    """The stereotype gap compares, per template and question polarity, the mean over the prompts
+    whose answer is the stereotype-consistent person with the mean over the inconsistent ones;
+    what takes part is counted per category (README, "BBQ")."""
+    from lm_eval_fairdyn.dynamics import inference
+
+    counted = {}
+    for category in present_categories(bbq_dir):
+        docs = pd.DataFrame(bbq.bbq_docs(bbq.load_bbq(bbq_dir, [category], download=False)[category]))
+        docs = docs.assign(jsdp=np.random.default_rng(0).uniform(size=len(docs)), step=0)
+        pairs = inference.pair_values(docs, "jsdp")
+        referent = docs[docs.kind == "referent"]
+        sides = referent.groupby(["pair", "slot"])["gold"].nunique()
+        assert set(pairs.index) == set(sides[sides == 2].index.get_level_values("pair"))
+        expected = referent.groupby(["pair", "slot", "gold"])["jsdp"].mean().unstack()[["inconsistent", "consistent"]]
+        expected = (expected["inconsistent"] - expected["consistent"]).dropna().groupby(level="pair").mean()
+        assert np.allclose(pairs["difference"], expected.loc[pairs.index])
+        counted[category] = len(pairs)
+    if uses_real_bbq:  # templates with both sides at some polarity, of 25 each
+        assert counted == {"Age": 25, "Disability_status": 23, "Nationality": 25, "Physical_appearance": 23,
+                           "Religion": 25, "Sexual_orientation": 25}  # fmt: skip

@@ -76,7 +76,7 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert set(tidy.run) == {"pythia-6.9b-deduped", "pythia-160m"}
     sig = pd.read_csv(out / "significance.csv")
     assert list(sig.columns[:4]) == ["run", "task", "measure", "step"]
-    assert set(zip(sig.task, sig.measure, strict=True)) == {("winobias_fairdyn", "jsdp"), ("winobias_fairdyn", "ar")}
+    assert set(zip(sig.task, sig.measure, strict=True)) == {("winobias_fairdyn", m) for m in ("jsdp", "ar", "choice")}
     big_sig = sig[(sig.run == "pythia-6.9b-deduped") & (sig.measure == "jsdp")].set_index("step")
     assert set(big_sig.loc[:53000, "verdict"]) == {"fair"}  # planted gap <= 0.002, margin 0.05
     assert set(big_sig.loc[63000:, "verdict"]) == {"favours_male"}  # planted 0.1
@@ -108,7 +108,7 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert comparison.ci_low.iloc[0] < comparison.difference.iloc[0] < comparison.ci_high.iloc[0]
     parser = _Images()
     parser.feed((out / "report.html").read_text())
-    assert len(parser.images) == 10  # per run: the groups, and per measure the gap and the trade-off
+    assert len(parser.images) == 14  # per run: the groups, and per measure (jsdp, ar, choice) the gap and the trade-off
     for src in parser.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()

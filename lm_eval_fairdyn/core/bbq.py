@@ -212,6 +212,15 @@ def option_words(item: BBQItem) -> tuple[tuple[str, ...], tuple[str, ...], bool]
     return shown, tuple(words), shared > 0
 
 
+def slot(item: BBQItem) -> str:
+    """Where an item's counterparts are within its template: its question polarity. A template's
+    disambiguated contexts make the stereotype-consistent person the answer in one name order and
+    the inconsistent one in the other, so at each polarity both sides' prompts are there; their
+    wording differs (the other person is named differently across orders), so the stereotype gap
+    compares each side's mean over the template's prompts of that polarity."""
+    return item.polarity
+
+
 def option_order(seed: int, category: str, example_id: int) -> list[int]:
     """The positions of an item's three answers in its prompt for one seed."""
     return [int(i) for i in np.random.default_rng([seed, CATEGORIES.index(category), example_id]).permutation(3)]
@@ -222,7 +231,9 @@ def bbq_docs(
 ) -> list[dict]:
     """One lm-eval doc per item and seed, in seed, template, example order. ``choices`` are the
     scored words in BBQ's answer order (ans0, ans1, ans2) and ``label`` the gold's index in it;
-    ``pair`` is the template (the unit of sampling), ``gold`` the gold's side."""
+    ``pair`` is the template (the unit of sampling), ``slot`` its question polarity (``slot``),
+    ``gold`` the gold's side, ``kind`` "referent" when the gold is a person (disambiguated
+    contexts) and "other" when it is unknown."""
     for field in ("{context}", "{question}", "{o1}", "{o2}", "{o3}"):
         if field not in template:
             raise ValueError(f"BBQ prompt template lacks the field {field}: {template!r}")
@@ -238,6 +249,7 @@ def bbq_docs(
                 "split": "test", "line": item.line, "example_id": item.example_id, "template": item.template,
                 "pair": f"{task_suffix(item.category)}-q{item.template:02d}", "polarity": item.polarity,
                 "condition": item.condition, "seed": int(seed), "gold": item_sides[item.label],
+                "kind": "other" if item.condition == "ambig" else "referent", "slot": slot(item), "member": "",
                 "label": item.label, "choices": "|".join(words), "sides": "|".join(item_sides),
                 "biased": "|".join(str(int(b)) for b in item.biased),
                 "option_order": ", ".join(shown[k] for k in order),

@@ -263,6 +263,9 @@ PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold", "pair", "slo
 PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed")
 
 
+UNSPECIFIED_GOLDS = ("unspecified", "unknown")  # the gold of a prompt no person answers (WinoBias, BBQ)
+
+
 def prompt_row(sample: dict) -> dict:
     """A logged fairness-task sample as one flat row: the prompt's identity (PROMPT_KEYS), its
     gold group's values (``ar`` is None without ``hf-fairdyn``) and, for a "not specified"
@@ -271,9 +274,9 @@ def prompt_row(sample: dict) -> dict:
     row = {key: doc[key] for key in PROMPT_KEYS if key in doc}  # logs written before the seam lack pair, slot, member
     row |= {measure: sample[name] for measure, name in _gold_metric_names(gold)}
     assumed = ""
-    if gold == "unspecified":
-        sides = [g for g in _option_groups(_options(doc)) if g != "unspecified"]
-        assumed = next((g for g in sides if sample[f"assumption_rate_{g}"]), "none")
+    if gold in UNSPECIFIED_GOLDS and not sample.get("collided"):
+        sides = doc["sides"].split("|") if "sides" in doc else _option_groups(_options(doc))
+        assumed = next((g for g in sides if g not in UNSPECIFIED_GOLDS and sample[f"assumption_rate_{g}"]), "none")
     return row | {"assumed": assumed}
 
 

@@ -53,6 +53,11 @@ def paper_test(table: pd.DataFrame, run: str, task: str, base: str = "jsdp", cor
     (``paper_gap``), the two-sided Mann-Whitney U p-value between the male and female prompts,
     raw and corrected across checkpoints, and the rank-biserial effect. It treats prompts as
     independent and flags any offset (README, "Verdicts"); the verdicts do not use it."""
+    if base not in inference.LOG_SCALE:  # no per-prompt gap the paper tests (``choice``)
+        steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
+        frame = pd.DataFrame(np.nan, index=pd.Index(steps, name="step"),
+                             columns=["paper_gap", "paper_mw_p", "paper_effect", "paper_mw_p_adjusted"])  # fmt: skip
+        return frame
     frame = pd.DataFrame(
         {
             "paper_gap": series(table, run, task, metric(base)),
@@ -181,7 +186,7 @@ def early_stopping(
 class Settings:
     performance: str = "lambada_openai/acc"
     fairness_tasks: tuple[str, ...] | None = None  # default: every fairness task of the run
-    measures: tuple[str, ...] = ("jsdp", "ar")  # the gaps analysed; the first chooses the early stop
+    measures: tuple[str, ...] = inference.MEASURES  # the gaps analysed; the first chooses the early stop
     early_stop_task: str | None = None  # the task whose gap chooses the early stop (default: the first)
     tolerance: float = 0.02
     relative: bool = True
@@ -189,6 +194,7 @@ class Settings:
     correction: str = "holm"  # the paper's test across checkpoints
     margin_jsdp: str = str(inference.DEFAULT_MARGINS["jsdp"])
     margin_ar: str = str(inference.DEFAULT_MARGINS["ar"])
+    margin_choice: str = str(inference.DEFAULT_MARGINS["choice"])
     confidence: float = 0.99  # of the bootstrap intervals (matches alpha 0.01)
     n_resamples: int = 9999
     bootstrap_seed: int = 0
@@ -200,8 +206,8 @@ class Settings:
 
     def __post_init__(self):
         self.measures = tuple(self.measures)
-        if not self.measures or any(m not in inference.LOG_SCALE for m in self.measures):
-            raise ValueError(f"gap measures {list(self.measures)}: choose from {sorted(inference.LOG_SCALE)}")
+        if not self.measures or any(m not in inference.MEASURES for m in self.measures):
+            raise ValueError(f"gap measures {list(self.measures)}: choose from {list(inference.MEASURES)}")
         if self.fairness_tasks is not None:
             self.fairness_tasks = tuple(self.fairness_tasks)
         if self.min_change is not None and not self.min_change >= 0:
@@ -303,7 +309,9 @@ def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
     return values
 
 
-def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings, measure: str) -> pd.DataFrame:
+def verdict_table(
+    pairs: dict[int, pd.DataFrame], steps, settings: Settings, measure: str, sides: inference.Sides = inference.GENDER
+) -> pd.DataFrame:
     """Per step: pairs, gap (mean paired difference), ci_low, ci_high, margin, verdict, from the
     steps' ``inference.pair_values``; every verdict ``unavailable`` when there are none (no
     per-prompt values, or no ranks for AR)."""
@@ -312,8 +320,8 @@ def verdict_table(pairs: dict[int, pd.DataFrame], steps, settings: Settings, mea
         frame[["pairs", "gap", "ci_low", "ci_high", "margin"]] = np.nan
         frame["verdict"] = "unavailable"
         return frame
-    log_scale = inference.LOG_SCALE[measure]
-    return inference.step_verdicts(pairs, settings.margin(measure), log_scale, settings.bootstrap())
+    log_scale = inference.LOG_SCALE.get(measure, False)
+    return inference.step_verdicts(pairs, settings.margin(measure), log_scale, settings.bootstrap(), sides)
 
 
 def analyze_run(
@@ -337,9 +345,12 @@ def analyze_run(
         raise ResultsError(
             f"{run}: only one checkpoint (step {steps[0]}) has {task} results; dynamics need two or more"
         )
-    usable = prompts is not None and not prompts.empty and prompts[measure].notna().any()
+    column = "assumed" if measure == "choice" else measure
+    usable = prompts is not None and not prompts.empty and column in prompts and prompts[column].notna().any()
     pairs = inference.pairs_by_step(prompts, measure) if usable else {}
-    verdicts = verdict_table(pairs, steps, settings, measure)
+    verdicts = verdict_table(
+        pairs, steps, settings, measure, inference.sides_of(prompts) if usable else inference.GENDER
+    )
     paper = paper_test(table, run, task, measure, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
@@ -412,12 +423,12 @@ def replicate_analysis(prompts: pd.DataFrame, settings: Settings, measure: str |
     measure = measure or settings.measures[0]
     differences, levels = {}, {}
     for step, at_step in prompts.groupby("step"):
-        per_run = {run: inference.pair_values(p, measure) for run, p in at_step.groupby("run")}
+        per_run = {run: inference.pairs_by_step(p, measure)[int(step)] for run, p in at_step.groupby("run")}
         differences[int(step)] = pd.DataFrame({run: v["difference"] for run, v in per_run.items()}).dropna()
         levels[int(step)] = {run: v["level"].mean() for run, v in per_run.items()}
     frame = inference.across_runs(
         differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(measure),
-        inference.LOG_SCALE[measure], settings.confidence, settings.alpha,
+        inference.LOG_SCALE.get(measure, False), settings.confidence, settings.alpha, inference.sides_of(prompts),
     )  # fmt: skip
     gaps = pd.DataFrame({step: d.mean() for step, d in differences.items()}).T
     return frame.join(gaps.add_prefix("gap_"))

@@ -126,6 +126,8 @@ GAP_WORDS = {
     "jsdp": "jsdp gap (mean paired difference of the JSD-P gold part)",
     "ar": "ar gap (mean paired difference of log ranks: exp(gap) is the typical ratio of a female prompt's rank to "
     "its male twin's)",
+    "choice": "choice gap (among the prompts no person answers, the share answered male minus the share answered "
+    "female; BBQ: the stereotype-consistent person minus the inconsistent one, in ambiguous contexts)",
 }
 POPULATION = (
     "A run's verdicts, jumps, change points and trend are about that run's checkpoints on sentences like these "
@@ -316,7 +318,7 @@ def _context(results, primary, comparison, settings: Settings, seeds) -> dict:
     confidence = f"{100 * settings.confidence:g}%"
     return {
         "runs": runs_context(results, primary), "comparison": comparison, "s": settings, "seeds": seeds,
-        "confidence": confidence, "margin": f"{settings.margin_jsdp} for JSD-P, a rank ratio of {settings.margin_ar} for AR",
+        "confidence": confidence, "margin": f"{settings.margin_jsdp} for JSD-P, a rank ratio of {settings.margin_ar} for AR, {settings.margin_choice} for choice",
         "gap_words": GAP_WORDS, "level": inference.level_sentence(settings.confidence),
         "population": POPULATION,
         "explanations": {v: t.format(confidence=confidence) for v, t in inference.EXPLANATIONS.items()},
