@@ -108,7 +108,12 @@ def test_analyze_writes_tables_plots_and_report(tmp_path, pythia_evals):
     assert comparison.ci_low.iloc[0] < comparison.difference.iloc[0] < comparison.ci_high.iloc[0]
     parser = _Images()
     parser.feed((out / "report.html").read_text())
-    assert len(parser.images) == 14  # per run: the groups, and per measure (jsdp, ar, choice) the gap and the trade-off
+    # per run: the axes x checkpoints picture, the groups, and per measure (jsdp, ar, choice) the gap and the trade-off
+    assert len(parser.images) == 16
+    axes = pd.read_csv(out / "axes.csv")
+    assert set(axes.measure) == {"jsdp"} and set(axes.axis) == {"gender"}
+    first = sig[(sig.measure == "jsdp")].set_index(["run", "step"])["verdict"]
+    assert axes.set_index(["run", "step"])["verdict"].equals(first.loc[axes.set_index(["run", "step"]).index])
     for src in parser.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()

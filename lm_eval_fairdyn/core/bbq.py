@@ -226,10 +226,11 @@ def option_order(seed: int, category: str, example_id: int) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed, CATEGORIES.index(category), example_id]).permutation(3)]
 
 
-def bbq_docs(
-    items: Sequence[BBQItem], seeds: Sequence[int] = DEFAULT_SEEDS, template: str = BBQ_TEMPLATE
-) -> list[dict]:
-    """One lm-eval doc per item and seed, in seed, template, example order. ``choices`` are the
+def bbq_docs(items: Sequence[BBQItem], seeds: Sequence[int] = DEFAULT_SEEDS, template: str = BBQ_TEMPLATE,
+             per_template: int | None = None) -> list[dict]:  # fmt: skip
+    """One lm-eval doc per item and seed, in seed, template, example order (``per_template``: only
+    each template's first N items, which BBQ lists in blocks of four: both polarities x both
+    context conditions of one name order, then the other order). ``choices`` are the
     scored words in BBQ's answer order (ans0, ans1, ans2) and ``label`` the gold's index in it;
     ``pair`` is the template (the unit of sampling), ``slot`` its question polarity (``slot``),
     ``gold`` the gold's side, ``kind`` "referent" when the gold is a person (disambiguated
@@ -237,9 +238,14 @@ def bbq_docs(
     for field in ("{context}", "{question}", "{o1}", "{o2}", "{o3}"):
         if field not in template:
             raise ValueError(f"BBQ prompt template lacks the field {field}: {template!r}")
+    ordered = sorted(items, key=lambda i: (i.template, i.example_id))
+    if per_template is not None:
+        rank = {id(item): n for t in {i.template for i in ordered}
+                for n, item in enumerate(i for i in ordered if i.template == t)}  # fmt: skip
+        ordered = [i for i in ordered if rank[id(i)] < per_template]
     docs = []
     for seed in seeds:
-        for item in sorted(items, key=lambda i: (i.template, i.example_id)):
+        for item in ordered:
             shown, words, _ = option_words(item)
             order = option_order(seed, item.category, item.example_id)
             item_sides = sides(item)

@@ -295,13 +295,16 @@ def _option_groups(options: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def load_bbq_dataset(category: str, seeds: Sequence[int] = bbq.DEFAULT_SEEDS, template: str | None = None,
-                     bbq_dir: str | None = None, **_metadata):  # fmt: skip
+                     bbq_dir: str | None = None, bbq_per_template: int | None = None, **_metadata):  # fmt: skip
     """lm-eval ``custom_dataset`` of ``bbq_fairdyn_<category>`` (one split, ``test``); ``bbq_dir``
-    from ``--metadata`` (else ``$FAIRDYN_BBQ_DIR``, the cache or a download)."""
+    from ``--metadata`` (else ``$FAIRDYN_BBQ_DIR``, the cache or a download), and
+    ``bbq_per_template``: only each template's first N items (a quicker look that keeps every
+    template; 8 covers both name orders)."""
     import datasets
 
     items = bbq.load_bbq(bbq_dir, [category])[category]
-    docs = bbq.bbq_docs(items, seeds=tuple(seeds), template=template or bbq.BBQ_TEMPLATE)
+    per_template = None if bbq_per_template is None else int(bbq_per_template)
+    docs = bbq.bbq_docs(items, seeds=tuple(seeds), template=template or bbq.BBQ_TEMPLATE, per_template=per_template)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 

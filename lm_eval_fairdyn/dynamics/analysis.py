@@ -243,6 +243,8 @@ class RunAnalysis:
     # per step, the assumption rates of the task's "they" prompts (Winogender; ``they_rates``), else None
     they: pd.DataFrame | None = None
     chooses_early_stop: bool = False  # the run's analysis whose gap chooses its early stop
+    # on the analysis that chooses the early stop: every task's gap there (``gaps_at_stop`` with prompts)
+    stop_effects: list[dict] | None = None
 
     @property
     def intervals_available(self) -> bool:
@@ -398,9 +400,24 @@ def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame
     return inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",))
 
 
-def gaps_at_stop(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> list[dict]:
+def axis_name(task: str) -> str:
+    """The social axis a fairness task measures, in words: "gender" for WinoBias and Winogender,
+    the category for a BBQ task ("bbq_fairdyn_race_x_ses" -> "race x ses")."""
+    if task.startswith("bbq_fairdyn_"):
+        return task.removeprefix("bbq_fairdyn_").replace("_", " ")
+    return "gender"
+
+
+def gaps_at_stop(
+    chosen: RunAnalysis, analyses: list[RunAnalysis], prompts: dict | None = None, settings: Settings | None = None
+) -> list[dict]:
     """Every fairness task's gap (on the chosen analysis' measure) at the early stop of
-    ``chosen`` and at the final step, with the verdicts there: what stopping early does to each."""
+    ``chosen`` and at the final step, with the verdicts there: what stopping early does to each.
+
+    With ``prompts`` (per task, the run's per-prompt table) each row also has ``change``, the gap
+    at the stop minus the final gap, with its interval over the groups evaluated at both steps
+    (paired: mean_j of d_j(stop) - d_j(final)), and ``sentence``: "stopping at step s for gender
+    changes religion's bias by d [lo, hi]"."""
     step, final = chosen.early_stop.chosen_step, chosen.early_stop.final_step
     rows = []
     for r in analyses:
@@ -408,12 +425,35 @@ def gaps_at_stop(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> list[dict]
             continue
         sig = r.significance
         at = sig.loc[step] if step in sig.index else None
-        rows.append({"task": r.fairness_task, "measure": r.measure, "step": step, "final_step": final,
-                     "gap": None if at is None else float(at["gap"]),
-                     "verdict": None if at is None else str(at["verdict"]),
-                     "gap_final": float(sig.loc[final, "gap"]) if final in sig.index else None,
-                     "verdict_final": str(sig.loc[final, "verdict"]) if final in sig.index else None})  # fmt: skip
+        row = {"task": r.fairness_task, "axis": axis_name(r.fairness_task), "measure": r.measure, "step": step,
+               "final_step": final, "gap": None if at is None else float(at["gap"]),
+               "verdict": None if at is None else str(at["verdict"]),
+               "gap_final": float(sig.loc[final, "gap"]) if final in sig.index else None,
+               "verdict_final": str(sig.loc[final, "verdict"]) if final in sig.index else None}  # fmt: skip
+        table = None if prompts is None else prompts.get(r.fairness_task)
+        if table is not None and not table.empty and step != final:
+            row |= _change(table, r.measure, step, final, settings or Settings())
+            row["sentence"] = (
+                f"stopping at step {step} for {axis_name(chosen.fairness_task)} ({chosen.fairness_task}) changes "
+                f"{row['axis']}'s bias ({r.fairness_task}, {r.measure} gap) by {row['change']:+.3g} "
+                f"[{row['change_ci_low']:+.3g}, {row['change_ci_high']:+.3g}] against the final step {final}"
+            )
+        rows.append(row)
     return rows
+
+
+def _change(prompts: pd.DataFrame, measure: str, step: int, final: int, settings: Settings) -> dict:
+    """mean_j d_j(step) - d_j(final) over the groups at both steps, with its bootstrap interval."""
+    at = {s: inference.pairs_by_step(prompts[prompts.step == s], measure).get(s) for s in (step, final)}
+    if any(v is None or v.empty for v in at.values()):
+        return {"change": np.nan, "change_ci_low": np.nan, "change_ci_high": np.nan, "change_pairs": 0}
+    joined = at[step][["difference"]].join(at[final][["difference"]], how="inner", suffixes=("", "_final"))
+    change, low, high = inference.interval(
+        [joined["difference"], joined["difference_final"]],
+        lambda a, b, axis=-1: np.mean(a, axis) - np.mean(b, axis),
+        settings.bootstrap(),
+    )
+    return {"change": change, "change_ci_low": low, "change_ci_high": high, "change_pairs": len(joined)}
 
 
 def replicate_analysis(prompts: pd.DataFrame, settings: Settings, measure: str | None = None) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """``fairdyn analyze``: result folders in; tidy.csv, significance.csv (run x fairness task x
-measure x step), plots, analysis.json, report.html and summary.md out (they_assumption_rates.csv
+measure x step), axes.csv (run x axis x step: the verdicts on the early stop's measure), plots,
+analysis.json, report.html and summary.md out (they_assumption_rates.csv
 for Winogender tasks; model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
 figures ``plots``, rendering ``report``."""
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lm_eval_fairdyn.core.bbq import BBQ_LABEL
 from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, WINOBIAS_LABEL, WINOBIAS_TYPE1_LABEL
 from lm_eval_fairdyn.core.files import atomic_write_json
 from lm_eval_fairdyn.core.winogender import WINOGENDER_LABEL
@@ -27,19 +29,35 @@ from lm_eval_fairdyn.dynamics.results import (
 
 
 def _data_source(files, task: str) -> str:
-    """What the task evaluated: Winogender for a task built by ``load_winogender_dataset``;
+    """What the task evaluated: Winogender for a task built by ``load_winogender_dataset``, BBQ
+    and its category for ``load_bbq_dataset``;
     else the label the evaluation recorded in the metadata (``data_source``: set by ``fairdyn
     demo``, and by every evaluation of this project's synthetic prompts folder) when it is the
     synthetic label or the task is Type 2; else WinoBias Type 1 or Type 2 by the task's type."""
     settings = next((f.settings[task] for f in files if task in f.settings), {})
     if settings.get("dataset") == "load_winogender_dataset":
         return WINOGENDER_LABEL
+    if settings.get("dataset") == "load_bbq_dataset":
+        return f"{BBQ_LABEL} ({(settings.get('dataset_kwargs') or {}).get('category', task)})"
     type1 = (settings.get("dataset_kwargs") or {}).get("type") == 1
     recorded = next((f.settings[task].get("data_source") for f in files if f.settings.get(task, {}).get("data_source")),
                     None)  # fmt: skip
     if recorded and (recorded == SYNTHETIC_LABEL or not type1):
         return recorded
     return WINOBIAS_TYPE1_LABEL if type1 else WINOBIAS_LABEL
+
+
+def _axes_table(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> pd.DataFrame:
+    """Per run, axis (fairness task) and step: the verdict on the measure that chooses the run's
+    early stop (``axes.csv``; the report's first picture)."""
+    rows = [
+        {"run": r.run, "task": r.fairness_task, "axis": analysis.axis_name(r.fairness_task), "measure": r.measure,
+         "step": int(step), "gap": row["gap"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+         "verdict": row["verdict"]}
+        for r in results if r.measure == primary[r.run].measure
+        for step, row in r.significance.iterrows()
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["run", "task", "axis", "measure", "step", "gap", "ci_low", "ci_high", "verdict"])
 
 
 def analyze(
@@ -124,6 +142,17 @@ def analyze(
             raise ResultsError("--replicates needs per-prompt values (prompts_<task>.csv from fairdyn sweep)")
         seeds = analysis.replicate_analysis(every, settings)
         seeds.to_csv(out / "replicates.csv")
+    stop_effects = {
+        run: analysis.gaps_at_stop(r, results, {t: p for (n, t), p in prompts.items() if n == run}, settings)
+        for run, r in primary.items()
+    }
+    for run, r in primary.items():
+        r.stop_effects = stop_effects[run]
+    axes = _axes_table(results, primary)
+    axes.to_csv(out / "axes.csv", index=False)
+    for run in primary:
+        figures[f"{run}_axes"] = {"axes": out / f"{run}_axes.png"}
+        plots.plot_axes(axes[axes.run == run], figures[f"{run}_axes"]["axes"])
     summary: dict = {}
     for r in results:
         summary.setdefault(r.run, {}).setdefault(r.fairness_task, {})[r.measure] = {
@@ -141,7 +170,7 @@ def analyze(
         }
     document = {"settings": asdict(settings), "runs": summary,
                 "early_stop": {run: {"task": r.fairness_task, "measure": r.measure} | asdict(r.early_stop)
-                               | {"gaps": analysis.gaps_at_stop(r, results)} for run, r in primary.items()}}  # fmt: skip
+                               | {"gaps": stop_effects[run]} for run, r in primary.items()}}  # fmt: skip
     if seeds is not None:
         document["replicates"] = {
             "runs": sorted(names),

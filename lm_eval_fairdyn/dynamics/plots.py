@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lm_eval_fairdyn.core.metric_table import metric
+from lm_eval_fairdyn.core.bbq import SIDES
 from lm_eval_fairdyn.core.prompts import GROUPS
-from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings, series
+from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings, axis_name, series
 
 
 def _steps_axis(ax) -> None:
@@ -19,7 +19,8 @@ def _steps_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-VERDICT_COLORS = {"favours_male": "tab:red", "favours_female": "tab:purple", "fair": "tab:green"}
+VERDICT_COLORS = {"favours_male": "tab:red", "favours_female": "tab:purple", "favours_stereotype": "tab:orange",
+                  "against_stereotype": "tab:blue", "fair": "tab:green"}  # fmt: skip
 
 
 def verdict_spans(verdicts: pd.Series) -> list[tuple[float, float, str]]:
@@ -53,8 +54,8 @@ def plot_groups(table, result: RunAnalysis, path: Path) -> None:
         (axes[0], "ar", "Average Rank (lower = better)"),
         (axes[1], "jsdp", "JSD-P gold part (lower = better)"),
     ):
-        for group in GROUPS:
-            values = series(table, result.run, result.fairness_task, metric(base, group))
+        for group in (*GROUPS, *SIDES):  # gender tasks' gold groups, BBQ's sides
+            values = series(table, result.run, result.fairness_task, f"{base}_{group}")
             if values.notna().any():
                 ax.plot(values.index, values.to_numpy(), marker="o", ms=3, label=group)
         if base == "ar":
@@ -131,4 +132,35 @@ def plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"{result.run}, {result.fairness_task}:\nperformance vs {result.measure} gap", fontsize="medium")
+    _save(fig, path)
+
+
+def plot_axes(axes: pd.DataFrame, path: Path) -> None:
+    """One run's verdicts, axes x checkpoints (``pipeline._axes_table``): one row per fairness task,
+    one cell per checkpoint, coloured by its verdict (grey: inconclusive, white: unavailable)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = {**VERDICT_COLORS, "inconclusive": "lightgrey", "unavailable": "white"}
+    names = list(colors)
+    grid = axes.pivot_table(index="task", columns="step", values="verdict", aggfunc="first")
+    tasks = list(dict.fromkeys(axes["task"]))
+    grid = grid.reindex(index=tasks)
+    codes = grid.apply(
+        lambda column: column.map(lambda v: names.index(v) if v in names else names.index("unavailable"))
+    )
+    fig = Figure(figsize=(11, 1.2 + 0.35 * len(tasks)))
+    ax = fig.subplots()
+    ax.imshow(codes.to_numpy(dtype=float), cmap=ListedColormap([colors[n] for n in names]), vmin=-0.5,
+              vmax=len(names) - 0.5, aspect="auto", interpolation="nearest")  # fmt: skip
+    ax.set_yticks(range(len(tasks)), [f"{axis_name(t)} ({t})" for t in tasks])
+    steps = list(grid.columns)
+    shown = range(0, len(steps), max(1, len(steps) // 12))
+    ax.set_xticks(list(shown), [str(steps[i]) for i in shown])
+    ax.set_xlabel("training step")
+    measure = axes["measure"].iloc[0] if len(axes) else ""
+    ax.set_title(f"{axes['run'].iloc[0] if len(axes) else ''}: verdict per axis and checkpoint ({measure} gap)")
+    used = [n for n in names if n in set(axes["verdict"])]
+    ax.legend(handles=[Patch(color=colors[n], label=n.replace("_", " ")) for n in used], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8)  # fmt: skip
     _save(fig, path)

@@ -33,9 +33,12 @@ independent and flags any offset, so no conclusion is drawn from it.</p>
 <p>Limits: {{ limits }}</p>
 {% for run in runs %}
 <h2>{{ run.name }}</h2>
+{% for name, data in images.get(run.name ~ "_axes", {}).items() %}<img alt="verdict per axis and checkpoint" src="data:image/png;base64,{{ data }}">
+{% endfor %}
 <h3>Final verdicts (step {{ run.final_step }})</h3>
 <div class="wide">{{ run.finals|table(index=False) }}</div>
 <p><b>{{ run.stop_line }}</b></p>
+{% if run.stop_sentences %}<ul>{% for line in run.stop_sentences %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
 <p>Same weights: {{ run.primary.duplicates_sentence() }}.</p>
 {% for t in run.tasks %}
 <h3>{{ t.task }}</h3>
@@ -76,12 +79,17 @@ male): {% for m in s.measures %}{{ gap_words[m] }}{{ "; " if not loop.last }}{% 
 intervals over the groups, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }}
 {% for run in runs %}
 ## {{ run.name }}
-
+{% for name, path in figures.get(run.name ~ "_axes", {}).items() %}
+![verdict per axis and checkpoint]({{ path.name }})
+{% endfor %}
 Final verdicts (step {{ run.final_step }}):
 
 {{ run.finals|markdown }}
 
 - {{ run.stop_line }}
+{%- for line in run.stop_sentences %}
+- {{ line }}
+{%- endfor %}
 - Same weights: {{ run.primary.duplicates_sentence() }}.
 {% for t in run.tasks %}
 ### {{ t.task }}
@@ -192,7 +200,7 @@ def stop_line(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> str:
     """The run's early stop (chosen on one task's gap) and every fairness task's gap there."""
     gaps = "; ".join(
         f"{g['task']} {number(g['gap'])} ({(g['verdict'] or 'n/a').replace('_', ' ')}; final {number(g['gap_final'])})"
-        for g in gaps_at_stop(chosen, analyses)
+        for g in (chosen.stop_effects or gaps_at_stop(chosen, analyses))
     )
     return (
         f"{chosen.early_stop.sentence()}, chosen on the {chosen.fairness_task} {chosen.measure} gap. The "
@@ -212,7 +220,9 @@ def runs_context(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) ->
             tasks.append({"task": task, "data_source": analyses[0].data_source, "they": analyses[0].they,
                           "analyses": analyses})  # fmt: skip
         out.append({"name": name, "primary": chosen, "final_step": chosen.early_stop.final_step,
-                    "finals": finals_table(mine), "stop_line": stop_line(chosen, mine), "tasks": tasks})  # fmt: skip
+                    "finals": finals_table(mine), "stop_line": stop_line(chosen, mine), "tasks": tasks,
+                    "stop_sentences": [g["sentence"] for g in chosen.stop_effects or [] if "sentence" in g
+                                       and g["task"] != chosen.fairness_task]})  # fmt: skip
     return out
 
 
