@@ -357,3 +357,37 @@ def test_real_bbq_templates_compare_both_sides_at_each_polarity(bbq_dir, uses_re
     if uses_real_bbq:  # templates with both sides at some polarity, of 25 each
         assert counted == {"Age": 25, "Disability_status": 23, "Nationality": 25, "Physical_appearance": 23,
                            "Religion": 25, "Sexual_orientation": 25}  # fmt: skip
+
+
+def test_the_early_stop_for_gender_reports_each_bbq_axis_change_with_its_interval():
+    """A run with a gender task (its gap grows after step 2) and two BBQ axes: religion's stereotype
+    gap planted to grow by 0.2 between steps 1 and 3, age's constant. Stopping early (at step 1,
+    for gender) changes religion's bias by about -0.2, inside its interval, and age's by about 0."""
+    from conftest import planted_prompts
+
+    from lm_eval_fairdyn.dynamics import analysis
+
+    steps = (0, 1, 2, 3)
+    gender = pd.concat([planted_prompts([0.0, 0.0, 0.15, 0.2][s], lines=60, rng_seed=s).assign(step=s) for s in steps])
+    religion = pd.concat([bbq_prompt_table([0.0, 0.0, 0.1, 0.2][s], 0.0, rng_seed=s).assign(step=s) for s in steps])
+    age = pd.concat([bbq_prompt_table(0.05, 0.0, rng_seed=10 + s).assign(step=s) for s in steps])
+    prompts = {"winobias_fairdyn": gender, "bbq_fairdyn_religion": religion, "bbq_fairdyn_age": age}
+    rows = [
+        {"run": "r", "step": s, "task": "perf", "metric": "acc", "value": [0.50, 0.585, 0.59, 0.6][s]} for s in steps
+    ]
+    rows += [{"run": "r", "step": s, "task": t, "metric": "jsdp_gap", "value": 0.0} for s in steps for t in prompts]
+    table = pd.DataFrame(rows)
+    settings = analysis.Settings(performance="perf/acc", measures=("jsdp",), n_resamples=2000, tolerance=0.03)
+    results = [analysis.analyze_run(table, "r", settings, p, True, task, "jsdp") for task, p in prompts.items()]
+    chosen = results[0]
+    assert chosen.early_stop.chosen_step == 1  # within 3% of the final accuracy, the smallest gender gap
+    effects = {g["task"]: g for g in analysis.gaps_at_stop(chosen, results, prompts, settings)}
+    religion_change = effects["bbq_fairdyn_religion"]
+    assert religion_change["change"] == pytest.approx(-0.2, abs=0.02)
+    assert religion_change["change_ci_low"] < -0.2 < religion_change["change_ci_high"] < 0
+    assert religion_change["sentence"].startswith(
+        "stopping at step 1 for gender (winobias_fairdyn) changes religion's bias (bbq_fairdyn_religion, jsdp gap) by -0."
+    )
+    age_change = effects["bbq_fairdyn_age"]
+    assert age_change["change_ci_low"] < 0 < age_change["change_ci_high"] and abs(age_change["change"]) < 0.02
+    assert effects["winobias_fairdyn"]["change"] == pytest.approx(-0.2, abs=0.02)

@@ -7,6 +7,7 @@ step; nothing here reads or writes files.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from lm_eval_fairdyn.dynamics import changes, inference
 from lm_eval_fairdyn.dynamics.results import ResultsError
 
 CORRECTIONS = ("holm", "bh", "none")
+logger = logging.getLogger("lm_eval_fairdyn")
 
 
 def series(table: pd.DataFrame, run: str, task: str, metric: str) -> pd.Series:
@@ -235,7 +237,7 @@ class RunAnalysis:
     trend: dict | None
     min_change: float | None  # the change points' and jumps' bound (None without per-prompt values)
     significant_jumps: int | None  # of all the run's jumps, those whose band excludes 0
-    early_stop: EarlyStop
+    early_stop: EarlyStop | None  # None: fewer than two checkpoints with both performance and a gap
     pareto: pd.DataFrame
     performance: pd.Series
     confidence: float = 0.99  # of the intervals behind the verdicts
@@ -350,6 +352,8 @@ def analyze_run(
     column = "assumed" if measure == "choice" else measure
     usable = prompts is not None and not prompts.empty and column in prompts and prompts[column].notna().any()
     pairs = inference.pairs_by_step(prompts, measure) if usable else {}
+    if not any(len(at_step) for at_step in pairs.values()):
+        pairs = {}  # no group has both sides at any step (e.g. every BBQ item of a side left out): unavailable
     verdicts = verdict_table(
         pairs, steps, settings, measure, inference.sides_of(prompts) if usable else inference.GENDER
     )
@@ -359,12 +363,15 @@ def analyze_run(
     sig["gap"] = gap
     performance = _performance(table, run, settings.performance)
     min_change = significant_jumps = run_trend = None
+    gaps = None
     if pairs:
-        min_change = float(sig["margin"].mean()) if settings.min_change is None else settings.min_change
         try:
             gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
-        except ValueError as err:
-            raise ResultsError(f"{run}: {err} (the per-prompt values of {task})") from err
+        except ValueError as err:  # too few groups for intervals across checkpoints: the other axes go on
+            logger.warning("%s: %s (the per-prompt values of %s, %s gap): no change points or jump intervals for it",
+                           run, err, task, measure)  # fmt: skip
+    if gaps is not None:
+        min_change = float(sig["margin"].mean()) if settings.min_change is None else settings.min_change
         every = changes.jumps(gaps, min_change)
         jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
         significant_jumps = int(every["significant"].sum())
@@ -383,13 +390,19 @@ def analyze_run(
         trend=run_trend,
         min_change=min_change,
         significant_jumps=significant_jumps,
-        early_stop=early_stopping(
-            performance, gap, settings.tolerance, settings.relative, higher_is_better, settings.performance
-        ),  # fmt: skip
+        early_stop=_early_stop_or_none(performance, gap, settings, higher_is_better),
         pareto=pareto_front(performance, gap, higher_is_better),
         performance=performance,
         confidence=settings.confidence,
     )
+
+
+def _early_stop_or_none(performance: pd.Series, gap: pd.Series, settings: Settings, higher_is_better: bool):
+    try:
+        return early_stopping(performance, gap, settings.tolerance, settings.relative, higher_is_better,
+                              settings.performance)  # fmt: skip
+    except ValueError:  # the pipeline refuses it only where this analysis chooses the run's early stop
+        return None
 
 
 def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame | None:
@@ -433,11 +446,17 @@ def gaps_at_stop(
         table = None if prompts is None else prompts.get(r.fairness_task)
         if table is not None and not table.empty and step != final:
             row |= _change(table, r.measure, step, final, settings or Settings())
-            row["sentence"] = (
-                f"stopping at step {step} for {axis_name(chosen.fairness_task)} ({chosen.fairness_task}) changes "
-                f"{row['axis']}'s bias ({r.fairness_task}, {r.measure} gap) by {row['change']:+.3g} "
-                f"[{row['change_ci_low']:+.3g}, {row['change_ci_high']:+.3g}] against the final step {final}"
-            )
+            head = f"stopping at step {step} for {axis_name(chosen.fairness_task)} ({chosen.fairness_task})"
+            what = f"{row['axis']}'s bias ({r.fairness_task}, {r.measure} gap)"
+            if not np.isfinite(row["change"]):
+                row["sentence"] = (
+                    f"{head}: the change in {what} cannot be measured (no group with both sides at both steps)"
+                )
+            elif not np.isfinite(row["change_ci_low"]):
+                row["sentence"] = f"{head} changes {what} by {row['change']:+.3g} (one group: no interval)"
+            else:
+                row["sentence"] = (f"{head} changes {what} by {row['change']:+.3g} [{row['change_ci_low']:+.3g}, "
+                                   f"{row['change_ci_high']:+.3g}] against the final step {final}")  # fmt: skip
         rows.append(row)
     return rows
 

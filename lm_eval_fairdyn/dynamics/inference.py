@@ -79,8 +79,8 @@ EXPLANATIONS = {
     "fair": "any difference between the two sides' prompts is smaller than the margin "
     "(shown with {confidence} confidence)",
     "inconclusive": "the data cannot tell whether the difference is larger or smaller than the margin",
-    "unavailable": "no per-prompt values to compute an interval from (evaluate with fairdyn sweep, or with "
-    "--log_samples)",
+    "unavailable": "no interval: no per-prompt values to compute it from (evaluate with fairdyn sweep, or with "
+    "--log_samples), or fewer than two groups with prompts of both sides (BBQ: items left out as collided)",
 }
 LIMITS = (
     'The gap is binary (male / female pronouns and answers; Winogender\'s "they" prompts get assumption rates, '

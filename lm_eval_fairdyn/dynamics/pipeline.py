@@ -92,7 +92,8 @@ def analyze(
     for run in sorted(names):
         run_files = [f for f in files if f.run == run]
         tasks = analysis.fairness_tasks(table, run, settings.fairness_tasks)
-        stop_task = settings.early_stop_task or tasks[0]
+        # the early stop is chosen for gender by default (the first WinoBias or Winogender task), else the first task
+        stop_task = settings.early_stop_task or next((t for t in tasks if analysis.axis_name(t) == "gender"), tasks[0])
         if stop_task not in tasks:
             raise ResultsError(f"{run}: --early_stop_task {stop_task!r} is not among the fairness tasks {tasks}")
         for task in tasks:
@@ -105,6 +106,11 @@ def analyze(
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
         primary[run].chooses_early_stop = True
+        if primary[run].early_stop is None:
+            raise ResultsError(
+                f"{run}: early stopping needs at least two checkpoints with both performance and a {stop_task} "
+                f"{settings.measures[0]} gap"
+            )
     fingerprints = weights_fingerprints(files)
     figures: dict[str, dict[str, Path]] = {}
     for r in results:
@@ -165,7 +171,7 @@ def analyze(
             "trend": r.trend,
             "min_change": r.min_change,
             "significant_jumps": r.significant_jumps,
-            "early_stop": asdict(r.early_stop),
+            "early_stop": None if r.early_stop is None else asdict(r.early_stop),
             "same_weights_as": r.duplicate_weights(),
         }
     document = {"settings": asdict(settings), "runs": summary,

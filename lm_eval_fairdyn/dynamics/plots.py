@@ -83,7 +83,8 @@ def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
         ax.plot(sig.index, -sig["margin"].to_numpy(), color="grey", ls=":", lw=1)
     ax.axhline(0, color="grey", lw=0.8)
     _shade_verdicts(ax, sig["verdict"])
-    ax.axvline(result.early_stop.chosen_step, color="tab:green", ls="--", label="early stop")
+    if result.early_stop is not None:
+        ax.axvline(result.early_stop.chosen_step, color="tab:green", ls="--", label="early stop")
     ax.set_ylabel("fairness gap (> 0 favours male)")
     _steps_axis(ax)
     right = ax.twinx()
@@ -109,24 +110,12 @@ def plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax.scatter(frame.performance, frame.abs_gap, s=14, color="grey", label="checkpoints")
     ax.plot(result.pareto.performance, result.pareto.abs_gap, color="tab:purple", marker="o", label="Pareto front")
     stop = result.early_stop
-    ax.scatter(
-        [stop.performance_chosen],
-        [abs(stop.gap_chosen)],
-        s=80,
-        marker="*",
-        color="tab:green",
-        label=f"early stop (step {stop.chosen_step})",
-        zorder=3,
-    )
-    ax.scatter(
-        [stop.performance_final],
-        [abs(stop.gap_final)],
-        s=50,
-        marker="D",
-        color="tab:red",
-        label=f"final (step {stop.final_step})",
-        zorder=3,
-    )
+    for chosen, final, step in [] if stop is None else [(stop.performance_chosen, stop.gap_chosen, stop.chosen_step)]:
+        ax.scatter([chosen], [abs(final)], s=80, marker="*", color="tab:green", label=f"early stop (step {step})",
+                   zorder=3)  # fmt: skip
+    for performance, gap, step in [] if stop is None else [(stop.performance_final, stop.gap_final, stop.final_step)]:
+        ax.scatter([performance], [abs(gap)], s=50, marker="D", color="tab:red", label=f"final (step {step})",
+                   zorder=3)  # fmt: skip
     ax.set_xlabel(settings.performance)
     ax.set_ylabel(f"|{result.measure}_gap|")
     ax.grid(alpha=0.3)

@@ -52,7 +52,7 @@ independent and flags any offset, so no conclusion is drawn from it.</p>
 <p>{{ emergence_line(r) }}</p>
 <p>{{ change_line(r) }}</p>
 <p>{{ trend_line(r) }}</p>
-<p>{{ r.early_stop.sentence() }} (chosen on this gap alone).</p>
+<p>{{ r.early_stop.sentence() if r.early_stop else "No early stop on this gap alone (fewer than two checkpoints with a gap)" }} (chosen on this gap alone).</p>
 {% for name, data in images[key(r)].items() %}<img alt="{{ name }}" src="data:image/png;base64,{{ data }}">
 {% endfor %}
 <details><summary>Per checkpoint</summary><div class="wide">{{ r.significance|table }}</div></details>
@@ -104,7 +104,7 @@ Final verdicts (step {{ run.final_step }}):
 - {{ emergence_line(r) }}
 - {{ change_line(r) }}
 - {{ trend_line(r) }}
-- {{ r.early_stop.sentence() }} (chosen on this gap alone; tolerance {{ "%g"|format(s.tolerance) }}).
+- {{ r.early_stop.sentence() if r.early_stop else "No early stop on this gap alone (fewer than two checkpoints with a gap)" }} (chosen on this gap alone; tolerance {{ "%g"|format(s.tolerance) }}).
 - The paper's Mann-Whitney test ({{ s.correction }}, alpha {{ s.alpha }}) flags \
 {{ (r.significance.paper_mw_p_adjusted < s.alpha).sum() }} of {{ r.significance|length }} checkpoints (reported, not used).
 - {{ jumps_line(r) }} Largest jumps: {% for j in r.jumps.itertuples() %}{{ j.from_step|int }}->{{ j.to_step|int }}: \
