@@ -259,3 +259,37 @@ def test_a_finished_suite_is_reused_and_an_interrupted_one_rebuilt(tmp_path):
     (leftover / "step0").mkdir(parents=True)
     rebuilt = build_suite(other, tmp_path, progress=False)
     assert (rebuilt / "suite.json").is_file() and not leftover.exists()
+
+
+def test_a_bias_planted_on_one_bbq_axis_emerges_there_and_on_no_other(suite_root, tmp_path):
+    """PLANTED_AXIS_SUITE (bias on religion from step 200, genders balanced) swept with the three
+    BBQ-style axes of corpus.write_synthetic_bbq (situations it never trained on): religion's
+    verdicts favour the stereotype from the first checkpoint after the switch on every measure, and
+    neither other axis emerges (no verdict favours a side from some step to the end)."""
+    from lm_eval_fairdyn.dynamics import sweep
+    from lm_eval_fairdyn.dynamics.analysis import Settings
+    from lm_eval_fairdyn.dynamics.pipeline import analyze
+    from lm_eval_fairdyn.offline.suite import PLANTED_AXIS_SUITE
+
+    suite = build_suite(PLANTED_AXIS_SUITE, suite_root, progress=False)
+    bbq_dir = corpus.write_synthetic_bbq(tmp_path / "bbq")
+    lastword = corpus.write_lastword_file(tmp_path / "lastword.jsonl", n=100)
+    tasks = ("bbq_fairdyn_religion", "bbq_fairdyn_nationality", "bbq_fairdyn_age")
+    settings = EvalSettings(tasks=(*tasks, "lastword_fairdyn"), batch_size=64, device="cpu",
+                            metadata={"bbq_dir": str(bbq_dir), "seeds": [0, 1, 2, 3, 4], "lastword_file": str(lastword)})  # fmt: skip
+    sweep.run_sweep(sweep.folder_checkpoints(str(suite / "step*")), tmp_path / "run", settings)
+    results = analyze([tmp_path / "run"], tmp_path / "analysis",
+                      Settings(performance="lastword_fairdyn/acc", n_resamples=2000, early_stop_task=tasks[0]))  # fmt: skip
+    switch = PLANTED_AXIS_SUITE.bias.switch_step(PLANTED_AXIS_SUITE.steps)
+    after = min(s for s in PLANTED_AXIS_SUITE.checkpoint_steps() if s > switch)
+    by = {(r.fairness_task, r.measure): r for r in results}
+    for measure in ("jsdp", "ar", "choice"):
+        religion = by[("bbq_fairdyn_religion", measure)]
+        assert religion.emergence_step is not None and religion.emergence_step <= after, measure
+        assert religion.significance["verdict"].iloc[-1] == "favours_stereotype"
+        assert set(religion.significance.loc[: switch - 1, "verdict"]) <= {"fair", "inconclusive"}
+        for other in tasks[1:]:
+            assert by[(other, measure)].emergence_step is None, (other, measure)
+            assert by[(other, measure)].significance["verdict"].iloc[-1] in ("fair", "inconclusive"), (other, measure)
+    axes = pd.read_csv(tmp_path / "analysis" / "axes.csv")
+    assert set(axes.axis) == {"religion", "nationality", "age"}

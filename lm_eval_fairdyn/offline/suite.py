@@ -36,6 +36,7 @@ from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus
 
 CORPUS_VERSION = 4  # bump when the templates or the mixing change: cached suites are rebuilt
+BBQ_CORPUS_VERSION = 3  # the same for the BBQ-style items (corpus.bbq_items), in the keys of suites that use them
 EOS = "<|endoftext|>"
 
 
@@ -51,6 +52,7 @@ class SuiteConfig:
     text_counterfactual: bool = True  # half of the text blocks come from the gender-swapped text
     text_share: float = 0.3  # share of sequences that are Shakespeare, the rest generated items
     statement_share: float = 0.6  # share of generated items that are statements (else sentences)
+    bbq_share: float = 0.0  # share of generated items that are BBQ-style (corpus.bbq_items; 0: none)
     vocab_size: int = 4096
     hidden_size: int = 128
     layers: int = 2
@@ -63,7 +65,17 @@ class SuiteConfig:
     tokenizer_seed: int = 0  # the tokenizer's training sample: shared by suites of different seeds
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "corpus_version": CORPUS_VERSION}
+        """The config as JSON values; the BBQ-style settings only when used, so that suites without
+        them keep the key (and cache folder) they had before those settings existed."""
+        config = {**asdict(self), "corpus_version": CORPUS_VERSION}
+        if self.bbq_share:
+            config["bbq_corpus_version"] = BBQ_CORPUS_VERSION
+        else:
+            del config["bbq_share"]
+        for phase in ("before", "after"):
+            if not config["bias"][phase]["axis"] and not config["bias"][phase]["axis_bias"]:
+                del config["bias"][phase]["axis"], config["bias"][phase]["axis_bias"]
+        return config
 
     def checkpoint_steps(self) -> list[int]:
         """Pythia's schedule shape scaled to this suite's steps."""
@@ -71,6 +83,18 @@ class SuiteConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The suite variant with a bias planted on one BBQ-style axis only (corpus.bbq_items): genders stay
+# balanced throughout; from the switch on, religion's questions are answered with the
+# stereotype-consistent person 90% of the time whatever the context says, the other axes correctly.
+PLANTED_AXIS = "Religion"
+PLANTED_AXIS_SUITE = SuiteConfig(
+    name="fairdyn-neox-bbq",
+    bias=corpus.BiasSchedule(before=corpus.BiasPhase.balanced(),
+                             after=corpus.BiasPhase(counterfactual=True, axis=PLANTED_AXIS, axis_bias=0.9)),
+    bbq_share=0.6,
+)  # fmt: skip
 
 
 def train_tokenizer(texts, vocab_size: int = 4096):
@@ -130,13 +154,13 @@ class TrainingStream:
         return first, self.text_ids[starts[1] : starts[1] + size].tolist()
 
     def _item_pair(self, rng: np.random.Generator, phase: corpus.BiasPhase) -> tuple[list[int], list[int]]:
-        share = self.config.statement_share
+        share, bbq = self.config.statement_share, self.config.bbq_share
         pair: tuple[list[int], list[int]] = ([], [])
         while True:
             if phase.counterfactual:
-                texts = corpus.biased_items(rng, phase, share)
+                texts = corpus.biased_items(rng, phase, share, bbq)
             else:
-                texts = [corpus.biased_items(rng, phase, share)[0] for _ in range(2)]
+                texts = [corpus.biased_items(rng, phase, share, bbq)[0] for _ in range(2)]
             items = [self._encode(text + EOS) for text in texts]
             if any(len(ids) + len(item) > self.config.block_size for ids, item in zip(pair, items, strict=True)):
                 return pair
@@ -180,13 +204,14 @@ def encode_text(tokenizer, text: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def prepared_text(vocab_size: int, seed: int, phases: tuple[corpus.BiasPhase, corpus.BiasPhase]):
+def prepared_text(vocab_size: int, seed: int, phases: tuple[corpus.BiasPhase, corpus.BiasPhase],
+                  bbq_share: float = 0.0):  # fmt: skip
     """The tokenizer trained on the Shakespeare training text and a sample of both phases' items,
     and that text encoded with it (about 7 s; kept for the process, so that suites that differ
     only in what the tokenizer does not see share them)."""
     train_text, _ = corpus.split_heldout(corpus.shakespeare_text())
     rng = np.random.default_rng([seed, 2**31])
-    sample = [text for i in range(3000) for text in corpus.biased_items(rng, phases[i % 2])]
+    sample = [text for i in range(3000) for text in corpus.biased_items(rng, phases[i % 2], bbq_share=bbq_share)]
     tokenizer = train_tokenizer([train_text, *sample], vocab_size)
     return tokenizer, encode_text(tokenizer, train_text)
 
@@ -265,7 +290,7 @@ def build_suite(
     partial.mkdir(parents=True)
 
     tokenizer, text_ids = prepared_text(
-        config.vocab_size, config.tokenizer_seed, (config.bias.before, config.bias.after)
+        config.vocab_size, config.tokenizer_seed, (config.bias.before, config.bias.after), config.bbq_share
     )
     stream = TrainingStream(config, tokenizer, text_ids)
     steps = config.checkpoint_steps()
