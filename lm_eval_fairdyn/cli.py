@@ -84,6 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.batch_size,
         limit=args.limit,
         winogender_dir=args.winogender_dir,
+        bbq_dir=args.bbq_dir,
     )  # a data folder the user named but that is unusable: one line, exit 2 (main)
     print(f"\ndone in {outputs.seconds:.0f} s; fairness data: {outputs.data_source}")
     print(f"  checkpoint suite: {outputs.suite}{' (reused from the cache)' if outputs.suite_reused else ''}")
@@ -450,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--winobias_dir", default=None, help="folder of the WinoBias files (default: env/cache/download)")
     demo.add_argument("--winogender_dir", default=None,
                       help="folder of the Winogender files (default: env/cache/download; left out when none)")  # fmt: skip
-    demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias or Winogender")
+    demo.add_argument("--bbq_dir", default=None,
+                      help="folder of the BBQ files (default: env/cache/download; categories not found are left out)")  # fmt: skip
+    demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias, Winogender or BBQ")
     demo.add_argument(
         "--steps", type=int, default=None, help=f"training steps of the suite (default: {SuiteConfig().steps})"
     )

@@ -97,6 +97,23 @@ def gender_family(winobias: Path, label: str, winogender_dir: str | None, downlo
     return tasks, metadata, notes
 
 
+BBQ_PER_TEMPLATE = 8  # the demo's BBQ: each template's first 8 items (1,200 of the 11,956 in 6 categories)
+
+
+def bbq_axes(bbq_dir: str | None, download: bool) -> tuple[list, dict, list]:
+    """(BBQ tasks, their metadata, a line naming the categories left out): every category whose
+    file a folder, FAIRDYN_BBQ_DIR, the cache or a download provides, each template's first
+    ``BBQ_PER_TEMPLATE`` items."""
+    from lm_eval_fairdyn.core import bbq
+
+    present, missing = bbq.available_categories(bbq_dir, download=download)
+    tasks = [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in present]
+    notes = [f"BBQ: left out {', '.join(missing)} ({len(present)} of {len(bbq.CATEGORIES)} categories at hand; "
+             "set FAIRDYN_BBQ_DIR to a folder with all of them)"] if missing else []  # fmt: skip
+    metadata = {"bbq_per_template": BBQ_PER_TEMPLATE} | ({"bbq_dir": str(bbq_dir)} if bbq_dir else {})
+    return tasks, metadata if tasks else {}, notes
+
+
 def monitor_settings(config, winobias_dir: Path) -> dict:
     """FairnessCallback arguments used while training the suite: a quarter of the fairness
     prompts every quarter of training, on the held-out synthetic prompts (always available, so
@@ -119,6 +136,7 @@ def run_demo(
     winogender_dir: str | None = None,
     suite_root: str | Path | None = None,
     limit: int | None = None,
+    bbq_dir: str | None = None,
 ) -> DemoOutputs:
     from lm_eval_fairdyn.dynamics import sweep
     from lm_eval_fairdyn.dynamics.analysis import Settings
@@ -146,6 +164,8 @@ def run_demo(
         )
 
     fairness, family_metadata, notes = gender_family(winobias, label, winogender_dir, download)
+    axes, axes_metadata, axes_notes = bbq_axes(bbq_dir, download)
+    fairness, family_metadata, notes = [*fairness, *axes], family_metadata | axes_metadata, notes + axes_notes
     for note in notes:
         print(f"      {note}")
     sweep_dir = out / ("sweep" if label == WINOBIAS_TEST_LABEL else "sweep_synthetic") / folder.name
