@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lm_eval_fairdyn.core import bbq
 from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL
 
 pytestmark = pytest.mark.slow  # runs fairdyn demo three times
@@ -41,7 +42,12 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
     analysis = json.loads((report / "analysis.json").read_text())["runs"][suite.name]
     # no Type 1 without the real WinoBias files; Winogender when its folder is named
     with_winogender = ["winogender_fairdyn_1seed"] if os.environ.get("FAIRDYN_WINOGENDER_DIR") else []
-    assert sorted(analysis) == ["winobias_fairdyn_1seed", *with_winogender]
+    # BBQ: the categories whose files FAIRDYN_BBQ_DIR holds, the others named
+    present = bbq.available_categories(None, download=False)[0] if os.environ.get("FAIRDYN_BBQ_DIR") else []
+    with_bbq = [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in present]
+    assert sorted(analysis) == sorted(["winobias_fairdyn_1seed", *with_winogender, *with_bbq])
+    if with_bbq and len(present) < len(bbq.CATEGORIES):
+        assert "BBQ: left out " in first.stdout and f"({len(present)} of 11 categories at hand" in first.stdout
     assert analysis["winobias_fairdyn_1seed"]["jsdp"]["data_source"] == SYNTHETIC_LABEL
     assert "winobias_fairdyn_type1_1seed: left out, it needs the real WinoBias files" in first.stdout
     stamps = {p: p.stat().st_mtime_ns for p in [suite / "suite.json", sweep / "step4" / "results.json"]}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lm_eval_fairdyn.core import bbq
 from lm_eval_fairdyn.core.harness import EvalSettings, evaluate, flatten_results
 from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus
@@ -159,7 +160,12 @@ def test_the_demo_finds_the_planted_bias_where_it_was_planted(biased_suite, suit
     every = pd.read_csv(report / "significance.csv")
     tasks = [FAIRNESS_TASK, TYPE1_TASK]  # the real files, or the fixture's stand-ins for both types
     tasks += [WINOGENDER_TASK] if os.environ.get("FAIRDYN_WINOGENDER_DIR") else []
-    assert sorted(runs) == sorted(tasks) and set(every.measure) == {"jsdp", "ar"}
+    present = bbq.available_categories(None, download=False)[0] if os.environ.get("FAIRDYN_BBQ_DIR") else []
+    axes = [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in present]
+    assert sorted(runs) == sorted(tasks + axes) and set(every.measure) == {"jsdp", "ar", "choice"}
+    for task in axes:  # no bias was planted on BBQ's axes: no checkpoint favours a side on any measure
+        sig = every[every.task == task]
+        assert not set(sig.verdict) & {"favours_stereotype", "against_stereotype"}, (task, sig.verdict.value_counts())
     switch, after = 200, [240, 280]
     for task in tasks:
         run = runs[task]["jsdp"]
