@@ -25,7 +25,8 @@ predict continuation tokens. Each row's float32 log-softmax gives stock ``hf``'s
 rows in float64 give the ranks. Requests that share one forward pass (lm-eval's
 one-token-continuation cache) share one row, exactly as their log-likelihoods do. The batches are
 planned once per list of requests and kept for the next identical call (the next checkpoint of
-a sweep); docs/PERFORMANCE.md, section 6, has what this saves and the upstream proposal.
+a sweep); docs/PERFORMANCE.md (section 3, "The time outside the forward passes") has what this
+saves, docs/UPSTREAM.md the proposal for lm-eval.
 """
 
 from __future__ import annotations
