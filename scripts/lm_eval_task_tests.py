@@ -49,14 +49,10 @@ def bbq_task_yamls() -> list[Path]:
     the others are named."""
     from lm_eval_fairdyn.core import bbq
 
-    present = []
-    for category in bbq.CATEGORIES:
-        try:
-            bbq.bbq_dir(None, [category], download=False)
-            present.append(tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(category)}.yaml")
-        except bbq.BBQUnavailable:
-            print(f"left out bbq_fairdyn_{bbq.task_suffix(category)}: no {category}.jsonl at hand", file=sys.stderr)
-    return present
+    present, missing = bbq.available_categories(None, download=False)
+    for category in missing:
+        print(f"left out bbq_fairdyn_{bbq.task_suffix(category)}: no {category}.jsonl at hand", file=sys.stderr)
+    return [tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(c)}.yaml" for c in present]
 
 
 def main(argv: list[str]) -> int:

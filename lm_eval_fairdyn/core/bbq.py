@@ -52,7 +52,6 @@ UPSTREAM_BLOB_SHA1 = {
 BBQ_LABEL = "BBQ"
 POLARITIES = ("neg", "nonneg")
 CONDITIONS = ("ambig", "disambig")
-ROLES = ("stereotyped", "other", "unknown")  # what an answer is, per item
 _FIELDS = ("example_id", "question_index", "question_polarity", "context_condition", "category", "answer_info",
            "additional_metadata", "context", "question", "ans0", "ans1", "ans2", "label")  # fmt: skip
 
