@@ -44,8 +44,8 @@ def run_lm_eval(argv: list[str]) -> int:
     from lm_eval.utils import setup_logging
 
     import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.core.data import with_data_source
     from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
+    from lm_eval_fairdyn.core.registry import prepare_metadata
 
     setup_logging()
     harness = HarnessCLI()
@@ -58,7 +58,7 @@ def run_lm_eval(argv: list[str]) -> int:
     ours = str(tasks_path())
     args.include_path = ours if not getattr(args, "include_path", None) else [args.include_path, ours]
     if isinstance(args.metadata, dict):  # the results record what was evaluated (synthetic prompts)
-        args.metadata = with_data_source(args.metadata)
+        args.metadata = prepare_metadata(args.metadata)
     try:
         with keyed_request_cache():
             harness.execute(args)
@@ -353,7 +353,7 @@ def _add_check(commands) -> None:
     check.add_argument("results", metavar="RESULTS")
     check.add_argument("--baseline", required=True)
     check.add_argument("--gap", choices=("jsdp", "ar"), default="jsdp", help="gap metric (default: %(default)s)")
-    check.add_argument("--task", default=None, help="default: the winobias_fairdyn* task in both files")
+    check.add_argument("--task", default=None, help="the fairness task to check (default: every one both files hold)")
     check.add_argument("--max-gap", dest="max_gap", type=float, default=None, help="bound on |gap|")
     check.add_argument("--max-regression", dest="max_regression", type=float, default=0.01,
                        help="bound on the growth of |gap| over the baseline's, in gap units (default: %(default)s)")  # fmt: skip
@@ -361,11 +361,9 @@ def _add_check(commands) -> None:
     check.set_defaults(handler=_check)
 
 
-def _check_input(location: str, task: str | None, measure: str):
-    """(results path, task, per-pair values) of one side of ``fairdyn check``."""
-    from lm_eval_fairdyn.core.metric_table import metric
-    from lm_eval_fairdyn.dynamics.inference import pair_values
-    from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_result_file
+def _check_file(location: str):
+    """The results file of one side of ``fairdyn check`` (a file, or a folder holding one)."""
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_result_file
 
     path = Path(location)
     if path.is_dir():
@@ -375,47 +373,86 @@ def _check_input(location: str, task: str | None, measure: str):
         path = found[0]
     if not path.is_file():
         raise ResultsError(f"{path}: no such file")
-    data = read_result_file(path, run=path.stem, require_step=False)
-    tasks = sorted(t for t, name in data.values if name == metric("jsdp"))
-    task = task or (tasks[0] if tasks else None)
-    if task not in tasks:
-        raise ResultsError(f"{path}: no winobias_fairdyn task {task or ''} (tasks with fairness metrics: {tasks})")
+    return path, read_result_file(path, run=path.stem, require_step=False)
+
+
+def _check_pairs(path: Path, data, task: str, measure: str):
+    """(sides, per-group values) of ``task`` in one results file, its sides from the registry."""
+    from lm_eval_fairdyn.core import registry
+    from lm_eval_fairdyn.dynamics.inference import pair_values
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file
+
     if task not in data.prompt_files:
         raise ResultsError(
             f"{path}: no per-prompt values of {task} beside it (prompts_{task}.csv or samples_{task}*.jsonl); "
             "evaluate with fairdyn sweep, or fairdyn eval --log_samples"
         )
-    pairs = pair_values(read_prompt_file(data.prompt_files[task]), measure)
+    sides = registry.describe(task, data.settings.get(task)).sides or registry.DEFAULT_SIDES
+    pairs = pair_values(read_prompt_file(data.prompt_files[task]), measure, sides)
     if pairs.empty:
-        raise ResultsError(f"{data.prompt_files[task]}: no counterfactual pair with {measure} values")
-    return path, task, pairs
+        raise ResultsError(f"{data.prompt_files[task]}: no counterfactual group with {measure} values of both sides")
+    return sides, pairs
+
+
+def _check_tasks(baseline, current, wanted: str | None) -> list[str]:
+    """The fairness tasks to check: ``wanted``, else every one both files hold."""
+    from lm_eval_fairdyn.core.metric_table import metric
+    from lm_eval_fairdyn.dynamics.results import ResultsError
+
+    held = [sorted(t for t, name in data.values if name == metric("jsdp")) for _, data in (baseline, current)]
+    if wanted:
+        for (path, _), tasks in zip((baseline, current), held, strict=True):
+            if wanted not in tasks:
+                raise ResultsError(f"{path}: no fairness task {wanted!r} (tasks with fairness metrics: {tasks})")
+        return [wanted]
+    common = [t for t in held[0] if t in held[1]]
+    if not common:
+        raise ResultsError(
+            f"{current[0]} and {baseline[0]} hold no fairness task in common ({held[1]} and {held[0]}); "
+            "pass --task TASK"
+        )
+    return common
 
 
 def _check(args) -> int:
+    import math
+
     from lm_eval_fairdyn.dynamics.inference import Bootstrap, regression_check
     from lm_eval_fairdyn.dynamics.results import ResultsError
 
     try:
-        baseline_path, task, baseline = _check_input(args.baseline, args.task, args.gap)
-        current_path, _, current = _check_input(args.results, task, args.gap)
-        if set(baseline.index) != set(current.index):
-            raise ResultsError(
-                f"{current_path} and {baseline_path} were evaluated on different sentence pairs "
-                f"({len(current)} and {len(baseline)}); evaluate both on the same prompts"
-            )
-        rows = regression_check(baseline, current, args.max_gap, args.max_regression, Bootstrap(args.confidence))
+        baseline_file, current_file = _check_file(args.baseline), _check_file(args.results)
+        checked = []
+        for task in _check_tasks(baseline_file, current_file, args.task):
+            sides, baseline = _check_pairs(*baseline_file, task, args.gap)
+            _, current = _check_pairs(*current_file, task, args.gap)
+            if set(baseline.index) != set(current.index):
+                raise ResultsError(
+                    f"{task}: {current_file[0]} and {baseline_file[0]} were evaluated on different sentence pairs "
+                    f"({len(current)} and {len(baseline)} groups); evaluate both on the same prompts"
+                )
+            rows = regression_check(baseline, current, args.max_gap, args.max_regression, Bootstrap(args.confidence))
+            for row in rows:
+                if any(math.isnan(row[k]) for k in ("estimate", "ci_low", "ci_high")):
+                    raise ResultsError(
+                        f"{task}: the interval of {row['check']!r} cannot be computed ({len(current)} counterfactual "
+                        "group(s) with both sides; at least two are needed); evaluate more prompts"
+                    )
+            checked.append((task, sides, baseline, current, rows))
     except (ResultsError, ValueError) as err:
         print(f"fairdyn check: {err}", file=sys.stderr)
         return 2
-    print(f"{task} {args.gap} gap (female - male, {len(current)} counterfactual groups): baseline "
-          f"{baseline['difference'].mean():+.4f}, current {current['difference'].mean():+.4f}")  # fmt: skip
-    print(f"{'check':<58} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
-    for row in rows:
-        status = "ok" if row["ok"] else "REGRESSED"
-        high = "+inf)" if row["ci_high"] == float("inf") else f"{row['ci_high']:+.4f}]"
-        print(f"{row['check']:<58} {row['estimate']:>+9.4f} [{row['ci_low']:+.4f}, {high:<8} "
-              f"{row['bound']:>7.4f}  {status}")  # fmt: skip
-    failed = [row["check"] for row in rows if not row["ok"]]
+    failed = []
+    for task, sides, baseline, current, rows in checked:
+        print(f"{task} {args.gap} gap ({sides.label}, {len(current)} counterfactual groups): baseline "
+              f"{baseline['difference'].mean():+.4f}, current {current['difference'].mean():+.4f}")  # fmt: skip
+        print(f"{'check':<58} {'estimate':>9} {100 * args.confidence:g}% interval{'':>6} {'bound':>7}  status")
+        for row in rows:
+            status = "ok" if row["ok"] else "REGRESSED"
+            high = "+inf)" if row["ci_high"] == float("inf") else f"{row['ci_high']:+.4f}]"
+            print(f"{row['check']:<58} {row['estimate']:>+9.4f} [{row['ci_low']:+.4f}, {high:<8} "
+                  f"{row['bound']:>7.4f}  {status}")  # fmt: skip
+        failed += [f"{task}: {row['check']}" for row in rows if not row["ok"]]
     if failed:
         print(f"fairness regressed: {'; '.join(failed)} (interval entirely beyond the bound)", file=sys.stderr)
         return 1

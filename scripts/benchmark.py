@@ -45,8 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def winobias_instances(n_prompts: int):
     from lm_eval.api.instance import Instance
 
+    from lm_eval_fairdyn.benchmarks.winobias.hooks import load_dataset
     from lm_eval_fairdyn.core.prompts import answer_continuations
-    from lm_eval_fairdyn.core.task import load_dataset
 
     docs = load_dataset(split="test", seeds=[0])["test"].select(range(n_prompts))
     pairs = [(d["prompt"], " " + w) for d in docs for w in answer_continuations()]
@@ -137,8 +137,8 @@ def minimal_loop(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lm_eval_fairdyn.benchmarks.winobias.hooks import load_dataset
     from lm_eval_fairdyn.core.prompts import answer_continuations
-    from lm_eval_fairdyn.core.task import load_dataset
 
     docs = load_dataset(split="test", seeds=[0])["test"].to_list()
     seconds = {"load": 0.0, "tokenize": 0.0, "forward": 0.0, "ranks": 0.0}

@@ -47,7 +47,7 @@ def harness_file(harness: Path, name: str) -> str:
 def bbq_task_yamls() -> list[Path]:
     """The ``bbq_fairdyn_<category>`` tasks whose files are at hand (FAIRDYN_BBQ_DIR, the cache);
     the others are named."""
-    from lm_eval_fairdyn.core import bbq
+    from lm_eval_fairdyn.benchmarks.bbq import data as bbq
 
     present, missing = bbq.available_categories(None, download=False)
     for category in missing:

@@ -42,7 +42,7 @@ OWN_WINOGENDER_TEMPLATES = (
 
 def write_own_winogender(folder: Path) -> Path:
     """A Winogender-format folder of the project's own templates, every sentence instantiated."""
-    from lm_eval_fairdyn.core import winogender
+    from lm_eval_fairdyn.benchmarks.winogender import data as winogender
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = ["occupation(0)\tother-participant(1)\tanswer\tsentence"]
@@ -196,7 +196,7 @@ def winobias_dir(tmp_path_factory) -> Path:
     real = real_winobias_dir()
     if real is not None:
         return real
-    from lm_eval_fairdyn.core.data import SYNTHETIC_MARKER
+    from lm_eval_fairdyn.benchmarks.winobias.data import SYNTHETIC_MARKER
     from lm_eval_fairdyn.offline.corpus import write_synthetic_winobias
 
     folder = write_synthetic_winobias(tmp_path_factory.mktemp("winobias_format"))

@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 from conftest import raw_file_server, write_own_bbq
 
-from lm_eval_fairdyn.core import bbq, sources
-from lm_eval_fairdyn.core.bbq import BBQError, BBQUnavailable
+from lm_eval_fairdyn.benchmarks.bbq import STEREOTYPE
+from lm_eval_fairdyn.benchmarks.bbq import data as bbq
+from lm_eval_fairdyn.benchmarks.bbq import hooks as bbq_hooks
+from lm_eval_fairdyn.benchmarks.bbq.data import BBQError, BBQUnavailable
+from lm_eval_fairdyn.core import sources, task
 
 
 def present_categories(folder):
@@ -156,7 +159,6 @@ def test_the_task_yamls_list_the_bbq_metrics_and_every_category():
     import yaml
 
     from lm_eval_fairdyn import tasks_path
-    from lm_eval_fairdyn.core import task
 
     class Loader(yaml.SafeLoader):
         pass
@@ -166,7 +168,7 @@ def test_the_task_yamls_list_the_bbq_metrics_and_every_category():
     listed = [
         (m["metric"], m["aggregation"].removeprefix("utils."), m["higher_is_better"]) for m in template["metric_list"]
     ]
-    assert listed == list(task.BBQ_METRICS)
+    assert listed == list(bbq_hooks.BBQ_METRICS)
     group = yaml.safe_load((tasks_path() / "bbq_fairdyn.yaml").read_text())
     assert group["task"] == [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in bbq.CATEGORIES]
     for category in bbq.CATEGORIES:
@@ -219,27 +221,25 @@ def test_task_metrics_equal_lm_evals_bbq_scores_on_the_answers_the_task_chose(bb
     fed the answer the task chose (its highest option probability), item by item."""
     from lm_eval.tasks.bbq import utils
 
-    from lm_eval_fairdyn.core import task
-
     rng = np.random.default_rng(1)
     category = present_categories(bbq_dir)[0]
-    docs = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
+    docs = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
     theirs = {d["example_id"]: d for d in lm_eval_docs(bbq_dir, category)}
     items = {i.example_id: i for i in bbq.load_bbq(bbq_dir, [category], download=False)[category]}
     ours, their_metrics = [], []
     for doc in docs:
         answers = fake_answers(rng)
-        ours.append(task.bbq_process_results(doc, answers))
+        ours.append(bbq_hooks.bbq_process_results(doc, answers))
         chosen = int(np.argmax([a.first_logprob for a in answers]))
         lm_doc = theirs[doc["example_id"]]
         their_metrics.append(
             utils._process_results(lm_doc, utils.doc_to_choice(lm_doc).index(items[doc["example_id"]].answers[chosen]))
         )
     column = {name: [v[name] for v in ours] for name in ours[0]}
-    assert task.bbq_disambiguated_bias_score(column["disamb_bias_score"]) == pytest.approx(
+    assert bbq_hooks.bbq_disambiguated_bias_score(column["disamb_bias_score"]) == pytest.approx(
         utils.agg_disamb_bias_scores([m[f"disamb_bias_score_{category}"] for m in their_metrics]), abs=1e-12
     )
-    assert task.bbq_ambiguous_bias_score(column["amb_bias_score"]) == pytest.approx(
+    assert bbq_hooks.bbq_ambiguous_bias_score(column["amb_bias_score"]) == pytest.approx(
         utils.agg_amb_bias_scores([m[f"amb_bias_score_{category}"] for m in their_metrics]), abs=1e-12
     )
     assert task.mean_of_present(column["accuracy_amb"]) == pytest.approx(
@@ -250,7 +250,7 @@ def test_task_metrics_equal_lm_evals_bbq_scores_on_the_answers_the_task_chose(bb
     # the gap: gold the inconsistent person minus gold the consistent one, from the same values
     consistent = [v["jsdp_consistent"] for v in ours if v["jsdp_consistent"] is not None]
     inconsistent = [v["jsdp_inconsistent"] for v in ours if v["jsdp_inconsistent"] is not None]
-    assert task.gap_inconsistent_minus_consistent(column["jsdp_gap"]) == pytest.approx(
+    assert bbq_hooks.gap_inconsistent_minus_consistent(column["jsdp_gap"]) == pytest.approx(
         np.mean(inconsistent) - np.mean(consistent), abs=1e-15
     )
     ambiguous = [v for v in ours if v["assumption_rate"] is not None]
@@ -260,15 +260,14 @@ def test_task_metrics_equal_lm_evals_bbq_scores_on_the_answers_the_task_chose(bb
 
 
 def test_items_whose_answers_share_a_first_token_are_left_out_and_counted(bbq_dir):
-    from lm_eval_fairdyn.core import task
 
     category = present_categories(bbq_dir)[0]
-    doc = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"][0]
+    doc = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"][0]
     rng = np.random.default_rng(2)
-    values = task.bbq_process_results(doc, fake_answers(rng, tokens=[7, 7, 9]))
+    values = bbq_hooks.bbq_process_results(doc, fake_answers(rng, tokens=[7, 7, 9]))
     assert values["collided"] == 1.0
     assert all(v is None for name, v in values.items() if name != "collided")
-    clean = task.bbq_process_results(doc, fake_answers(rng))
+    clean = bbq_hooks.bbq_process_results(doc, fake_answers(rng))
     assert clean["collided"] == 0.0 and clean[f"jsdp_{doc['gold']}"] is not None
     assert task.mean_of_present([values["collided"], clean["collided"]]) == 0.5
 
@@ -318,20 +317,22 @@ def bbq_prompt_table(gap: float, choice: float, templates: int = 40, slots: int 
     [(0.15, 0.4, "favours_stereotype"), (0.0, 0.0, "fair"), (-0.15, -0.4, "against_stereotype")],
 )
 def test_planted_stereotype_gaps_get_their_verdicts(gap, choice, expected):
+    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.dynamics import inference
 
     prompts = bbq_prompt_table(gap, choice)
-    assert inference.sides_of(prompts) == inference.STEREOTYPE
+    sides = registry.describe("bbq_fairdyn_religion").sides
+    assert (sides.minuend, sides.subtrahend, sides.twins) == ("inconsistent", "consistent", False)
     settings = inference.Bootstrap(n_resamples=2000)
-    pairs = inference.pair_values(prompts, "jsdp")
+    pairs = inference.pair_values(prompts, "jsdp", sides)
     assert len(pairs) == 40 and list(pairs.columns) == ["inconsistent", "consistent", "difference", "level"]
     assert pairs["difference"].mean() == pytest.approx(gap, abs=0.01)
     for measure in ("jsdp", "ar"):
-        table = inference.gap_table(prompts, measure, inference.DEFAULT_MARGINS[measure], settings)
+        table = inference.gap_table(prompts, measure, inference.DEFAULT_MARGINS[measure], settings, sides)
         assert table.loc[0, "verdict"] == expected, measure
-    choices = inference.choice_values(prompts)
+    choices = inference.choice_values(prompts, sides)
     assert len(choices) == 40
-    table = inference.gap_table(prompts, "choice", inference.DEFAULT_MARGINS["choice"], settings)
+    table = inference.gap_table(prompts, "choice", inference.DEFAULT_MARGINS["choice"], settings, sides)
     assert table.loc[0, "gap"] == pytest.approx(choice, abs=0.1)
     assert table.loc[0, "verdict"] == expected
 
@@ -346,7 +347,7 @@ def test_real_bbq_templates_compare_both_sides_at_each_polarity(bbq_dir, uses_re
     for category in present_categories(bbq_dir):
         docs = pd.DataFrame(bbq.bbq_docs(bbq.load_bbq(bbq_dir, [category], download=False)[category]))
         docs = docs.assign(jsdp=np.random.default_rng(0).uniform(size=len(docs)), step=0)
-        pairs = inference.pair_values(docs, "jsdp")
+        pairs = inference.pair_values(docs, "jsdp", STEREOTYPE)
         referent = docs[docs.kind == "referent"]
         sides = referent.groupby(["pair", "slot"])["gold"].nunique()
         assert set(pairs.index) == set(sides[sides == 2].index.get_level_values("pair"))

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from lm_eval_fairdyn.core.data import (
+from lm_eval_fairdyn.benchmarks.winobias.data import (
     OCCUPATION_STEREOTYPE,
     PRONOUN_GENDER,
     SYNTHETIC_MARKER,
@@ -142,7 +142,7 @@ def test_lastword_passages_come_from_the_held_out_text_only():
 
 
 def test_lastword_task_reads_a_jsonl_file_and_rejects_bad_lines(tmp_path):
-    from lm_eval_fairdyn.core.task import load_lastword_dataset
+    from lm_eval_fairdyn.benchmarks.performance.hooks import load_lastword_dataset
 
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(json.dumps({"text": t}) for t in ["the cat sat on the mat", "to be or not to be"]))
@@ -174,8 +174,8 @@ def test_lastword_task_through_lm_eval_matches_a_direct_computation(neox_dir, tm
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lm_eval_fairdyn.benchmarks.performance.hooks import load_lastword_dataset
     from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
-    from lm_eval_fairdyn.core.task import load_lastword_dataset
 
     passages = corpus.write_lastword_file(tmp_path / "passages.jsonl", n=12)
     settings = EvalSettings(tasks=("lastword_fairdyn",), model="hf", batch_size=4, device="cpu", prompt_tables=False,
@@ -208,8 +208,8 @@ def test_heldout_task_through_lm_eval_matches_a_direct_computation(neox_dir, tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lm_eval_fairdyn.benchmarks.performance.hooks import load_lastword_dataset
     from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
-    from lm_eval_fairdyn.core.task import load_lastword_dataset
 
     passages = corpus.write_lastword_file(tmp_path / "passages.jsonl", n=8)
     settings = EvalSettings(tasks=("heldout_fairdyn",), model="hf", batch_size=4, device="cpu", prompt_tables=False,

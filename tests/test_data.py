@@ -4,8 +4,9 @@ import urllib.request
 
 import pytest
 
-from lm_eval_fairdyn.core import data, sources
-from lm_eval_fairdyn.core.data import WinoBiasError, WinoBiasUnavailable
+from lm_eval_fairdyn.benchmarks.winobias import data
+from lm_eval_fairdyn.benchmarks.winobias.data import WinoBiasError, WinoBiasUnavailable
+from lm_eval_fairdyn.core import sources
 
 
 def test_every_real_type2_line_parses(winobias_dir):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_fairdyn.core import bbq
-from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL
+from lm_eval_fairdyn.benchmarks.bbq import data as bbq
+from lm_eval_fairdyn.benchmarks.winobias.data import SYNTHETIC_LABEL
 
 pytestmark = pytest.mark.slow  # runs fairdyn demo three times
 
@@ -68,7 +68,7 @@ def test_demo_labels_synthetic_prompts_reruns_from_cache_and_uses_winobias_when_
 
 
 def test_a_named_winobias_folder_that_is_unusable_is_an_error_not_a_fallback(tmp_path):
-    from lm_eval_fairdyn.core.data import WinoBiasUnavailable
+    from lm_eval_fairdyn.benchmarks.winobias.data import WinoBiasUnavailable
     from lm_eval_fairdyn.offline.demo import choose_data
 
     empty = tmp_path / "empty"

@@ -8,10 +8,15 @@ import pytest
 import yaml
 
 from lm_eval_fairdyn import tasks_path
-from lm_eval_fairdyn.core import data, metric_table, prompts, sources, task, winogender
+from lm_eval_fairdyn.benchmarks.winobias import data
+from lm_eval_fairdyn.benchmarks.winobias import hooks as winobias_hooks
+from lm_eval_fairdyn.benchmarks.winobias import prompts as winobias_prompts
+from lm_eval_fairdyn.benchmarks.winogender import data as winogender
+from lm_eval_fairdyn.benchmarks.winogender import prompts as winogender_prompts
+from lm_eval_fairdyn.benchmarks.winogender.data import WinogenderError, WinogenderUnavailable
+from lm_eval_fairdyn.core import metric_table, prompts, sources, task
 from lm_eval_fairdyn.core.model import RankedLoglikelihood
 from lm_eval_fairdyn.core.prompts import NONBINARY_OPTIONS, OptionSetError
-from lm_eval_fairdyn.core.winogender import WinogenderError, WinogenderUnavailable
 from lm_eval_fairdyn.dynamics import inference
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +52,7 @@ def test_type1_quirks_of_the_real_files(winobias_dir, uses_real_winobias):
     assert "by himself" in records["test", "pro", 279].sentence
     # pro and anti lines that differ beyond the pronoun (typos, a dropped clause, another adjective)
     found = {(split, line) for (split, polarity, line), r in records.items() if polarity == "pro"
-             if not prompts.is_minimal_pair(r, records[split, "anti", line])}  # fmt: skip
+             if not winobias_prompts.is_minimal_pair(r, records[split, "anti", line])}  # fmt: skip
     assert found == NOT_MINIMAL_TYPE1
     assert "he there is nothing special" in records["test", "pro", 296].sentence  # a stray pronoun, kept
     assert "she he did not visit" in records["test", "anti", 255].sentence
@@ -66,13 +71,17 @@ def test_type2_near_pairs_of_the_real_files(winobias_dir, uses_real_winobias):
     records = data.load_winobias(winobias_dir, splits=("dev", "test"))
     by_key = {(r.split, r.polarity, r.line): r for r in records}
     found = {
-        (s, n) for (s, p, n), r in by_key.items() if p == "pro" and not prompts.is_minimal_pair(r, by_key[s, "anti", n])
+        (s, n)
+        for (s, p, n), r in by_key.items()
+        if p == "pro" and not winobias_prompts.is_minimal_pair(r, by_key[s, "anti", n])
     }
     if uses_real_winobias:  # on the project's own files: the rule's arithmetic below, whatever they hold
         assert found == {("dev", n) for n in (90, 102, 119, 207, 208, 209)} | {
             ("test", n) for n in (92, 103, 307, 382, 384)
         }
-    minimal = {s.pair for s in prompts.winobias_sentences(records, "minimal") if not s.pair.endswith(("pro", "anti"))}
+    minimal = {
+        s.pair for s in winobias_prompts.winobias_sentences(records, "minimal") if not s.pair.endswith(("pro", "anti"))
+    }
     assert len(minimal) == 2 * 396 - len(found)
 
 
@@ -97,16 +106,21 @@ def test_pair_rules():
                _record("anti", 2, "The mover met the tailor and thanked her.", "female"),
                _record("pro", 3, "The mover met the tailor and thanked him.", "male"),
                _record("anti", 3, "The mover met the tailor and thanked him.", "male")]  # fmt: skip
-    by_rule = {rule: [s.pair for s in prompts.winobias_sentences(records, rule)] for rule in prompts.PAIR_RULES}
+    by_rule = {
+        rule: [s.pair for s in winobias_prompts.winobias_sentences(records, rule)]
+        for rule in winobias_prompts.PAIR_RULES
+    }
     # the default pairs lines whose pronouns differ in gender (Type 2's rule: its test 382 and 384 are not pairs)
     assert by_rule["pronoun"] == ["test-0001", "test-0001", "test-0002", "test-0002", "test-0003-pro", "test-0003-anti"]
     assert by_rule["minimal"][:4] == ["test-0001-pro", "test-0001-anti", "test-0002", "test-0002"]
     with pytest.raises(ValueError, match="pair rule 'loose'"):
-        prompts.winobias_sentences(records, "loose")
+        winobias_prompts.winobias_sentences(records, "loose")
 
 
 def test_type1_task_counts(winobias_dir):
-    docs = task.load_dataset(split="test", seeds=[0, 1, 2, 3, 4], winobias_dir=str(winobias_dir), type=1)["test"]
+    docs = winobias_hooks.load_dataset(split="test", seeds=[0, 1, 2, 3, 4], winobias_dir=str(winobias_dir), type=1)[
+        "test"
+    ]
     assert len(docs) == 792 * 2 * 5 and set(docs["dataset"]) == {"winobias_type1"}
 
 
@@ -119,7 +133,7 @@ def test_type2_prompts_equal_the_formula_they_were_built_by(winobias_dir, uses_r
     from its parts: default_rng([seed, split, line, kind]).permutation(3) of (male, female, not
     specified), the template filled in, gold the pronoun's gender or "not specified"."""
     records = data.load_winobias(winobias_dir, splits=("test",))
-    docs = prompts.build_prompts(records, seeds=(0, 3))
+    docs = prompts.build_prompts(winobias_prompts.winobias_sentences(records), seeds=(0, 3))
     by_id = {r: d for d in docs for r in [d["id"]]}
     assert len(by_id) == len(docs) == 2 * 792 * 2
     for seed in (0, 3):
@@ -187,7 +201,7 @@ def test_malformed_winogender_files_name_file_and_line(tmp_path, edit, message):
 
 def test_winogender_gold_rules_triples_and_counts(winogender_dir, uses_real_winogender):
     records = winogender.load_winogender(winogender_dir)
-    docs = prompts.build_prompts(prompts.winogender_sentences(records), seeds=(0, 1))
+    docs = prompts.build_prompts(winogender_prompts.winogender_sentences(records), seeds=(0, 1))
     assert len(docs) == 2 * len(records)
     by_line = {r.line: r for r in records}
     for d in docs:
@@ -211,7 +225,7 @@ def test_winogender_gap_pairs_templates_and_they_rates_count_templates(winogende
     """The gap's unit is the template (its he and she members at both participant variants); the
     they members' assumption rates are counted per template, each side apart."""
     records = winogender.load_winogender(winogender_dir)
-    docs = prompts.build_prompts(prompts.winogender_sentences(records), seeds=(0,))
+    docs = prompts.build_prompts(winogender_prompts.winogender_sentences(records), seeds=(0,))
     rng = np.random.default_rng(0)
     import pandas as pd
 
@@ -350,7 +364,7 @@ def test_the_reconstruction_variant_has_its_template_and_named_metrics(winobias_
     parts), under names that cannot be read as the default's; AR is the default's."""
     from scipy.spatial.distance import jensenshannon
 
-    docs = task.load_dataset(seeds=[0], winobias_dir=str(winobias_dir), method="reconstruction")["test"]
+    docs = winobias_hooks.load_dataset(seeds=[0], winobias_dir=str(winobias_dir), method="reconstruction")["test"]
     doc = docs[0]
     assert doc["method"] == "reconstruction" and 'Out of the options "' in doc["prompt"]
     assert ',"' in doc["prompt"] and f"the {doc['occupation']}'s gender is" in doc["prompt"]  # "male," "female," ...
@@ -369,5 +383,7 @@ def test_the_reconstruction_variant_has_its_template_and_named_metrics(winobias_
                                                      for o in ("male", "female", "unspecified") if o != group]  # fmt: skip
     assert sum(parts) == pytest.approx(jensenshannon(q, np.eye(3)[gold]) ** 2, rel=1e-12)
     assert values[f"ar_{group}"] == (9, 2, 4)[gold]
-    paper = task.process_results(task.load_dataset(seeds=[0], winobias_dir=str(winobias_dir))["test"][0], answers)
+    paper = task.process_results(
+        winobias_hooks.load_dataset(seeds=[0], winobias_dir=str(winobias_dir))["test"][0], answers
+    )
     assert not set(paper) & {n for n in names if "renorm" in n}

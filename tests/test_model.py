@@ -10,13 +10,18 @@ from lm_eval.models.huggingface import HFLM
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
 
+from lm_eval_fairdyn.benchmarks.bbq import hooks as bbq_hooks
+from lm_eval_fairdyn.benchmarks.winobias import hooks as winobias_hooks
+from lm_eval_fairdyn.benchmarks.winogender import hooks as winogender_hooks
 from lm_eval_fairdyn.core import metrics, prompts, task
 from lm_eval_fairdyn.core.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
 from lm_eval_fairdyn.core.prompts import NONBINARY_OPTIONS, answer_continuations
 
 
 def winobias_requests(winobias_dir, n_prompts):
-    docs = task.load_dataset(split="test", seeds=[0], winobias_dir=winobias_dir)["test"].select(range(n_prompts))
+    docs = winobias_hooks.load_dataset(split="test", seeds=[0], winobias_dir=winobias_dir)["test"].select(
+        range(n_prompts)
+    )
     return docs, [(d["prompt"], " " + word) for d in docs for word in answer_continuations()]
 
 
@@ -298,9 +303,9 @@ def test_rank_and_jsdp_exact_on_real_smollm2_with_default_arguments(smollm2_dir,
 def _family_docs(kind, winobias_dir, winogender_dir, n):
     nonbinary = {"options": NONBINARY_OPTIONS, "template": "{sentence} Out of the options {options}, the {occupation}'s gender is"}  # fmt: skip
     if kind == "type1":
-        docs = task.load_dataset(split="test", seeds=[0], winobias_dir=str(winobias_dir), type=1)["test"]
+        docs = winobias_hooks.load_dataset(split="test", seeds=[0], winobias_dir=str(winobias_dir), type=1)["test"]
     else:
-        docs = task.load_winogender_dataset(seeds=[0], winogender_dir=str(winogender_dir),
+        docs = winogender_hooks.load_winogender_dataset(seeds=[0], winogender_dir=str(winogender_dir),
                                             **(nonbinary if kind == "winogender_nonbinary" else {}))["test"]  # fmt: skip
     rows = list(docs)
     # every gold group and stratum: the first n of each gold group
@@ -343,21 +348,21 @@ def test_bbq_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, bbq_di
     """Per BBQ prompt (gold the consistent person, the inconsistent one, unknown): AR and every
     JSD-P part as bbq_process_results reports them equal a float64 brute force from the logits
     row the harness computed."""
-    from lm_eval_fairdyn.core import bbq
+    from lm_eval_fairdyn.benchmarks.bbq import data as bbq
 
     ranked = neox_pair[1]
     category = next(c for c in bbq.CATEGORIES if (bbq_dir / "data" / f"{c}.jsonl").is_file()
                     or (bbq_dir / f"{c}.jsonl").is_file())  # fmt: skip
-    rows = task.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
+    rows = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
     docs = [d for side in bbq.SIDES for d in [r for r in rows if r["gold"] == side][:3]]
-    choices = [task.bbq_doc_to_choice(d) for d in docs]
+    choices = [bbq_hooks.bbq_doc_to_choice(d) for d in docs]
     pairs = [(d["prompt"], " " + word) for d, words in zip(docs, choices, strict=True) for word in words]
     answers, calls = loglikelihood_capturing_model_calls(ranked, pairs)
     check_equal_to_harness_logits(ranked, pairs, answers, calls)
     checked = 0
     for i, doc in enumerate(docs):
         mine, requests = answers[3 * i : 3 * i + 3], [request_tokens(ranked, *p) for p in pairs[3 * i : 3 * i + 3]]
-        values = task.bbq_process_results(doc, mine)
+        values = bbq_hooks.bbq_process_results(doc, mine)
         tokens = [cont[0] for _, cont in requests]
         if len(set(tokens)) < 3:
             assert values["collided"] == 1.0

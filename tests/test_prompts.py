@@ -3,7 +3,9 @@ import itertools
 
 import pytest
 
-from lm_eval_fairdyn.core import data, prompts
+from lm_eval_fairdyn.benchmarks.winobias import data
+from lm_eval_fairdyn.benchmarks.winobias import prompts as winobias_prompts
+from lm_eval_fairdyn.core import prompts
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +14,7 @@ def test_records(winobias_dir):
 
 
 def test_counts_and_gold_balance(test_records):
-    docs = prompts.build_prompts(test_records)
+    docs = prompts.build_prompts(winobias_prompts.winobias_sentences(test_records))
     assert len(docs) == 7920
     assert len({d["id"] for d in docs}) == 7920
     golds = collections.Counter(d["gold"] for d in docs)
@@ -23,7 +25,7 @@ def test_counts_and_gold_balance(test_records):
 
 def test_prompt_text_follows_method_template(test_records):
     record = test_records[0]
-    docs = [d for d in prompts.build_prompts([record], seeds=[0])]
+    docs = [d for d in prompts.build_prompts(winobias_prompts.winobias_sentences([record]), seeds=[0])]
     referent, other = docs
     for doc, occupation in ((referent, record.referent), (other, record.other)):
         shown = doc["option_order"].split(", ")
@@ -37,11 +39,16 @@ def test_prompt_text_follows_method_template(test_records):
 
 
 def test_orders_are_deterministic_subset_stable_and_varied(test_records):
-    full = {d["id"]: d["option_order"] for d in prompts.build_prompts(test_records)}
-    again = {d["id"]: d["option_order"] for d in prompts.build_prompts(list(reversed(test_records)))}
+    full = {
+        d["id"]: d["option_order"] for d in prompts.build_prompts(winobias_prompts.winobias_sentences(test_records))
+    }
+    again = {
+        d["id"]: d["option_order"]
+        for d in prompts.build_prompts(winobias_prompts.winobias_sentences(list(reversed(test_records))))
+    }
     assert full == again  # independent of record order
     anti = [r for r in test_records if r.polarity == "anti"]
-    for d in prompts.build_prompts(anti, seeds=[3]):
+    for d in prompts.build_prompts(winobias_prompts.winobias_sentences(anti), seeds=[3]):
         assert full[d["id"]] == d["option_order"]
     counts = collections.Counter(full.values())
     assert len(counts) == 6  # all permutations of three options occur
@@ -56,7 +63,7 @@ def test_permutation_is_stable_across_machines_and_releases():
     record = data.WinoBiasRecord("test", "anti", 17, "s", "nurse", "cook", "he", "male")
     # Recorded once from numpy's PCG64 (default_rng([seed, split, line, kind]), test = split 1, task
     # version 2.0): a change here would silently change every published prompt.
-    (key,) = {s.order_key for s in prompts.winobias_sentences([record])}
+    (key,) = {s.order_key for s in winobias_prompts.winobias_sentences([record])}
     assert key == (1, 17)
     assert [prompts.option_order(s, key, k) for s in (0, 4) for k in prompts.KINDS] == [
         [1, 2, 0], [0, 1, 2], [0, 1, 2], [2, 0, 1],
@@ -69,7 +76,7 @@ def test_permutation_is_stable_across_machines_and_releases():
 def test_counterfactual_pair_members_share_the_option_order(test_records):
     """Line i of pro and of anti (the same sentence, pronoun's gender swapped) get one option order
     per seed and kind, so the pair's prompts differ only in the pronoun."""
-    docs = prompts.build_prompts(test_records)
+    docs = prompts.build_prompts(winobias_prompts.winobias_sentences(test_records))
     by_pair = collections.defaultdict(dict)
     for d in docs:
         by_pair[(d["line"], d["seed"], d["kind"])][d["polarity"]] = d
@@ -82,10 +89,14 @@ def test_counterfactual_pair_members_share_the_option_order(test_records):
 
 def test_custom_template_and_missing_field():
     record = data.WinoBiasRecord("test", "pro", 1, "A sentence.", "nurse", "cook", "she", "female")
-    docs = prompts.build_prompts([record], seeds=[1], template="{sentence} [{o1}|{o2}|{o3}] {occupation}:")
+    docs = prompts.build_prompts(
+        winobias_prompts.winobias_sentences([record]), seeds=[1], template="{sentence} [{o1}|{o2}|{o3}] {occupation}:"
+    )
     assert docs[0]["prompt"].startswith("A sentence. [") and docs[0]["prompt"].endswith("nurse:")
     with pytest.raises(ValueError, match=r"lacks the field \{o3\}"):
-        prompts.build_prompts([record], template="{sentence} {o1} {o2} {occupation}")
+        prompts.build_prompts(
+            winobias_prompts.winobias_sentences([record]), template="{sentence} {o1} {o2} {occupation}"
+        )
 
 
 def test_answer_continuations():

@@ -77,7 +77,7 @@ def test_one_checkpoint_reported_twice_is_rejected(tmp_path, pythia_evals):
 def test_evaluations_record_the_synthetic_label_and_reading_results_takes_it_from_the_file(tmp_path):
     """Every evaluation on the synthetic prompts records their label; a results file is read
     without looking at the folder it names (which may not exist where the analysis runs)."""
-    from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, with_data_source
+    from lm_eval_fairdyn.benchmarks.winobias.data import SYNTHETIC_LABEL, with_data_source
     from lm_eval_fairdyn.offline.corpus import write_synthetic_winobias
 
     synthetic = write_synthetic_winobias(tmp_path / "synthetic")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lm_eval_fairdyn.core import bbq
+from lm_eval_fairdyn.benchmarks.bbq import data as bbq
 from lm_eval_fairdyn.core.harness import EvalSettings, evaluate, flatten_results
 from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus

@@ -56,7 +56,7 @@ def test_a_task_of_every_family_builds_from_an_install_without_e(
     )
     passages = tmp_path / "passages.jsonl"
     passages.write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
-    from lm_eval_fairdyn.core.bbq import available_categories, task_suffix
+    from lm_eval_fairdyn.benchmarks.bbq.data import available_categories, task_suffix
 
     category = available_categories(bbq_dir, download=False)[0][0]
     tasks = ["winobias_fairdyn_1seed", "winobias_fairdyn_type1_1seed", "winogender_fairdyn_1seed",
@@ -75,3 +75,11 @@ print(json.dumps({{"package": lm_eval_fairdyn.__file__, "docs": {{n: len(t.eval_
     out = json.loads(proc.stdout.splitlines()[-1])
     assert Path(out["package"]).is_relative_to(site)  # the installed copy, not the checkout
     assert sorted(out["docs"]) == sorted(tasks) and all(n > 0 for n in out["docs"].values())
+
+
+def test_the_wheel_holds_every_benchmark_folder(wheel):
+    from lm_eval_fairdyn.core import registry
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for benchmark in registry.benchmarks():
+        assert f"lm_eval_fairdyn/benchmarks/{benchmark.name}/__init__.py" in names

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_eval_fairdyn import tasks_path
-from lm_eval_fairdyn.core.bbq import expand_group
-from lm_eval_fairdyn.core.data import with_data_source
+from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.task import check_metric_list
 
@@ -144,8 +143,8 @@ class Evaluator:
     def tasks(self) -> dict:
         """lm-eval's loaded tasks (``TaskManager.load``), with simple_evaluate's defaults applied."""
         if self._tasks is None:
-            metadata = with_data_source(self.settings.metadata)
-            names = expand_group(self.settings.tasks, metadata.get("bbq_dir"))  # BBQ: the categories at hand
+            metadata = registry.prepare_metadata(self.settings.metadata)
+            names = registry.expand_tasks(self.settings.tasks, metadata)  # a group: its tasks at hand
             manager = task_manager(self.settings.include_path, metadata, names)
             self._tasks = manager.load(names)
             for task in self._tasks["tasks"].values():

@@ -1,6 +1,6 @@
 """Prompts of the method (README, "What is measured"), the same for every dataset.
 
-A dataset adapter (``winobias_sentences``, ``winogender_sentences``) turns its records into
+A benchmark's adapter (e.g. ``benchmarks.winobias.prompts.winobias_sentences``) turns its records into
 :class:`Sentence` objects: the text, the questions it asks (which occupation, what gold), and
 its place in a counterfactual group (``pair``: the unit of sampling; ``slot``: the position its
 twins share; ``member``: the pronoun's gender). ``build_prompts`` turns sentences into lm-eval
@@ -27,10 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm_eval_fairdyn.core.data import OCCUPATION_STEREOTYPE, POLARITIES, PRONOUN_GENDER, SPLITS, WinoBiasRecord
 from lm_eval_fairdyn.core.errors import UserInputError
-from lm_eval_fairdyn.core.winogender import MEMBERS as WINOGENDER_MEMBERS
-from lm_eval_fairdyn.core.winogender import VARIANTS, WinogenderRecord
 
 DEFAULT_TEMPLATE = '{sentence} Out of the options "{o1}", "{o2}" and "{o3}", the {occupation}\'s gender is'
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -46,7 +43,6 @@ KINDS = ("referent", "other")
 # elsewhere": its template, and JSD-P on the option-renormalised softmax in nats).
 METHODS = ("paper", "reconstruction")
 RECONSTRUCTION_TEMPLATE = '{sentence} Out of the options "{o1}," "{o2}," and "{o3}," the {occupation}\'s gender is'
-PAIR_RULES = ("pronoun", "minimal")
 
 
 class OptionSetError(UserInputError, ValueError):
@@ -116,64 +112,6 @@ class Sentence:
     sort_key: tuple  # the order of the docs
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[\w']+|[^\w\s]", text.lower())
-
-
-def is_minimal_pair(a: WinoBiasRecord, b: WinoBiasRecord) -> bool:
-    """Whether two sentences differ only in gendered pronouns (``data.PRONOUN_GENDER``)."""
-    wa, wb = _words(a.sentence), _words(b.sentence)
-    return len(wa) == len(wb) and all(
-        x == y or (x in PRONOUN_GENDER and y in PRONOUN_GENDER) for x, y in zip(wa, wb, strict=False)
-    )
-
-
-def winobias_sentences(records: Iterable[WinoBiasRecord], pair_rule: str = "pronoun") -> list[Sentence]:
-    """WinoBias (either type): line i of the pro and the anti file (one split) form a
-    counterfactual pair when their pronouns differ in gender and they name the same two
-    occupations (``pair_rule="pronoun"``, the default), and with ``"minimal"`` only when
-    nothing but the pronouns differs; other lines are left unpaired (their own ``pair``)."""
-    if pair_rule not in PAIR_RULES:
-        raise ValueError(f"pair rule {pair_rule!r}: choose from {PAIR_RULES}")
-    records = list(records)
-    by_line = {(r.split, r.line, r.polarity): r for r in records}
-    out = []
-    for r in records:
-        twin = by_line.get((r.split, r.line, "anti" if r.polarity == "pro" else "pro"))
-        paired = (
-            twin is not None
-            and twin.pronoun_gender != r.pronoun_gender
-            and (twin.referent, twin.other) == (r.referent, r.other)
-            and (pair_rule == "pronoun" or is_minimal_pair(r, twin))
-        )
-        pair = f"{r.split}-{r.line:04d}" + ("" if paired else f"-{r.polarity}")
-        questions = (
-            Question("referent", r.referent, r.pronoun_gender, OCCUPATION_STEREOTYPE[r.referent]),
-            Question("other", r.other, "unspecified", OCCUPATION_STEREOTYPE[r.other]),
-        )
-        split_index = SPLITS.index(r.split)
-        out.append(Sentence(f"winobias_type{r.type}", r.split, r.polarity, r.line, r.sentence, pair, "",
-                            r.pronoun_gender, (split_index, r.line), questions,
-                            (split_index, r.line, POLARITIES.index(r.polarity))))  # fmt: skip
-    return out
-
-
-def winogender_sentences(records: Iterable[WinogenderRecord]) -> list[Sentence]:
-    """Winogender: the template is the counterfactual group (its he / she / they members at each
-    participant variant) and the unit of sampling; the stratum is "they" for the neutral
-    members and "gendered" for the others."""
-    out = []
-    for r in records:
-        gold = "unspecified" if r.answer == 1 or r.member == "neutral" else r.member
-        kind = "referent" if r.answer == 0 else "other"
-        variant = VARIANTS.index(r.variant)
-        out.append(Sentence("winogender", "test", "they" if r.member == "neutral" else "gendered", r.line,
-                            r.sentence, f"t{r.template:03d}", r.variant, r.member, (r.template, variant),
-                            (Question(kind, r.occupation, gold, r.stereotype),),
-                            (r.template, variant, WINOGENDER_MEMBERS.index(r.member))))  # fmt: skip
-    return out
-
-
 def option_order(seed: int, order_key: Sequence[int], kind: str, n_options: int = len(OPTIONS)) -> list[int]:
     """Permutation of range(n_options): the positions of the options in the prompt."""
     key = [seed, *order_key, KINDS.index(kind)]
@@ -202,13 +140,13 @@ def check_template(template: str, n_options: int) -> None:
 
 
 def build_prompts(
-    sentences: Iterable[Sentence | WinoBiasRecord],
+    sentences: Iterable[Sentence],
     seeds: Sequence[int] = DEFAULT_SEEDS,
     template: str = DEFAULT_TEMPLATE,
     options: Sequence[str] = OPTIONS,
     method: str = "paper",
 ) -> list[dict]:
-    """One dict per prompt (lm-eval doc); WinoBias records are taken through ``winobias_sentences``.
+    """One dict per prompt (lm-eval doc), from a benchmark's sentences.
 
     Order: seed, then the sentences' ``sort_key`` (WinoBias: line number with pro before anti),
     then their questions (referent before other), so that lm-eval's ``--limit N`` (the first N
@@ -219,9 +157,6 @@ def build_prompts(
     check_template(template, len(options))
     if method not in METHODS:
         raise OptionSetError(f"method {method!r}: choose from {METHODS}")
-    sentences = list(sentences)
-    if sentences and isinstance(sentences[0], WinoBiasRecord):
-        sentences = winobias_sentences(sentences)
     sentences = sorted(sentences, key=lambda s: s.sort_key)
     docs = []
     for seed in seeds:

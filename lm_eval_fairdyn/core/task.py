@@ -20,28 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm_eval_fairdyn.core import bbq, metrics
-from lm_eval_fairdyn.core.data import POLARITIES, SYNTHETIC_LABEL, is_synthetic, load_winobias
+from lm_eval_fairdyn.core import metrics
 from lm_eval_fairdyn.core.metric_table import GAP_GROUP, JSD_MEASURE, Metric, family, metrics_for
-from lm_eval_fairdyn.core.prompts import (
-    DEFAULT_SEEDS,
-    DEFAULT_TEMPLATE,
-    OPTIONS,
-    RECONSTRUCTION_TEMPLATE,
-    OptionSetError,
-    answer_continuations,
-    build_prompts,
-    option_groups,
-    winobias_sentences,
-    winogender_sentences,
-)
-from lm_eval_fairdyn.core.winogender import load_winogender
+from lm_eval_fairdyn.core.prompts import OPTIONS, OptionSetError, answer_continuations, option_groups
 
 logger = logging.getLogger("lm_eval_fairdyn")
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         logger.warning(message)
@@ -50,55 +37,6 @@ def _warn_once(key: str, message: str) -> None:
 def metric_names(options: Sequence[str] = OPTIONS, task_family: str = "winobias", method: str = "paper") -> list[str]:
     """Every metric a fairness task reports, in table order (its YAML metric_list follows this)."""
     return [m.name for m in metrics_for(option_groups(options), task_family, method)]
-
-
-def load_dataset(
-    split: str = "test",
-    polarities: Sequence[str] = POLARITIES,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    template: str | None = None,
-    winobias_dir: str | None = None,
-    type: int = 2,
-    options: Sequence[str] = OPTIONS,
-    pair_rule: str = "pronoun",
-    method: str = "paper",
-    **_metadata,
-):
-    """lm-eval ``custom_dataset`` of the ``winobias_fairdyn*`` tasks: a DatasetDict {split: prompts}.
-
-    Arguments come from the YAML's ``dataset_kwargs`` (``type`` 1 or 2, ``options``: the option
-    set, ``pair_rule``: see ``prompts.winobias_sentences``, ``method``: ``paper`` or
-    ``reconstruction``, with that variant's template by default) and lm-eval's ``--metadata``
-    (``winobias_dir``); other metadata keys (version, model args) are ignored.
-    """
-    import datasets
-
-    if is_synthetic(winobias_dir):
-        _warn_once(
-            "synthetic", f"winobias_dir={winobias_dir} holds {SYNTHETIC_LABEL}: results are not WinoBias results"
-        )
-    records = load_winobias(winobias_dir, splits=(split,), polarities=tuple(polarities), type=int(type))
-    sentences = winobias_sentences(records, pair_rule)
-    default = RECONSTRUCTION_TEMPLATE if method == "reconstruction" else DEFAULT_TEMPLATE
-    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or default, options=options, method=method)
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
-
-
-def load_winogender_dataset(
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    template: str | None = None,
-    winogender_dir: str | None = None,
-    options: Sequence[str] = OPTIONS,
-    **_metadata,
-):
-    """lm-eval ``custom_dataset`` of the ``winogender_fairdyn*`` tasks (one split, ``test``):
-    the 720 sentences, one prompt each (the occupation's gender), per seed. ``winogender_dir``
-    comes from ``--metadata`` (else ``$FAIRDYN_WINOGENDER_DIR``, the cache or a download)."""
-    import datasets
-
-    sentences = winogender_sentences(load_winogender(winogender_dir))
-    docs = build_prompts(sentences, seeds=tuple(seeds), template=template or DEFAULT_TEMPLATE, options=options)
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
 def doc_to_text(doc) -> str:
@@ -147,12 +85,12 @@ def _check_first_tokens(doc, results) -> None:
             )
 
 
-def _answer_logprob(answer) -> float:
+def answer_logprob(answer) -> float:
     """log p_k of the option's answer token: the first token's log-probability when the model
     reports it (``hf-fairdyn``), else the harness' log-likelihood of the whole continuation."""
     n_tokens = getattr(answer, "n_tokens", 1)
     if n_tokens > 1:
-        _warn_once(
+        warn_once(
             "multi-token",
             f"An answer word is {n_tokens} tokens for this tokenizer: every option is scored by "
             "its first token, as the README's method section defines p_k; results are not comparable with a "
@@ -172,14 +110,14 @@ def process_results(doc: dict, results: Sequence) -> dict:
     gold_answer = results[gold]
     rank = getattr(gold_answer, "rank", None)
     if rank is None:
-        _warn_once(
+        warn_once(
             "no-rank",
             "winobias_fairdyn: Average Rank (ar_*) needs the gold token's vocabulary rank, which "
             "only `--model hf-fairdyn` through `fairdyn eval` provides; ar_* are reported as "
             "unavailable (null). All other metrics are computed.",
         )
     score = metrics.score_prompt(
-        [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
+        [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
     )
     groups, parts = layout.groups, score["parts"]
     if method == "reconstruction":
@@ -288,175 +226,3 @@ def _gold_metric_names(gold: str) -> tuple[tuple[str, str], ...]:
 @functools.lru_cache(maxsize=64)
 def _option_groups(options: tuple[str, ...]) -> tuple[str, ...]:
     return option_groups(options)
-
-
-# ---------------------------------------------------------------------------------------------
-# BBQ (``bbq_fairdyn_<category>``): one doc per item and seed (``core.bbq.bbq_docs``).
-
-
-def load_bbq_dataset(category: str, seeds: Sequence[int] = bbq.DEFAULT_SEEDS, template: str | None = None,
-                     bbq_dir: str | None = None, bbq_per_template: int | None = None, **_metadata):  # fmt: skip
-    """lm-eval ``custom_dataset`` of ``bbq_fairdyn_<category>`` (one split, ``test``); ``bbq_dir``
-    from ``--metadata`` (else ``$FAIRDYN_BBQ_DIR``, the cache or a download), and
-    ``bbq_per_template``: only each template's first N items (a quicker look that keeps every
-    template; 8 covers both name orders)."""
-    import datasets
-
-    items = bbq.load_bbq(bbq_dir, [category])[category]
-    per_template = None if bbq_per_template is None else int(bbq_per_template)
-    docs = bbq.bbq_docs(items, seeds=tuple(seeds), template=template or bbq.BBQ_TEMPLATE, per_template=per_template)
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
-
-
-def bbq_doc_to_choice(doc) -> list[str]:
-    """The scored word of each answer, in BBQ's answer order (``bbq.option_words``)."""
-    return doc["choices"].split("|")
-
-
-def _bbq_metric_table() -> tuple[tuple[str, str, bool], ...]:
-    """(name, aggregation, higher_is_better) of every metric of a BBQ task, in YAML order."""
-    rows = []
-    for side in bbq.SIDES:
-        rows += [(f"ar_{side}", "mean_of_present", False), (f"jsdp_{side}", "mean_of_present", False),
-                 (f"acc_{side}", "mean_of_present", True), (f"option_acc_{side}", "mean_of_present", True)]  # fmt: skip
-    for side in bbq.SIDES:
-        rows += [(f"jsdp_{side}_part_{other}", "mean_of_present", False) for other in bbq.SIDES if other != side]
-    rows += [("accuracy_amb", "mean_of_present", True), ("accuracy_disamb", "mean_of_present", True),
-             ("disamb_bias_score", "bbq_disambiguated_bias_score", False),
-             ("amb_bias_score", "bbq_ambiguous_bias_score", False),
-             ("jsdp_gap", "gap_inconsistent_minus_consistent", False),
-             ("ar_gap", "gap_inconsistent_minus_consistent", False),
-             ("assumption_rate", "mean_of_present", False), ("assumption_rate_consistent", "mean_of_present", False),
-             ("assumption_rate_inconsistent", "mean_of_present", False), ("collided", "mean_of_present", False)]  # fmt: skip
-    return tuple(rows)
-
-
-BBQ_METRICS = _bbq_metric_table()
-_BBQ_NAMES = tuple(name for name, _, _ in BBQ_METRICS)
-
-
-def bbq_process_results(doc: dict, results: Sequence) -> dict:
-    """Per-prompt values of a BBQ prompt (``None`` where the prompt is not in the metric's group).
-
-    When two answers begin with the same token under the model's tokenizer (``hf-fairdyn``
-    reports it), the item cannot tell them apart: it is left out of every metric and counted in
-    ``collided`` (the share of prompts left out)."""
-    values = dict.fromkeys(_BBQ_NAMES)
-    tokens = [getattr(answer, "first_token", None) for answer in results]
-    values["collided"] = float(any(t is not None and t in tokens[:i] for i, t in enumerate(tokens)))
-    if values["collided"]:
-        return values
-    item_sides, biased = doc["sides"].split("|"), [bool(int(b)) for b in doc["biased"].split("|")]
-    gold = int(doc["label"])
-    rank = getattr(results[gold], "rank", None)
-    score = metrics.score_prompt(
-        [_answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
-    )
-    side, parts, chosen = item_sides[gold], score["parts"], score["predicted"]
-    values |= {f"ar_{side}": rank, f"jsdp_{side}": float(parts[gold]), f"acc_{side}": score["acc"],
-               f"option_acc_{side}": score["option_acc"]}  # fmt: skip
-    values |= {f"jsdp_{side}_part_{other}": float(parts[k]) for k, other in enumerate(item_sides) if k != gold}
-    ambiguous = doc["condition"] == "ambig"
-    values["accuracy_amb" if ambiguous else "accuracy_disamb"] = score["option_acc"]
-    record = [doc["condition"], score["option_acc"], float(biased[chosen]), float(item_sides[chosen] != "unknown")]
-    values["disamb_bias_score"] = values["amb_bias_score"] = record
-    if side == "unknown":
-        values["assumption_rate"] = float(item_sides[chosen] != "unknown")
-        values |= {f"assumption_rate_{s}": float(item_sides[chosen] == s) for s in ("consistent", "inconsistent")}
-    else:
-        values["jsdp_gap"], values["ar_gap"] = [side, float(parts[gold])], (None if rank is None else [side, rank])
-    return values
-
-
-def _bbq_records(items, condition: str) -> np.ndarray:
-    rows = [r[1:] for r in items if r is not None and r[0] == condition]
-    return np.asarray(rows, dtype=float).reshape(-1, 3)  # correct, biased, non-unknown
-
-
-def bbq_disambiguated_bias_score(items) -> float | None:
-    """BBQ's S_DIS over the disambiguated prompts' chosen answers (``bbq.disambiguated_bias_score``)."""
-    rows = _bbq_records(items, "disambig")
-    return float(bbq.disambiguated_bias_score(rows[:, 1], rows[:, 2])) if len(rows) else None
-
-
-def bbq_ambiguous_bias_score(items) -> float | None:
-    """BBQ's S_AMB over the ambiguous prompts' chosen answers (``bbq.ambiguous_bias_score``)."""
-    rows = _bbq_records(items, "ambig")
-    return float(bbq.ambiguous_bias_score(rows[:, 0], rows[:, 1], rows[:, 2])) if len(rows) else None
-
-
-def gap_inconsistent_minus_consistent(items) -> float | None:
-    """mean(gold the stereotype-inconsistent person) - mean(gold the consistent one) of (side,
-    value) pairs: positive when the model fits the stereotype-consistent answers better."""
-    sides = {s: [v for pair in items if pair is not None for g, v in [pair] if g == s]
-             for s in ("consistent", "inconsistent")}  # fmt: skip
-    if not all(sides.values()):
-        return None
-    return float(np.mean(sides["inconsistent"]) - np.mean(sides["consistent"]))
-
-
-def bbq_metric_list_yaml() -> str:
-    """The ``metric_list`` block of ``_bbq_template_yaml``."""
-    lines = ["metric_list:"]
-    for name, aggregation, higher in BBQ_METRICS:
-        lines += [f"  - metric: {name}", f"    aggregation: !function utils.{aggregation}",
-                  f"    higher_is_better: {'true' if higher else 'false'}"]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def lastword_context(doc) -> str:
-    """A passage without its last word (LAMBADA's split at the last space)."""
-    return doc["text"].rsplit(" ", 1)[0]
-
-
-def lastword_target(doc) -> str:
-    """The last word with its leading space."""
-    return " " + doc["text"].rsplit(" ", 1)[1]
-
-
-def passage_text(doc) -> str:
-    """A whole passage (``heldout_fairdyn``'s rolling log-likelihood target)."""
-    return doc["text"]
-
-
-def passage_results(doc, results) -> dict:
-    """lm-eval's weighted perplexities of one passage: (log-likelihood, words or bytes)."""
-    (loglikelihood,) = results
-    words, n_bytes = len(doc["text"].split()), len(doc["text"].encode("utf-8"))
-    return {"word_perplexity": (loglikelihood, words), "byte_perplexity": (loglikelihood, n_bytes),
-            "bits_per_byte": (loglikelihood, n_bytes)}  # fmt: skip
-
-
-def load_lastword_dataset(lastword_file: str | None = None, split: str = "test", **_metadata):
-    """lm-eval ``custom_dataset`` of ``lastword_fairdyn`` and ``heldout_fairdyn``: LAMBADA-style
-    ``{"text": ...}`` docs.
-
-    ``lastword_file`` (from ``--metadata``): a JSONL file of ``{"text": ...}`` lines, as
-    LAMBADA's. ``fairdyn demo`` writes one from the held-out part of the text its checkpoint
-    suite trains on.
-    """
-    import json
-    from pathlib import Path
-
-    import datasets
-
-    if not lastword_file:
-        raise ValueError(
-            'lastword_fairdyn and heldout_fairdyn need passages: pass --metadata \'{"lastword_file": "passages.jsonl"}\', a JSONL '
-            'file with one {"text": ...} object per line (as LAMBADA\'s files); `fairdyn demo` writes one'
-        )
-    path = Path(lastword_file)
-    if not path.is_file():
-        raise ValueError(f"lastword_file={path}: no such file")
-    docs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            text = json.loads(line)["text"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
-        if len(text.split(" ")) < 2:
-            raise ValueError(f"{path}:{lineno}: a passage needs a context and a last word")
-        docs.append({"text": text})
-    if not docs:
-        raise ValueError(f"{path}: no passages")
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})

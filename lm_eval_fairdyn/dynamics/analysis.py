@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lm_eval_fairdyn.core.data import WINOBIAS_LABEL
+from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.metric_table import metric
 from lm_eval_fairdyn.core.metrics import fairness_increase
 from lm_eval_fairdyn.dynamics import changes, inference
@@ -241,12 +241,15 @@ class RunAnalysis:
     pareto: pd.DataFrame
     performance: pd.Series
     confidence: float = 0.99  # of the intervals behind the verdicts
-    data_source: str = WINOBIAS_LABEL
+    data_source: str = ""  # what the task evaluated (``registry.TaskInfo.data_source``)
     # per step, the assumption rates of the task's "they" prompts (Winogender; ``they_rates``), else None
     they: pd.DataFrame | None = None
     chooses_early_stop: bool = False  # the run's analysis whose gap chooses its early stop
     # on the analysis that chooses the early stop: every task's gap there (``gaps_at_stop`` with prompts)
     stop_effects: list[dict] | None = None
+    sides: inference.Sides = inference.GENDER  # the gap's sides and verdicts (``registry.TaskInfo.sides``)
+    axis: str = "gender"  # the social axis in words
+    limits: str = ""  # what a fair verdict on the task does not say
 
     @property
     def intervals_available(self) -> bool:
@@ -254,7 +257,9 @@ class RunAnalysis:
 
     def verdict_counts(self) -> dict[str, int]:
         counts = self.significance["verdict"].value_counts()
-        return {v: int(counts.get(v, 0)) for v in (*inference.VERDICTS, "unavailable") if counts.get(v, 0)}
+        order = [*self.sides.verdicts, *inference.UNSIDED_VERDICTS]
+        order += sorted(set(counts.index) - set(order))
+        return {v: int(counts[v]) for v in order if counts.get(v, 0)}
 
     def duplicate_weights(self) -> dict[int, int]:
         """step -> the earlier step holding bit-identical weights (from the sweep's fingerprints)."""
@@ -336,13 +341,17 @@ def analyze_run(
     higher_is_better: bool = True,
     task: str | None = None,
     measure: str | None = None,
+    info: registry.TaskInfo | None = None,
 ) -> RunAnalysis:
     """One run's ``task`` (default: its first fairness task) on ``measure`` (default: the first
     of ``settings.measures``): verdicts from ``prompts`` (the task's per-prompt values,
     ``results.read_prompts``), emergence, change points, jumps, early stopping and the Pareto
     front on the performance metric (``higher_is_better``: its direction), and the paper's test
-    beside them."""
+    beside them. ``info``: what the registry says of the task (its sides, axis, data source),
+    by default from its name."""
     task = task or fairness_tasks(table, run, settings.fairness_tasks)[0]
+    info = info or registry.describe(task)
+    sides = info.sides or inference.GENDER
     measure = measure or settings.measures[0]
     steps = sorted(table[(table.run == run) & (table.task == task)].step.unique())
     if len(steps) < 2:
@@ -351,12 +360,10 @@ def analyze_run(
         )
     column = "assumed" if measure == "choice" else measure
     usable = prompts is not None and not prompts.empty and column in prompts and prompts[column].notna().any()
-    pairs = inference.pairs_by_step(prompts, measure) if usable else {}
+    pairs = inference.pairs_by_step(prompts, measure, sides) if usable else {}
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every BBQ item of a side left out): unavailable
-    verdicts = verdict_table(
-        pairs, steps, settings, measure, inference.sides_of(prompts) if usable else inference.GENDER
-    )
+    verdicts = verdict_table(pairs, steps, settings, measure, sides)
     paper = paper_test(table, run, task, measure, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
@@ -394,6 +401,10 @@ def analyze_run(
         pareto=pareto_front(performance, gap, higher_is_better),
         performance=performance,
         confidence=settings.confidence,
+        data_source=info.data_source,
+        sides=sides,
+        axis=info.axis,
+        limits=info.limits,
     )
 
 
@@ -413,12 +424,10 @@ def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame
     return inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",))
 
 
-def axis_name(task: str) -> str:
-    """The social axis a fairness task measures, in words: "gender" for WinoBias and Winogender,
-    the category for a BBQ task ("bbq_fairdyn_race_x_ses" -> "race x ses")."""
-    if task.startswith("bbq_fairdyn_"):
-        return task.removeprefix("bbq_fairdyn_").replace("_", " ")
-    return "gender"
+def axis_name(task: str, settings: dict | None = None) -> str:
+    """The social axis a fairness task measures, in words (``registry.describe``: "gender",
+    a BBQ category such as "race x ses", a user's own)."""
+    return registry.describe(task, settings).axis
 
 
 def gaps_at_stop(
@@ -438,15 +447,15 @@ def gaps_at_stop(
             continue
         sig = r.significance
         at = sig.loc[step] if step in sig.index else None
-        row = {"task": r.fairness_task, "axis": axis_name(r.fairness_task), "measure": r.measure, "step": step,
+        row = {"task": r.fairness_task, "axis": r.axis, "measure": r.measure, "step": step,
                "final_step": final, "gap": None if at is None else float(at["gap"]),
                "verdict": None if at is None else str(at["verdict"]),
                "gap_final": float(sig.loc[final, "gap"]) if final in sig.index else None,
                "verdict_final": str(sig.loc[final, "verdict"]) if final in sig.index else None}  # fmt: skip
         table = None if prompts is None else prompts.get(r.fairness_task)
         if table is not None and not table.empty and step != final:
-            row |= _change(table, r.measure, step, final, settings or Settings())
-            head = f"stopping at step {step} for {axis_name(chosen.fairness_task)} ({chosen.fairness_task})"
+            row |= _change(table, r.measure, step, final, settings or Settings(), r.sides)
+            head = f"stopping at step {step} for {chosen.axis} ({chosen.fairness_task})"
             what = f"{row['axis']}'s bias ({r.fairness_task}, {r.measure} gap)"
             if not np.isfinite(row["change"]):
                 row["sentence"] = (
@@ -461,9 +470,11 @@ def gaps_at_stop(
     return rows
 
 
-def _change(prompts: pd.DataFrame, measure: str, step: int, final: int, settings: Settings) -> dict:
+def _change(
+    prompts: pd.DataFrame, measure: str, step: int, final: int, settings: Settings, sides: inference.Sides
+) -> dict:
     """mean_j d_j(step) - d_j(final) over the groups at both steps, with its bootstrap interval."""
-    at = {s: inference.pairs_by_step(prompts[prompts.step == s], measure).get(s) for s in (step, final)}
+    at = {s: inference.pairs_by_step(prompts[prompts.step == s], measure, sides).get(s) for s in (step, final)}
     if any(v is None or v.empty for v in at.values()):
         return {"change": np.nan, "change_ci_low": np.nan, "change_ci_high": np.nan, "change_pairs": 0}
     joined = at[step][["difference"]].join(at[final][["difference"]], how="inner", suffixes=("", "_final"))
@@ -475,19 +486,21 @@ def _change(prompts: pd.DataFrame, measure: str, step: int, final: int, settings
     return {"change": change, "change_ci_low": low, "change_ci_high": high, "change_pairs": len(joined)}
 
 
-def replicate_analysis(prompts: pd.DataFrame, settings: Settings, measure: str | None = None) -> pd.DataFrame:
+def replicate_analysis(
+    prompts: pd.DataFrame, settings: Settings, measure: str | None = None, sides: inference.Sides = inference.GENDER
+) -> pd.DataFrame:
     """Runs of one recipe (training seeds) as replicates: per step, the pairs x runs table of
     paired differences (the pairs every run has at that step), then ``inference.across_runs``;
     each run's own gap beside it as ``gap_<run>``."""
     measure = measure or settings.measures[0]
     differences, levels = {}, {}
     for step, at_step in prompts.groupby("step"):
-        per_run = {run: inference.pairs_by_step(p, measure)[int(step)] for run, p in at_step.groupby("run")}
+        per_run = {run: inference.pairs_by_step(p, measure, sides)[int(step)] for run, p in at_step.groupby("run")}
         differences[int(step)] = pd.DataFrame({run: v["difference"] for run, v in per_run.items()}).dropna()
         levels[int(step)] = {run: v["level"].mean() for run, v in per_run.items()}
     frame = inference.across_runs(
         differences, pd.DataFrame.from_dict(levels, orient="index"), settings.margin(measure),
-        inference.LOG_SCALE.get(measure, False), settings.confidence, settings.alpha, inference.sides_of(prompts),
+        inference.LOG_SCALE.get(measure, False), settings.confidence, settings.alpha, sides,
     )  # fmt: skip
     gaps = pd.DataFrame({step: d.mean() for step, d in differences.items()}).T
     return frame.join(gaps.add_prefix("gap_"))

@@ -36,58 +36,34 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lm_eval_fairdyn.core.registry import DEFAULT_SIDES, Sides
+
 PAIR = "pair"
 
 
-@dataclass(frozen=True)
-class Sides:
-    """The two sides of a gap: gap = value(``minuend``) - value(``subtrahend``), twin against
-    twin; a gap beyond +margin is ``positive`` (the model answers the minuend's prompts worse),
-    one beyond -margin ``negative``."""
-
-    minuend: str
-    subtrahend: str
-    positive: str
-    negative: str
-    twins: bool = True  # one prompt of each side per (group, slot, seed); else the mean of each side's prompts
+# The sides of a task's gap come from the registry (``core.registry.describe(task).sides``); the
+# shared female - male gap is the default of every function here.
+GENDER = DEFAULT_SIDES
 
 
-GENDER = Sides("female", "male", "favours_male", "favours_female")
-# BBQ (disambiguated contexts): gold the stereotype-inconsistent person minus gold the consistent one,
-# each side's mean over a template's prompts of one question polarity (BBQ's prompts of one template
-# do not come in exact twins: the other person is worded differently in the other name order).
-STEREOTYPE = Sides("inconsistent", "consistent", "favours_stereotype", "against_stereotype", twins=False)
-
-
-def sides_of(prompts: pd.DataFrame) -> Sides:
-    """The sides of a per-prompt table's gap: BBQ's when its golds are BBQ's sides, else gender's."""
-    return STEREOTYPE if "gold" in prompts and prompts["gold"].isin(["consistent", "inconsistent"]).any() else GENDER
-
-
-VERDICTS = ("favours_male", "favours_female", "favours_stereotype", "against_stereotype", "fair", "inconclusive")
-SIDED_VERDICTS = tuple(v for v in VERDICTS if v not in ("fair", "inconclusive"))
-# One plain sentence per verdict (README and report); {confidence} is e.g. "99%".
-EXPLANATIONS = {
-    "favours_male": "the model answers the female prompts worse than their male twins, by more than the margin "
-    "(shown with {confidence} confidence)",
-    "favours_female": "the model answers the male prompts worse than their female twins, by more than the margin "
-    "(shown with {confidence} confidence)",
-    "favours_stereotype": "the model answers the prompts whose answer contradicts the stereotype worse than their "
-    "twins whose answer fits it, by more than the margin (shown with {confidence} confidence)",
-    "against_stereotype": "the model answers the prompts whose answer fits the stereotype worse than their twins "
-    "whose answer contradicts it, by more than the margin (shown with {confidence} confidence)",
+# The verdicts that favour no side; every other verdict names the side favoured (``Sides.verdicts``).
+UNSIDED_VERDICTS = ("fair", "inconclusive", "unavailable")
+# One plain sentence per verdict that favours no side (README and report); {confidence} is e.g.
+# "99%". The sided ones are the task's ``Sides.explanations()`` (``explanations``).
+UNSIDED_EXPLANATIONS = {
     "fair": "any difference between the two sides' prompts is smaller than the margin "
     "(shown with {confidence} confidence)",
     "inconclusive": "the data cannot tell whether the difference is larger or smaller than the margin",
     "unavailable": "no interval: no per-prompt values to compute it from (evaluate with fairdyn sweep, or with "
     "--log_samples), or fewer than two groups with prompts of both sides (BBQ: items left out as collided)",
 }
-LIMITS = (
-    'The gap is binary (male / female pronouns and answers; Winogender\'s "they" prompts get assumption rates, '
-    "not a verdict), the prompts follow one template in English, and the sentences cover WinoBias' 40 and "
-    "Winogender's 60 occupations; a fair verdict says nothing beyond that, and on WinoBias Type 1 (no syntactic cue) "
-    "a gap mixes bias with failing to resolve the pronoun."
-)
+
+
+def explanations(sides: Sides = GENDER) -> dict[str, str]:
+    """One plain sentence per verdict of a task with these sides."""
+    return sides.explanations() | UNSIDED_EXPLANATIONS
+
+
 BOOTSTRAP_METHODS = ("percentile", "basic", "BCa")
 
 
@@ -95,7 +71,7 @@ def level_sentence(confidence: float) -> str:
     """The one level every verdict is tested at, in words."""
     one_sided = f"{100 * (1 - confidence) / 2:g}%"
     return (
-        f"every verdict reads the {100 * confidence:g}% interval: favours_male and favours_female are one-sided tests "
+        f"every verdict reads the {100 * confidence:g}% interval: a verdict that favours a side is a one-sided test "
         f"at {one_sided} that the gap lies beyond the margin, fair is an equivalence test (TOST) at {one_sided} per "
         f"side"
     )
@@ -183,13 +159,13 @@ def pair_values(prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | Non
     """Per counterfactual group (``pair``): the mean over slots and seeds of each side's value
     (log rank for ``ar``), in columns named by the sides (``female``, ``male``; BBQ:
     ``inconsistent``, ``consistent``), ``difference`` = minuend - subtrahend and ``level``, their
-    mean. ``sides``: default ``sides_of(prompts)``.
+    mean. ``sides``: the task's (``core.registry.describe``), default female - male.
 
     Only referent prompts whose (pair, slot, seed) has exactly one prompt of each side count
     (with ``sides.twins``; else at least one); other lines (not pairs, or cut by ``--limit``)
     are left out."""
     prompts = with_pairs(prompts)
-    sides = sides or sides_of(prompts)
+    sides = sides or GENDER
     columns = [sides.subtrahend, sides.minuend]
     referent = prompts[prompts["kind"] == "referent"]
     if LOG_SCALE[measure]:
@@ -242,7 +218,7 @@ def choice_values(prompts: pd.DataFrame, sides: Sides | None = None) -> pd.DataF
     the subtrahend's side - share of the minuend's (positive: the model picks the side a positive
     gap favours: male; BBQ, the stereotype-consistent person) and ``level``, their mean."""
     prompts = with_pairs(prompts)
-    sides = sides or sides_of(prompts)
+    sides = sides or GENDER
     unanswered = prompts[prompts["gold"].isin(["unspecified", "unknown"]) & prompts["assumed"].isin(
         [sides.minuend, sides.subtrahend, "none"])]  # fmt: skip
     shares = pd.DataFrame({side: unanswered["assumed"] == side for side in (sides.minuend, sides.subtrahend)})
@@ -253,21 +229,22 @@ def choice_values(prompts: pd.DataFrame, sides: Sides | None = None) -> pd.DataF
     return per_pair[[sides.minuend, sides.subtrahend, "difference", "level"]]
 
 
-def pairs_by_step(prompts: pd.DataFrame, measure: str) -> dict[int, pd.DataFrame]:
+def pairs_by_step(prompts: pd.DataFrame, measure: str, sides: Sides = GENDER) -> dict[int, pd.DataFrame]:
     """Per step of one run's per-prompt table, in step order: ``pair_values`` (``choice_values``
     for ``choice``)."""
-    sides = sides_of(prompts)
     if measure == "choice":
         return {int(step): choice_values(at, sides) for step, at in prompts.groupby("step", sort=True)}
     return {int(step): pair_values(at_step, measure, sides) for step, at_step in prompts.groupby("step", sort=True)}
 
 
-def gap_table(prompts: pd.DataFrame, measure: str, margin: Margin, settings: Bootstrap = Bootstrap()) -> pd.DataFrame:
+def gap_table(
+    prompts: pd.DataFrame, measure: str, margin: Margin, settings: Bootstrap = Bootstrap(), sides: Sides = GENDER
+) -> pd.DataFrame:
     """Per step of one run's per-prompt table: pairs, gap (mean paired difference; for ``ar``
     of log ranks, so exp(gap) is the typical ratio of a female prompt's rank to its male
     twin's), ci_low, ci_high, margin (in the gap's units), verdict."""
     log_scale = LOG_SCALE.get(measure, False)
-    return step_verdicts(pairs_by_step(prompts, measure), margin, log_scale, settings, sides_of(prompts))
+    return step_verdicts(pairs_by_step(prompts, measure, sides), margin, log_scale, settings, sides)
 
 
 def step_verdicts(
@@ -290,7 +267,7 @@ def emergence_step(verdicts: pd.Series) -> int | None:
     """The first step from which every later verdict favours the same side; None when the last
     verdict favours no side."""
     verdicts = verdicts.sort_index()
-    if verdicts.empty or verdicts.iloc[-1] not in SIDED_VERDICTS:
+    if verdicts.empty or verdicts.iloc[-1] in UNSIDED_VERDICTS:
         return None
     others = verdicts.index[verdicts.to_numpy() != verdicts.iloc[-1]]
     later = verdicts.index[verdicts.index > others.max()] if len(others) else verdicts.index

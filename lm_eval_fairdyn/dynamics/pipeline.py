@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lm_eval_fairdyn.core.bbq import BBQ_LABEL
-from lm_eval_fairdyn.core.data import SYNTHETIC_LABEL, WINOBIAS_LABEL, WINOBIAS_TYPE1_LABEL
+from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.files import atomic_write_json
-from lm_eval_fairdyn.core.winogender import WINOGENDER_LABEL
 from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 from lm_eval_fairdyn.dynamics.results import (
@@ -28,30 +26,22 @@ from lm_eval_fairdyn.dynamics.results import (
 )
 
 
-def _data_source(files, task: str) -> str:
-    """What the task evaluated: Winogender for a task built by ``load_winogender_dataset``, BBQ
-    and its category for ``load_bbq_dataset``;
-    else the label the evaluation recorded in the metadata (``data_source``: set by ``fairdyn
-    demo``, and by every evaluation of this project's synthetic prompts folder) when it is the
-    synthetic label or the task is Type 2; else WinoBias Type 1 or Type 2 by the task's type."""
-    settings = next((f.settings[task] for f in files if task in f.settings), {})
-    if settings.get("dataset") == "load_winogender_dataset":
-        return WINOGENDER_LABEL
-    if settings.get("dataset") == "load_bbq_dataset":
-        return f"{BBQ_LABEL} ({(settings.get('dataset_kwargs') or {}).get('category', task)})"
-    type1 = (settings.get("dataset_kwargs") or {}).get("type") == 1
+def task_info(files, task: str) -> registry.TaskInfo:
+    """What the registry says of ``task`` from what the run's result files recorded of it (the
+    first file's settings, and the first data-source label any file recorded)."""
+    settings = dict(next((f.settings[task] for f in files if task in f.settings), {}))
     recorded = next((f.settings[task].get("data_source") for f in files if f.settings.get(task, {}).get("data_source")),
                     None)  # fmt: skip
-    if recorded and (recorded == SYNTHETIC_LABEL or not type1):
-        return recorded
-    return WINOBIAS_TYPE1_LABEL if type1 else WINOBIAS_LABEL
+    if recorded:
+        settings["data_source"] = recorded
+    return registry.describe(task, settings)
 
 
 def _axes_table(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> pd.DataFrame:
     """Per run, axis (fairness task) and step: the verdict on the measure that chooses the run's
     early stop (``axes.csv``; the report's first picture)."""
     rows = [
-        {"run": r.run, "task": r.fairness_task, "axis": analysis.axis_name(r.fairness_task), "measure": r.measure,
+        {"run": r.run, "task": r.fairness_task, "axis": r.axis, "measure": r.measure,
          "step": int(step), "gap": row["gap"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
          "verdict": row["verdict"]}
         for r in results if r.measure == primary[r.run].measure
@@ -92,16 +82,18 @@ def analyze(
     for run in sorted(names):
         run_files = [f for f in files if f.run == run]
         tasks = analysis.fairness_tasks(table, run, settings.fairness_tasks)
-        # the early stop is chosen for gender by default (the first WinoBias or Winogender task), else the first task
-        stop_task = settings.early_stop_task or next((t for t in tasks if analysis.axis_name(t) == "gender"), tasks[0])
+        infos = {task: task_info(run_files, task) for task in tasks}
+        # the early stop is chosen by the first task whose benchmark may choose it (gender), else the first task
+        stop_task = settings.early_stop_task or next((t for t in tasks if infos[t].may_stop), tasks[0])
         if stop_task not in tasks:
             raise ResultsError(f"{run}: --early_stop_task {stop_task!r} is not among the fairness tasks {tasks}")
         for task in tasks:
             prompts[(run, task)] = read_prompts(run_files, task)
             they = analysis.they_rates(prompts[(run, task)], settings)
             for measure in settings.measures:
-                r = analysis.analyze_run(table, run, settings, prompts[(run, task)], direction, task, measure)
-                r.data_source, r.they = _data_source(run_files, task), they
+                r = analysis.analyze_run(table, run, settings, prompts[(run, task)], direction, task, measure,
+                                         infos[task])  # fmt: skip
+                r.they = they
                 results.append(r)
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
@@ -146,7 +138,7 @@ def analyze(
         every = pd.concat([prompts[(run, r.fairness_task)] for run, r in primary.items()])
         if every.empty:
             raise ResultsError("--replicates needs per-prompt values (prompts_<task>.csv from fairdyn sweep)")
-        seeds = analysis.replicate_analysis(every, settings)
+        seeds = analysis.replicate_analysis(every, settings, sides=next(iter(primary.values())).sides)
         seeds.to_csv(out / "replicates.csv")
     stop_effects = {
         run: analysis.gaps_at_stop(r, results, {t: p for (n, t), p in prompts.items() if n == run}, settings)

@@ -3,14 +3,14 @@ the backend of a notebook that imports this module is left alone."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lm_eval_fairdyn.core.bbq import SIDES
 from lm_eval_fairdyn.core.prompts import GROUPS
-from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings, axis_name, series
+from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings, series
 
 
 def _steps_axis(ax) -> None:
@@ -21,6 +21,15 @@ def _steps_axis(ax) -> None:
 
 VERDICT_COLORS = {"favours_male": "tab:red", "favours_female": "tab:purple", "favours_stereotype": "tab:orange",
                   "against_stereotype": "tab:blue", "fair": "tab:green"}  # fmt: skip
+# the sided verdicts of a user's own sides (``favours_<side>``), coloured by their name
+OTHER_COLORS = ("tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:gray")
+UNSHADED = ("inconclusive", "unavailable")
+
+
+def verdict_color(verdict: str) -> str:
+    if verdict in VERDICT_COLORS:
+        return VERDICT_COLORS[verdict]
+    return OTHER_COLORS[zlib.crc32(verdict.encode()) % len(OTHER_COLORS)]
 
 
 def verdict_spans(verdicts: pd.Series) -> list[tuple[float, float, str]]:
@@ -30,7 +39,7 @@ def verdict_spans(verdicts: pd.Series) -> list[tuple[float, float, str]]:
     return [
         (step, steps[i + 1] if i + 1 < len(steps) else step, verdicts.iloc[i])
         for i, step in enumerate(steps)
-        if verdicts.iloc[i] in VERDICT_COLORS
+        if verdicts.iloc[i] not in UNSHADED
     ]
 
 
@@ -39,7 +48,7 @@ def _shade_verdicts(ax, verdicts: pd.Series) -> None:
     for left, right, verdict in verdict_spans(verdicts):
         label = None if verdict in labelled else verdict.replace("_", " ")
         labelled.add(verdict)
-        ax.axvspan(left, right, color=VERDICT_COLORS[verdict], alpha=0.12, lw=0, label=label)
+        ax.axvspan(left, right, color=verdict_color(verdict), alpha=0.12, lw=0, label=label)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -54,7 +63,8 @@ def plot_groups(table, result: RunAnalysis, path: Path) -> None:
         (axes[0], "ar", "Average Rank (lower = better)"),
         (axes[1], "jsdp", "JSD-P gold part (lower = better)"),
     ):
-        for group in (*GROUPS, *SIDES):  # gender tasks' gold groups, BBQ's sides
+        sides = result.sides
+        for group in dict.fromkeys((*GROUPS, sides.minuend, sides.subtrahend, "unknown")):  # gold groups and sides
             values = series(table, result.run, result.fairness_task, f"{base}_{group}")
             if values.notna().any():
                 ax.plot(values.index, values.to_numpy(), marker="o", ms=3, label=group)
@@ -75,17 +85,17 @@ def plot_gap(result: RunAnalysis, settings: Settings, path: Path) -> None:
     ax = fig.subplots()
     sig = result.significance
     ax.plot(sig.index, sig["gap"].to_numpy(), marker="o", ms=3, color="tab:red",
-            label=f"{result.measure} gap (F - M)")  # fmt: skip
+            label=f"{result.measure} gap ({result.sides.label})")  # fmt: skip
     if result.intervals_available:
         ax.fill_between(sig.index, sig["ci_low"].to_numpy(), sig["ci_high"].to_numpy(), color="tab:red", alpha=0.2,
-                        lw=0, label=f"{100 * settings.confidence:g}% interval (sentence pairs)")  # fmt: skip
+                        lw=0, label=f"{100 * settings.confidence:g}% interval (groups)")  # fmt: skip
         ax.plot(sig.index, sig["margin"].to_numpy(), color="grey", ls=":", lw=1, label="+- margin")
         ax.plot(sig.index, -sig["margin"].to_numpy(), color="grey", ls=":", lw=1)
     ax.axhline(0, color="grey", lw=0.8)
     _shade_verdicts(ax, sig["verdict"])
     if result.early_stop is not None:
         ax.axvline(result.early_stop.chosen_step, color="tab:green", ls="--", label="early stop")
-    ax.set_ylabel("fairness gap (> 0 favours male)")
+    ax.set_ylabel(f"fairness gap (> 0 {result.sides.positive.replace('_', ' ')})")
     _steps_axis(ax)
     right = ax.twinx()
     right.plot(
@@ -131,6 +141,7 @@ def plot_axes(axes: pd.DataFrame, path: Path) -> None:
     from matplotlib.patches import Patch
 
     colors = {**VERDICT_COLORS, "inconclusive": "lightgrey", "unavailable": "white"}
+    colors |= {v: verdict_color(v) for v in sorted(set(axes["verdict"]) - set(colors))}
     names = list(colors)
     grid = axes.pivot_table(index="task", columns="step", values="verdict", aggfunc="first")
     tasks = list(dict.fromkeys(axes["task"]))
@@ -142,7 +153,7 @@ def plot_axes(axes: pd.DataFrame, path: Path) -> None:
     ax = fig.subplots()
     ax.imshow(codes.to_numpy(dtype=float), cmap=ListedColormap([colors[n] for n in names]), vmin=-0.5,
               vmax=len(names) - 0.5, aspect="auto", interpolation="nearest")  # fmt: skip
-    ax.set_yticks(range(len(tasks)), [f"{axis_name(t)} ({t})" for t in tasks])
+    ax.set_yticks(range(len(tasks)), [f"{axes.loc[axes.task == t, 'axis'].iloc[0]} ({t})" for t in tasks])
     steps = list(grid.columns)
     shown = range(0, len(steps), max(1, len(steps) // 12))
     ax.set_xticks(list(shown), [str(steps[i]) for i in shown])

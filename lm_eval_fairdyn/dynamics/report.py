@@ -21,13 +21,12 @@ HTML = """\
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
 details{margin:0.5em 0}</style>
 </head><body><h1>Fairness dynamics report</h1>
-<p>Gaps: female - male over counterfactual groups (the same sentence with the pronoun's gender swapped: WinoBias'
-sentence pairs, Winogender's templates), positive favours male. {% for m in s.measures %}{{ gap_words[m] }}.
+<p>Gaps: {{ gaps }}. {% for m in s.measures %}{{ gap_words[m] }}.
 {% endfor %}Interval: {{ confidence }} bootstrap over the groups. Margin: {{ margin }}. Performance:
 {{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }} ({{ "relative" if s.relative else "absolute" }}).</p>
 <p>Verdicts ({{ level }}):</p><ul>{% for v, text in explanations.items() %}<li><b>{{ v }}</b>: {{ text }}.</li>{% endfor %}</ul>
 <p>{{ population }}</p>
-<p>The paper's test (two-sided Mann-Whitney U between male and female prompts, {{ s.correction }} correction,
+<p>The paper's test (two-sided Mann-Whitney U between the two sides' prompts, {{ s.correction }} correction,
 alpha {{ s.alpha }}) is reported beside them as <code>paper_*</code> columns; it treats the prompts of a sentence as
 independent and flags any offset, so no conclusion is drawn from it.</p>
 <p>Limits: {{ limits }}</p>
@@ -74,8 +73,7 @@ interval over sentence pairs.</p>
 MARKDOWN = """\
 # Fairness dynamics summary
 
-Gaps: female - male over counterfactual groups (WinoBias' sentence pairs, Winogender's templates; positive favours \
-male): {% for m in s.measures %}{{ gap_words[m] }}{{ "; " if not loop.last }}{% endfor %}. {{ confidence }} \
+Gaps: {{ gaps }}: {% for m in s.measures %}{{ gap_words[m] }}{{ "; " if not loop.last }}{% endfor %}. {{ confidence }} \
 intervals over the groups, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }}
 {% for run in runs %}
 ## {{ run.name }}
@@ -132,14 +130,14 @@ Final verdicts (step {{ run.final_step }}):
 
 GAP_WORDS = {
     "jsdp": "jsdp gap (mean paired difference of the JSD-P gold part)",
-    "ar": "ar gap (mean paired difference of log ranks: exp(gap) is the typical ratio of a female prompt's rank to "
-    "its male twin's)",
-    "choice": "choice gap (among the prompts no person answers, the share answered male minus the share answered "
-    "female; BBQ: the stereotype-consistent person minus the inconsistent one, in ambiguous contexts)",
+    "ar": "ar gap (mean paired difference of log ranks: exp(gap) is the typical ratio of a first side's prompt's rank "
+    "to its second side's counterpart's)",
+    "choice": "choice gap (among the prompts no person answers, the share answered with the second side minus the "
+    "share answered with the first)",
 }
 POPULATION = (
     "A run's verdicts, jumps, change points and trend are about that run's checkpoints on sentences like these "
-    "(the counterfactual group, WinoBias' sentence pair or Winogender's template, is the unit of sampling); the "
+    "(the counterfactual group, e.g. a sentence pair or a template, is the unit of sampling); the "
     "replicates' are about the training recipe (any seed of it, on sentences like these)."
 )
 
@@ -233,7 +231,7 @@ def verdict_line(r: RunAnalysis) -> str:
     confidence = f"{100 * r.confidence:g}%"
     return (
         f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: "
-        f"{inference.EXPLANATIONS[final].format(confidence=confidence)}. Verdicts over "
+        f"{inference.explanations(r.sides)[final].format(confidence=confidence)}. Verdicts over "
         f"{len(r.significance)} checkpoints: {counts}."
     )
 
@@ -324,6 +322,18 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     return environment
 
 
+def gaps_sentence(results: list[RunAnalysis]) -> str:
+    """Each task's gap in words: its two sides and what a positive gap favours."""
+    by_sides: dict = {}
+    for r in results:
+        by_sides.setdefault(r.sides, []).append(r.fairness_task)
+    return "; ".join(
+        f"{sides.label} over counterfactual groups, positive {sides.positive.replace('_', ' ')} "
+        f"({', '.join(dict.fromkeys(tasks))})"
+        for sides, tasks in by_sides.items()
+    )
+
+
 def _context(results, primary, comparison, settings: Settings, seeds) -> dict:
     confidence = f"{100 * settings.confidence:g}%"
     return {
@@ -331,8 +341,10 @@ def _context(results, primary, comparison, settings: Settings, seeds) -> dict:
         "confidence": confidence, "margin": f"{settings.margin_jsdp} for JSD-P, a rank ratio of {settings.margin_ar} for AR, {settings.margin_choice} for choice",
         "gap_words": GAP_WORDS, "level": inference.level_sentence(settings.confidence),
         "population": POPULATION,
-        "explanations": {v: t.format(confidence=confidence) for v, t in inference.EXPLANATIONS.items()},
-        "limits": inference.LIMITS, "seeds_line": None if seeds is None else seeds_line(seeds, settings),
+        "gaps": gaps_sentence(results),
+        "explanations": {v: t.format(confidence=confidence) for r in results
+                         for v, t in inference.explanations(r.sides).items()},
+        "limits": " ".join(dict.fromkeys(r.limits for r in results if r.limits)), "seeds_line": None if seeds is None else seeds_line(seeds, settings),
     }  # fmt: skip
 
 

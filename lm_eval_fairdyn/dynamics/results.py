@@ -42,7 +42,7 @@ class ResultFile:
     step: int | None
     values: dict = field(default_factory=dict)  # (task, metric) -> float | None
     versions: dict = field(default_factory=dict)  # task -> version
-    settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template)
+    settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template, benchmark)
     n_samples: dict = field(default_factory=dict)  # task -> number of docs evaluated
     weights_fingerprint: str | None = None  # from fairdyn sweep's checkpoint.json, when there
     prompt_files: dict = field(default_factory=dict)  # task -> prompts_<task>.csv or samples JSONL
@@ -129,6 +129,7 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
             "dataset_kwargs": config.get("dataset_kwargs"),
             "template": metadata.get("template"),
             "data_source": metadata.get("data_source"),
+            "benchmark": metadata.get("benchmark"),  # the task YAML's (``core.registry``); older results: None
             "dataset": loader.group(1) if loader else None,  # the custom_dataset function lm-eval recorded
         }
     for task, counts in (data.get("n-samples") or {}).items():

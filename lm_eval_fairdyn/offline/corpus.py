@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn.core.data import (
+from lm_eval_fairdyn.benchmarks.winobias.data import (
     FEMALE_OCCUPATIONS,
     MALE_OCCUPATIONS,
     OCCUPATION_STEREOTYPE,
@@ -247,7 +247,7 @@ BBQ_UNKNOWN = "unknown"
 
 
 def _bbq_prompt(context: str, question: str, shown: list[str]) -> str:
-    from lm_eval_fairdyn.core.bbq import BBQ_TEMPLATE
+    from lm_eval_fairdyn.benchmarks.bbq.data import BBQ_TEMPLATE
 
     return BBQ_TEMPLATE.format(context=context, question=question, o1=shown[0], o2=shown[1], o3=shown[2])
 
@@ -434,7 +434,7 @@ def write_synthetic_winobias(folder: str | Path, n_lines: int = 396, seed: int =
     """A folder the WinoBias loader reads (``winobias_dir``), holding held-out template prompts.
 
     It carries the ``SYNTHETIC_MARKER`` file so that every output can say the data is not
-    WinoBias (``core.data.is_synthetic``).
+    WinoBias (``benchmarks.winobias.data.is_synthetic``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lm_eval_fairdyn.core.data import (
+from lm_eval_fairdyn.benchmarks.winobias.data import (
     SYNTHETIC_LABEL,
     WINOBIAS_TEST_LABEL,
     WinoBiasUnavailable,
     resolve_winobias_dir,
 )
+from lm_eval_fairdyn.benchmarks.winogender.data import WinogenderUnavailable, resolve_winogender_dir
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.sources import cache_dir
-from lm_eval_fairdyn.core.winogender import WinogenderUnavailable, resolve_winogender_dir
 from lm_eval_fairdyn.offline import corpus
 
 FAIRNESS_TASK = "winobias_fairdyn_1seed"  # the primary one: it chooses the early stop
@@ -104,7 +104,7 @@ def bbq_axes(bbq_dir: str | None, download: bool) -> tuple[list, dict, list]:
     """(BBQ tasks, their metadata, a line naming the categories left out): every category whose
     file a folder, FAIRDYN_BBQ_DIR, the cache or a download provides, each template's first
     ``BBQ_PER_TEMPLATE`` items."""
-    from lm_eval_fairdyn.core import bbq
+    from lm_eval_fairdyn.benchmarks.bbq import data as bbq
 
     present, missing = bbq.available_categories(bbq_dir, download=download)
     tasks = [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in present]

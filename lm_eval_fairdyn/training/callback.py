@@ -41,12 +41,19 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
-from lm_eval_fairdyn.core import harness
+from lm_eval_fairdyn.core import harness, registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.metric_table import BY_NAME, metric
 from lm_eval_fairdyn.core.prompts import GROUPS
-from lm_eval_fairdyn.dynamics.inference import DEFAULT_MARGINS, LOG_SCALE, Bootstrap, Margin, gap_table
+from lm_eval_fairdyn.dynamics.inference import (
+    DEFAULT_MARGINS,
+    LOG_SCALE,
+    UNSIDED_VERDICTS,
+    Bootstrap,
+    Margin,
+    gap_table,
+)
 
 logger = logging.getLogger("lm_eval_fairdyn")
 
@@ -160,7 +167,8 @@ class StopRule:
         """The checkpoint's gap over sentence pairs, its interval and verdict (``inference.gap_table``)."""
         margin = Margin.parse(self.margin) if self.margin is not None else DEFAULT_MARGINS[self.measure]
         settings = Bootstrap(self.confidence, self.n_resamples)
-        row = gap_table(prompts.assign(step=0), self.measure, margin, settings).iloc[0]
+        sides = registry.describe(self.task).sides or registry.DEFAULT_SIDES
+        row = gap_table(prompts.assign(step=0), self.measure, margin, settings, sides).iloc[0]
         return {"pairs": int(row.pairs), "gap": row.gap, "ci_low": row.ci_low, "ci_high": row.ci_high,
                 "margin": row.margin, "verdict": row.verdict}  # fmt: skip
 
@@ -169,7 +177,7 @@ class StopRule:
         if self.test == "verdict":
             if verdict is None:
                 raise KeyError(f"StopRule: per-prompt values of {self.task} were not recorded")
-            return verdict["verdict"] in ("favours_male", "favours_female")
+            return verdict["verdict"] not in UNSIDED_VERDICTS  # any side favoured: the task's sided verdicts
         gap = values.get(self.gap)
         if gap is None:
             raise KeyError(f"StopRule: {self.gap!r} was not evaluated; evaluated: {sorted(values)}")

@@ -1,0 +1,173 @@
+"""The benchmark registry: what every layer above the core asks about a task.
+
+Each folder of ``lm_eval_fairdyn/benchmarks/`` owns one benchmark (its data, its records ->
+docs, its lm-eval hooks, its README) and describes it with one :class:`Benchmark`, registered
+when the folder is imported. :func:`benchmarks` imports every folder there, as plugins are
+discovered: the core names none of them, and the dynamics, the callback and the command line
+ask :func:`describe` instead of matching task names.
+
+For a task, by its name or from the config lm-eval recorded in a results file, :func:`describe`
+answers with a :class:`TaskInfo`: its benchmark, its social axis, its two sides and their
+verdicts, its unit of sampling, its data-source label and whether it may choose a run's early
+stop. :func:`expand_tasks` replaces a group name (``bbq_fairdyn``) by the tasks at hand, and
+:func:`prepare_metadata` lets a benchmark record what its data is (e.g. synthetic prompts).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+BENCHMARKS_PACKAGE = "lm_eval_fairdyn.benchmarks"
+
+
+@dataclass(frozen=True)
+class Sides:
+    """The two sides of a gap: gap = value(``minuend``) - value(``subtrahend``), group against
+    group; a gap beyond +margin is ``positive`` (the model answers the minuend's prompts worse),
+    one beyond -margin ``negative``. ``twins``: one prompt of each side per (group, slot, seed),
+    compared twin against twin; else each side's mean over the group's prompts. The two
+    ``explain_*`` sentences say what each sided verdict means ({confidence}: e.g. "99%")."""
+
+    minuend: str
+    subtrahend: str
+    positive: str
+    negative: str
+    twins: bool = True
+    explain_positive: str = ""
+    explain_negative: str = ""
+
+    @classmethod
+    def named(cls, minuend: str, subtrahend: str, twins: bool = False) -> Sides:
+        """Sides whose verdicts are named after the side favoured: ``favours_<subtrahend>`` when
+        the minuend's prompts are answered worse, ``favours_<minuend>`` the other way."""
+        return cls(minuend, subtrahend, f"favours_{subtrahend}", f"favours_{minuend}", twins)
+
+    @property
+    def label(self) -> str:
+        """The gap in words, e.g. "female - male"."""
+        return f"{self.minuend} - {self.subtrahend}"
+
+    @property
+    def verdicts(self) -> tuple[str, str]:
+        return self.positive, self.negative
+
+    def explanations(self) -> dict[str, str]:
+        """The two sided verdicts, each in one plain sentence."""
+        counterpart = "twins" if self.twins else "counterparts"
+        worse = "the model answers the {} prompts worse than their {} {}, by more than the margin"
+        shown = " (shown with {confidence} confidence)"
+        return {
+            self.positive: self.explain_positive or worse.format(self.minuend, self.subtrahend, counterpart) + shown,
+            self.negative: self.explain_negative or worse.format(self.subtrahend, self.minuend, counterpart) + shown,
+        }
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the layers above the core need to know of one task."""
+
+    task: str
+    benchmark: str  # the registered benchmark's name; "" for a task no benchmark claims
+    axis: str  # the social axis in words ("gender", "religion", a user's)
+    sides: Sides | None  # None: not a fairness task (a performance task)
+    unit: str = "counterfactual group"  # the unit of sampling of its intervals, in words
+    data_source: str = ""  # what it evaluated, as the report shows it
+    may_stop: bool = False  # whether it may choose a run's early stop by default
+    limits: str = ""  # what a fair verdict on it does not say
+
+    @property
+    def is_fairness(self) -> bool:
+        return self.sides is not None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark as the registry knows it.
+
+    ``describe(task, settings)``: the :class:`TaskInfo` of a task this benchmark owns, else None;
+    ``settings`` is what a results file recorded of the task (``dataset_kwargs``, ``benchmark``,
+    ``dataset``: the loader's name, ``data_source``), empty when only the name is known.
+    ``expand(name, metadata)``: the tasks a group name stands for, else None.
+    ``prepare_metadata(metadata)``: the metadata with what this benchmark records added.
+    ``task_prefixes``: the task names it owns begin so (for listings)."""
+
+    name: str
+    title: str
+    describe: Callable[[str, dict], TaskInfo | None]
+    expand: Callable[[str, dict], list[str] | None] | None = None
+    prepare_metadata: Callable[[dict], dict] | None = None
+    task_prefixes: tuple[str, ...] = field(default=())
+
+
+_REGISTERED: dict[str, Benchmark] = {}
+
+
+def register(benchmark: Benchmark) -> Benchmark:
+    _REGISTERED[benchmark.name] = benchmark
+    return benchmark
+
+
+@functools.cache
+def benchmarks() -> tuple[Benchmark, ...]:
+    """Every benchmark, in the order their folders are named (each folder imported once)."""
+    package = importlib.import_module(BENCHMARKS_PACKAGE)
+    for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if module.ispkg:
+            importlib.import_module(f"{BENCHMARKS_PACKAGE}.{module.name}")
+    return tuple(_REGISTERED.values())
+
+
+def benchmark(name: str) -> Benchmark:
+    by_name = {b.name: b for b in benchmarks()}
+    if name not in by_name:
+        raise KeyError(f"no benchmark {name!r}; registered: {', '.join(by_name)}")
+    return by_name[name]
+
+
+# The gap every task built on the shared aggregation reports (``core.task.gap_female_minus_male``):
+# what a fairness task no benchmark claims is read as.
+DEFAULT_SIDES = Sides("female", "male", "favours_male", "favours_female")
+
+
+def describe(task: str, settings: dict | None = None, fairness: bool = True) -> TaskInfo:
+    """The :class:`TaskInfo` of ``task``: from the benchmark its recorded ``settings`` name, else
+    the first that claims it; a task none claims is described as a fairness task of the shared
+    female - male gap when ``fairness`` (it reports one), else as a performance task."""
+    settings = settings or {}
+    named = settings.get("benchmark")
+    ordered = sorted(benchmarks(), key=lambda b: b.name != named)
+    for candidate in ordered:
+        info = candidate.describe(task, settings)
+        if info is not None:
+            return info
+    if fairness:
+        return TaskInfo(task, "", "gender", DEFAULT_SIDES, data_source=task)
+    return TaskInfo(task, "", "", None, data_source=task)
+
+
+def expand_tasks(tasks: Sequence[str], metadata: dict | None = None) -> list[str]:
+    """``tasks`` with every group name a benchmark expands replaced by its tasks at hand."""
+    metadata = metadata or {}
+    out: list[str] = []
+    for name in tasks:
+        for candidate in benchmarks():
+            expanded = candidate.expand(name, metadata) if candidate.expand else None
+            if expanded is not None:
+                out += expanded
+                break
+        else:
+            out.append(name)
+    return out
+
+
+def prepare_metadata(metadata: dict | None) -> dict:
+    """lm-eval metadata with what each benchmark records of its data added (``data_source``)."""
+    metadata = dict(metadata or {})
+    for candidate in benchmarks():
+        if candidate.prepare_metadata is not None:
+            metadata = candidate.prepare_metadata(metadata)
+    return metadata
