@@ -29,9 +29,10 @@ def describe(task: str, settings: dict) -> TaskInfo | None:
     owned = settings.get("benchmark") == "bbq" or settings.get("dataset") == "load_bbq_dataset"
     if not (owned or (not settings.get("benchmark") and task.startswith(PREFIX))):
         return None
-    category = (settings.get("dataset_kwargs") or {}).get("category", task)
-    return TaskInfo(task, "bbq", task.removeprefix(PREFIX).replace("_", " "), STEREOTYPE, unit="template",
-                    data_source=f"{BBQ_LABEL} ({category})", limits=LIMITS)  # fmt: skip
+    category = (settings.get("dataset_kwargs") or {}).get("category")
+    axis = (category or task.removeprefix(PREFIX)).lower().replace("_", " ")  # "Race_x_SES" -> "race x ses"
+    return TaskInfo(task, "bbq", axis, STEREOTYPE, unit="template", data_source=f"{BBQ_LABEL} ({category or task})",
+                    limits=LIMITS)  # fmt: skip
 
 
 def expand(name: str, metadata: dict) -> list[str] | None:
