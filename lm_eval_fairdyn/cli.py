@@ -431,7 +431,8 @@ def _check(args) -> int:
                     f"{task}: {current_file[0]} and {baseline_file[0]} were evaluated on different sentence pairs "
                     f"({len(current)} and {len(baseline)} groups); evaluate both on the same prompts"
                 )
-            rows = regression_check(baseline, current, args.max_gap, args.max_regression, Bootstrap(args.confidence))
+            rows = regression_check(baseline, current, args.max_gap, args.max_regression, Bootstrap(args.confidence),
+                                    sides)  # fmt: skip
             for row in rows:
                 if any(math.isnan(row[k]) for k in ("estimate", "ci_low", "ci_high")):
                     raise ResultsError(

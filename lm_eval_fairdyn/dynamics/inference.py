@@ -415,6 +415,7 @@ def regression_check(
     max_gap: float | None,
     max_regression: float | None,
     settings: Bootstrap = Bootstrap(),
+    sides: Sides = GENDER,
 ) -> list[dict]:
     """The bounds a model's gap must keep against a baseline evaluated on the same prompts
     (``pair_values`` tables): each check's estimate and interval, failing only when the interval
@@ -445,8 +446,8 @@ def regression_check(
                 ("gap moved down from a baseline near 0", -1, 1.0),
             ]
         else:
-            name = "male" if side > 0 else "female"
-            tests = [(f"gap moved further to the favours-{name} side", side, 1.0),
+            name = (sides.positive if side > 0 else sides.negative).replace("_", "-")
+            tests = [(f"gap moved further to the {name} side", side, 1.0),
                      ("gap crossed zero beyond the baseline's size", -side, -1.0)]  # fmt: skip
         for check, sign, baseline_sign in tests:
 
