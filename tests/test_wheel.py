@@ -57,16 +57,18 @@ def test_a_task_of_every_family_builds_from_an_install_without_e(
     passages = tmp_path / "passages.jsonl"
     passages.write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
     from lm_eval_fairdyn.benchmarks.bbq.data import available_categories, task_suffix
+    from tests.test_counterfactual import write_own
 
+    own = write_own(tmp_path / "own")  # the README's YAML, in a folder of the user's
     category = available_categories(bbq_dir, download=False)[0][0]
     tasks = ["winobias_fairdyn_1seed", "winobias_fairdyn_type1_1seed", "winogender_fairdyn_1seed",
-             f"bbq_fairdyn_{task_suffix(category)}", "lastword_fairdyn"]  # fmt: skip
+             f"bbq_fairdyn_{task_suffix(category)}", "lastword_fairdyn", "my_counterfactual"]  # fmt: skip
     metadata = {"winobias_dir": str(winobias_dir), "winogender_dir": str(winogender_dir), "bbq_dir": str(bbq_dir),
                 "lastword_file": str(passages)}  # fmt: skip
     code = f"""
 import json, lm_eval_fairdyn
 from lm_eval_fairdyn.core.harness import task_manager
-loaded = task_manager((), {metadata!r}, {tasks!r}).load({tasks!r})["tasks"]
+loaded = task_manager(({str(own)!r},), {metadata!r}, {tasks!r}).load({tasks!r})["tasks"]
 print(json.dumps({{"package": lm_eval_fairdyn.__file__, "docs": {{n: len(t.eval_docs) for n, t in loaded.items()}}}}))
 """
     env = {**os.environ, "PYTHONPATH": str(site)}
