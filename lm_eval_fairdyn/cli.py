@@ -460,11 +460,22 @@ def _check(args) -> int:
     return 0
 
 
+def _version() -> str:
+    """lm-eval-fairdyn's version and the lm-eval it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{version('lm-eval-fairdyn')} (lm-eval {version('lm_eval')})"
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="fairdyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("eval", help="lm-eval run with the fairdyn tasks and model", add_help=False)
     commands.add_parser("tasks-path", help="print the lm-eval task folder").set_defaults(handler=_tasks_path)

@@ -11,6 +11,7 @@ import pytest
 
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core.task import metric_names
+from tests.conftest import run_cli
 
 LAMBADA_STYLE = """\
 task: last_word_local
@@ -115,3 +116,11 @@ def test_tasks_path_and_help():
         [sys.executable, "-m", "lm_eval_fairdyn", "eval", "--help"], capture_output=True, text=True
     )
     assert "--model_args" in lm_eval_help.stdout and "--log_samples" in lm_eval_help.stdout
+
+
+def test_version_names_the_package_and_lm_eval():
+    from importlib.metadata import version
+
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"fairdyn {version('lm-eval-fairdyn')} (lm-eval {version('lm_eval')})"
