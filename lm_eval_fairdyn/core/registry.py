@@ -88,19 +88,27 @@ class TaskInfo:
 class Benchmark:
     """One benchmark as the registry knows it.
 
-    ``describe(task, settings)``: the :class:`TaskInfo` of a task this benchmark owns, else None;
-    ``settings`` is what a results file recorded of the task (``dataset_kwargs``, ``benchmark``,
-    ``dataset``: the loader's name, ``data_source``), empty when only the name is known.
-    ``expand(name, metadata)``: the tasks a group name stands for, else None.
-    ``prepare_metadata(metadata)``: the metadata with what this benchmark records added.
-    ``task_prefixes``: the task names it owns begin so (for listings)."""
+    It owns a task whose recorded ``benchmark`` is its name, or whose recorded loader (the
+    ``custom_dataset`` function's name) is one of ``loaders``, or, when no benchmark is recorded,
+    whose name begins with one of ``task_prefixes`` (:meth:`owns`). ``describe(task, settings)``:
+    the :class:`TaskInfo` of a task it owns; ``settings`` is what a results file recorded of the
+    task (``dataset_kwargs``, ``benchmark``, ``dataset``, ``data_source``), empty when only the
+    name is known. ``expand(name, metadata)``: the tasks a group name stands for, else None.
+    ``prepare_metadata(metadata)``: the metadata with what this benchmark records added."""
 
     name: str
     title: str
-    describe: Callable[[str, dict], TaskInfo | None]
+    describe: Callable[[str, dict], TaskInfo]
+    loaders: tuple[str, ...] = field(default=())
+    task_prefixes: tuple[str, ...] = field(default=())
     expand: Callable[[str, dict], list[str] | None] | None = None
     prepare_metadata: Callable[[dict], dict] | None = None
-    task_prefixes: tuple[str, ...] = field(default=())
+
+    def owns(self, task: str, settings: dict) -> bool:
+        recorded = settings.get("benchmark")
+        if recorded == self.name or settings.get("dataset") in self.loaders:
+            return True
+        return not recorded and task.startswith(self.task_prefixes)
 
 
 _REGISTERED: dict[str, Benchmark] = {}
@@ -141,9 +149,8 @@ def describe(task: str, settings: dict | None = None, fairness: bool = True) -> 
     named = settings.get("benchmark")
     ordered = sorted(benchmarks(), key=lambda b: b.name != named)
     for candidate in ordered:
-        info = candidate.describe(task, settings)
-        if info is not None:
-            return info
+        if candidate.owns(task, settings):
+            return candidate.describe(task, settings)
     if fairness:
         return TaskInfo(task, "", "gender", DEFAULT_SIDES, data_source=task)
     return TaskInfo(task, "", "", None, data_source=task)

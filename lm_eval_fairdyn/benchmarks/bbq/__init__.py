@@ -25,10 +25,7 @@ LIMITS = (
 )
 
 
-def describe(task: str, settings: dict) -> TaskInfo | None:
-    owned = settings.get("benchmark") == "bbq" or settings.get("dataset") == "load_bbq_dataset"
-    if not (owned or (not settings.get("benchmark") and task.startswith(PREFIX))):
-        return None
+def describe(task: str, settings: dict) -> TaskInfo:
     category = (settings.get("dataset_kwargs") or {}).get("category")
     axis = (category or task.removeprefix(PREFIX)).lower().replace("_", " ")  # "Race_x_SES" -> "race x ses"
     return TaskInfo(task, "bbq", axis, STEREOTYPE, unit="template", data_source=f"{BBQ_LABEL} ({category or task})",
@@ -39,4 +36,4 @@ def expand(name: str, metadata: dict) -> list[str] | None:
     return expand_group([name], metadata.get("bbq_dir")) if name == GROUP else None
 
 
-BENCHMARK = register(Benchmark("bbq", "BBQ", describe, expand=expand, task_prefixes=(PREFIX,)))
+BENCHMARK = register(Benchmark("bbq", "BBQ", describe, ("load_bbq_dataset",), (PREFIX,), expand=expand))

@@ -15,9 +15,7 @@ LIMITS = (
 )
 
 
-def describe(task: str, settings: dict) -> TaskInfo | None:
-    if settings.get("benchmark") != "counterfactual":
-        return None
+def describe(task: str, settings: dict) -> TaskInfo:
     kwargs = settings.get("dataset_kwargs") or {}
     first, second = tuple(kwargs.get("sides") or DEFAULT_SIDES)
     data_file = kwargs.get("data_file")

@@ -29,14 +29,11 @@ def data_source(settings: dict) -> str:
     return WINOBIAS_TYPE1_LABEL if type1 else WINOBIAS_LABEL
 
 
-def describe(task: str, settings: dict) -> TaskInfo | None:
-    owned = settings.get("benchmark") == "winobias" or settings.get("dataset") == "load_dataset"
-    if not (owned or (not settings.get("benchmark") and task.startswith(PREFIX))):
-        return None
+def describe(task: str, settings: dict) -> TaskInfo:
     return TaskInfo(task, "winobias", "gender", DEFAULT_SIDES, unit="sentence pair",
                     data_source=data_source(settings), may_stop=True, limits=LIMITS)  # fmt: skip
 
 
 BENCHMARK = register(
-    Benchmark("winobias", "WinoBias", describe, prepare_metadata=with_data_source, task_prefixes=(PREFIX,))
+    Benchmark("winobias", "WinoBias", describe, ("load_dataset",), (PREFIX,), prepare_metadata=with_data_source)
 )

@@ -15,12 +15,9 @@ LIMITS = (
 )
 
 
-def describe(task: str, settings: dict) -> TaskInfo | None:
-    owned = settings.get("benchmark") == "winogender" or settings.get("dataset") == "load_winogender_dataset"
-    if not (owned or (not settings.get("benchmark") and task.startswith(PREFIX))):
-        return None
+def describe(task: str, settings: dict) -> TaskInfo:
     return TaskInfo(task, "winogender", "gender", DEFAULT_SIDES, unit="template", data_source=WINOGENDER_LABEL,
                     may_stop=True, limits=LIMITS)  # fmt: skip
 
 
-BENCHMARK = register(Benchmark("winogender", "Winogender schemas", describe, task_prefixes=(PREFIX,)))
+BENCHMARK = register(Benchmark("winogender", "Winogender schemas", describe, ("load_winogender_dataset",), (PREFIX,)))
