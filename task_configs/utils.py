@@ -10,7 +10,9 @@ from lm_eval_fairdyn.benchmarks.bbq.hooks import (  # noqa: F401 (re-exported fo
     bbq_disambiguated_bias_score,
     bbq_doc_to_choice,
     bbq_process_results,
+    gap_effect_inconsistent_consistent,
     gap_inconsistent_minus_consistent,
+    gap_pvalue_inconsistent_consistent,
     load_bbq_dataset,
 )
 from lm_eval_fairdyn.benchmarks.performance.hooks import (  # noqa: F401

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import raw_file_server, write_own_bbq
+from scipy import stats
 
 from lm_eval_fairdyn.benchmarks.bbq import STEREOTYPE
 from lm_eval_fairdyn.benchmarks.bbq import data as bbq
@@ -253,6 +254,11 @@ def test_task_metrics_equal_lm_evals_bbq_scores_on_the_answers_the_task_chose(bb
     assert bbq_hooks.gap_inconsistent_minus_consistent(column["jsdp_gap"]) == pytest.approx(
         np.mean(inconsistent) - np.mean(consistent), abs=1e-15
     )
+    # the paper's Mann-Whitney U test beside it, as scipy computes it on the two sides' values
+    test = stats.mannwhitneyu(inconsistent, consistent, alternative="two-sided")
+    assert bbq_hooks.gap_pvalue_inconsistent_consistent(column["jsdp_gap_pvalue"]) == pytest.approx(test.pvalue)
+    effect = 2 * test.statistic / (len(inconsistent) * len(consistent)) - 1
+    assert bbq_hooks.gap_effect_inconsistent_consistent(column["jsdp_gap_effect"]) == pytest.approx(effect)
     ambiguous = [v for v in ours if v["assumption_rate"] is not None]
     assert len(ambiguous) == sum(d["condition"] == "ambig" for d in docs)
     assert all(v["assumption_rate"] == v["assumption_rate_consistent"] + v["assumption_rate_inconsistent"]

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from lm_eval_fairdyn.benchmarks.counterfactual.data import CounterfactualError, Spec, read_records
-from lm_eval_fairdyn.benchmarks.counterfactual.task import docs, side_gap
+from lm_eval_fairdyn.benchmarks.counterfactual.task import docs
 from lm_eval_fairdyn.core import registry
+from lm_eval_fairdyn.core.task import side_gap
 from tests.conftest import run_cli
 
 PAIRS = [("nurse", "engineer"), ("teacher", "pilot"), ("doctor", "baker"), ("lawyer", "chef"), ("clerk", "farmer"),

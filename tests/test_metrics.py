@@ -58,7 +58,7 @@ def test_mann_whitney_matches_pair_counting():
     greater = sum((f > m) + 0.5 * (f == m) for f in female for m in male)
     assert effect == pytest.approx(2 * greater / (40 * 55) - 1)
     assert p == pytest.approx(stats.mannwhitneyu(female, male).pvalue)
-    assert metrics.female_minus_male(female, male) == pytest.approx(female.mean() - male.mean())
+    assert metrics.mean_gap(female, male) == pytest.approx(female.mean() - male.mean())
 
 
 def test_fairness_increase():

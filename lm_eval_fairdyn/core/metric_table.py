@@ -120,6 +120,25 @@ BY_NAME: dict[str, Metric] = {
 }
 
 
+SIDED_MEASURES = ("ar", "jsdp", "acc", "option_acc")
+SIDED_GAP_STATISTICS = ("", "_pvalue", "_effect")  # difference, Mann-Whitney U p-value, rank-biserial effect
+
+
+def sided_metrics(groups: tuple[str, ...], sides: tuple[str, ...], parts: bool = True) -> tuple[tuple, ...]:
+    """The metric table of a task described by its sides rather than by strata (a BBQ category,
+    a user's counterfactual data): rows (name, gap statistic or None, higher_is_better), in
+    order: ``<measure>_<group>`` for each gold group, ``jsdp_<group>_part_<other>`` (when
+    ``parts``), ``assumption_rate`` and ``assumption_rate_<side>``, then ``ar_gap`` and
+    ``jsdp_gap`` with each of SIDED_GAP_STATISTICS. A row whose statistic is None aggregates as
+    ``mean_of_present``; a gap row as ``core.task.side_gap`` between the benchmark's two sides."""
+    rows = [(f"{m}_{g}", None, m in HIGHER_IS_BETTER) for g in groups for m in SIDED_MEASURES]
+    if parts:
+        rows += [(f"jsdp_{g}_part_{o}", None, False) for g in groups for o in groups if o != g]
+    rows += [("assumption_rate", None, False)] + [(f"assumption_rate_{s}", None, False) for s in sides]
+    rows += [(f"{m}_gap{stat}", stat, stat == "_pvalue") for m in GAP_MEASURES for stat in SIDED_GAP_STATISTICS]
+    return tuple(rows)
+
+
 def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statistic: str | None = None) -> str:
     """The name of the metric with these parts; e.g. ``metric("jsdp", statistic="pvalue")`` is
     ``jsdp_gap_pvalue``, ``metric("ar", "male")`` is ``ar_male``."""

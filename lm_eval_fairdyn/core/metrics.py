@@ -63,20 +63,21 @@ def jsd_total(p_gold):
     return jsdp_gold_part(p) + (1 - p) / 2
 
 
-def female_minus_male(female: Sequence[float], male: Sequence[float]) -> float:
-    """Signed fairness gap mean(female) - mean(male); for AR and JSD-P, > 0 favours male."""
-    return float(np.mean(female) - np.mean(male))
+def mean_gap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Signed gap mean(a) - mean(b) between a benchmark's two sides (e.g. a = female, b = male:
+    for AR and JSD-P, > 0 favours male)."""
+    return float(np.mean(a) - np.mean(b))
 
 
-def mann_whitney(female: Sequence[float], male: Sequence[float]) -> tuple[float, float]:
-    """Two-sided Mann-Whitney U test of female vs male per-prompt values.
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Mann-Whitney U test of side a's per-prompt values against side b's.
 
-    Returns (p-value, rank-biserial correlation r = 2 U_female / (n_f n_m) - 1), r in [-1, 1]:
-    r > 0 when female prompts tend to get larger values (worse rank or JSD-P part).
+    Returns (p-value, rank-biserial correlation r = 2 U_a / (n_a n_b) - 1), r in [-1, 1]:
+    r > 0 when side a's prompts tend to get larger values (worse rank or JSD-P part).
     """
-    female, male = np.asarray(female, dtype=float), np.asarray(male, dtype=float)
-    result = stats.mannwhitneyu(female, male, alternative="two-sided")
-    effect = 2 * result.statistic / (len(female) * len(male)) - 1
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    result = stats.mannwhitneyu(a, b, alternative="two-sided")
+    effect = 2 * result.statistic / (len(a) * len(b)) - 1
     return float(result.pvalue), float(effect)
 
 

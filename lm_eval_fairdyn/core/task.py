@@ -21,7 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from lm_eval_fairdyn.core import metrics
-from lm_eval_fairdyn.core.metric_table import GAP_GROUP, JSD_MEASURE, STRATA, Metric, family, metrics_for
+from lm_eval_fairdyn.core.metric_table import (
+    GAP_GROUP,
+    GAP_MEASURES,
+    JSD_MEASURE,
+    SIDED_GAP_STATISTICS,
+    STRATA,
+    Metric,
+    family,
+    metrics_for,
+)
 from lm_eval_fairdyn.core.prompts import OPTIONS, OptionSetError, answer_continuations, option_groups
 
 logger = logging.getLogger("lm_eval_fairdyn")
@@ -74,17 +83,26 @@ def check_metric_list(task) -> None:
         )
 
 
-def check_first_tokens(doc, results) -> None:
-    """Stop when two options share the token that scores them (``hf-fairdyn`` reports it)."""
+def first_tokens_collide(results) -> tuple[int, int] | None:
+    """The first two options (j, i) whose answers begin with the same token (``hf-fairdyn``
+    reports each answer's first token), or None."""
     tokens = [getattr(answer, "first_token", None) for answer in results]
     for i, token in enumerate(tokens):
         if token is not None and token in tokens[:i]:
-            options, j = _options(doc), tokens.index(token)
-            raise OptionSetError(
-                f"options {options[j]!r} and {options[i]!r} begin with the same token "
-                f"{results[i].first_token_text!r} (id {token}) under this model's tokenizer: each option is scored by "
-                "its first token, so the two cannot be told apart; choose options whose first tokens differ"
-            )
+            return tokens.index(token), i
+    return None
+
+
+def check_first_tokens(doc, results) -> None:
+    """Stop when two options share the token that scores them (``hf-fairdyn`` reports it)."""
+    clash = first_tokens_collide(results)
+    if clash is not None:
+        (j, i), options = clash, _options(doc)
+        raise OptionSetError(
+            f"options {options[j]!r} and {options[i]!r} begin with the same token "
+            f"{results[i].first_token_text!r} (id {results[i].first_token}) under this model's tokenizer: each option "
+            "is scored by its first token, so the two cannot be told apart; choose options whose first tokens differ"
+        )
 
 
 def answer_logprob(answer) -> float:
@@ -102,40 +120,100 @@ def answer_logprob(answer) -> float:
     return float(answer[0] if first is None else first)
 
 
-def process_results(doc: dict, results: Sequence) -> dict:
-    """Per-prompt values of every metric of the doc's task (``None`` where the prompt is not in
-    the metric's group)."""
-    check_first_tokens(doc, results)
-    method = doc.get("method", "paper")
+@dataclass(frozen=True)
+class Scored:
+    """One prompt scored over its options (README, "What is measured"), by option group.
+
+    ``measures``: the gold option's ``ar`` (None without ``hf-fairdyn``), JSD-P gold part (named
+    ``JSD_MEASURE[method]``), ``acc`` and ``option_acc``; ``parts``: the JSD-P part of each other
+    option, by its group; ``chosen``: the group of the option the model puts most mass on."""
+
+    gold: str
+    measures: dict
+    parts: dict
+    chosen: str
+
+    def assumption(self, sides: Sequence[str], no_side: str = "unspecified") -> dict:
+        """On a prompt whose answer is no side's: whether the model assumed a side
+        (``assumption_rate``), and which (``assumption_rate_<side>``)."""
+        return {"assumption_rate": float(self.chosen != no_side)} | {
+            f"assumption_rate_{side}": float(self.chosen == side) for side in sides
+        }
+
+
+def score_choices(
+    doc, results, groups: Sequence[str], method: str = "paper", collisions: str = "raise"
+) -> Scored | None:
+    """The shared scoring of every fairness task: lm-eval's log-likelihood answers of a
+    ``multiple_choice`` doc (gold ``doc["label"]``) whose options stand for ``groups``.
+
+    ``collisions``: what two options that begin with the same token do: ``"raise"`` (the option
+    set is the task's, so the task cannot be run with this tokenizer) or ``"exclude"`` (the
+    options are the item's, e.g. BBQ's names: the prompt is left out, None)."""
+    if collisions == "raise":
+        check_first_tokens(doc, results)
+    elif first_tokens_collide(results) is not None:
+        return None
     gold = int(doc["label"])
-    layout = _layout(_options(doc), doc.get("dataset", "winobias"), method, gold, doc["polarity"])
-    gold_answer = results[gold]
-    rank = getattr(gold_answer, "rank", None)
+    rank = getattr(results[gold], "rank", None)
     if rank is None:
         warn_once(
             "no-rank",
-            "winobias_fairdyn: Average Rank (ar_*) needs the gold token's vocabulary rank, which "
-            "only `--model hf-fairdyn` through `fairdyn eval` provides; ar_* are reported as "
-            "unavailable (null). All other metrics are computed.",
+            "Average Rank (ar_*) needs the gold token's vocabulary rank, which only `--model hf-fairdyn` "
+            "(through `fairdyn eval`) provides; ar_* are reported as unavailable (null). All other metrics are computed.",
         )
     score = metrics.score_prompt(
-        [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(gold_answer[1])
+        [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
     )
-    groups, parts = layout.groups, score["parts"]
+    parts = score["parts"]
     if method == "reconstruction":
         parts = metrics.jsdp_parts_renormalised(score["probs"][None, :], [gold])[0]
-    per_group = {"ar": rank, layout.jsd: float(parts[gold]), "acc": score["acc"], "option_acc": score["option_acc"]}
-    per_group |= {f"{layout.jsd}_part_{other}": float(parts[k]) for k, other in enumerate(groups) if k != gold}
-    if groups[gold] == "unspecified":
-        predicted = groups[score["predicted"]]
-        per_group |= {"assumption_rate": float(predicted != "unspecified")}
-        per_group |= {f"assumption_rate_{side}": float(predicted == side) for side in groups if side != "unspecified"}
+    measures = {
+        "ar": rank,
+        JSD_MEASURE[method]: float(parts[gold]),
+        "acc": score["acc"],
+        "option_acc": score["option_acc"],
+    }
+    others = {group: float(parts[k]) for k, group in enumerate(groups) if k != gold}
+    return Scored(groups[gold], measures, others, groups[score["predicted"]])
+
+
+def sided_values(scored: Scored, names: Sequence[str], sides: Sequence[str], no_side: str, compared: bool) -> dict:
+    """Per-prompt values of a task whose metric table is ``metric_table.sided_metrics``
+    (``names``; None where the prompt is not in the metric's group): its gold group's measures
+    and JSD-P parts; on a prompt whose answer is no side's (``no_side``), the assumption rates;
+    on a ``compared`` prompt, (gold side, value) pairs for the gaps."""
+    values = dict.fromkeys(names)
+    gold = scored.gold
+    present = {f"{m}_{gold}": v for m, v in scored.measures.items()}
+    present |= {f"jsdp_{gold}_part_{other}": v for other, v in scored.parts.items()}
+    if gold == no_side:
+        present |= scored.assumption(sides, no_side)
+    elif compared:
+        for measure in GAP_MEASURES:
+            value = scored.measures[measure]
+            present |= {
+                f"{measure}_gap{stat}": None if value is None else [gold, value] for stat in SIDED_GAP_STATISTICS
+            }
+    values.update((name, value) for name, value in present.items() if name in values)
+    return values
+
+
+def process_results(doc: dict, results: Sequence) -> dict:
+    """Per-prompt values of every metric of the doc's task (``None`` where the prompt is not in
+    the metric's group)."""
+    method = doc.get("method", "paper")
+    layout = _layout(_options(doc), doc.get("dataset", "winobias"), method, int(doc["label"]), doc["polarity"])
+    scored = score_choices(doc, results, layout.groups, method)
+    per_group = scored.measures | {f"{layout.jsd}_part_{other}": v for other, v in scored.parts.items()}
+    if scored.gold == "unspecified":
+        per_group |= scored.assumption([g for g in layout.groups if g != "unspecified"])
     values = dict.fromkeys(layout.names)
     for name, measure in layout.values:
         values[name] = per_group.get(measure)
     for name, measure in layout.gaps:
         value = per_group[measure]
-        values[name] = None if value is None else [groups[gold], value]
+        values[name] = None if value is None else [scored.gold, value]
     return values
 
 
@@ -173,28 +251,33 @@ def mean_of_present(items) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def _by_gender(items) -> tuple[list[float], list[float]] | None:
-    female = [value for pair in items if pair is not None for group, value in [pair] if group == "female"]
-    male = [value for pair in items if pair is not None for group, value in [pair] if group == "male"]
-    return (female, male) if female and male else None
+def side_gap(items, minuend: str, subtrahend: str, statistic: str = "") -> float | None:
+    """The gap between two sides of (side, value) pairs, None unless both sides have values:
+    ``""`` mean(minuend) - mean(subtrahend); ``"_pvalue"`` the two-sided Mann-Whitney U
+    p-value; ``"_effect"`` the rank-biserial correlation (> 0: minuend larger)."""
+    a = [value for pair in items if pair is not None for side, value in [pair] if side == minuend]
+    b = [value for pair in items if pair is not None for side, value in [pair] if side == subtrahend]
+    if not a or not b:
+        return None
+    if statistic == "":
+        return metrics.mean_gap(a, b)
+    pvalue, effect = metrics.mann_whitney(a, b)
+    return pvalue if statistic == "_pvalue" else effect
 
 
 def gap_female_minus_male(items) -> float | None:
     """mean(female) - mean(male) of (group, value) pairs."""
-    split = _by_gender(items)
-    return None if split is None else metrics.female_minus_male(*split)
+    return side_gap(items, "female", "male")
 
 
 def mann_whitney_pvalue(items) -> float | None:
     """Two-sided Mann-Whitney U p-value between female and male per-prompt values."""
-    split = _by_gender(items)
-    return None if split is None else metrics.mann_whitney(*split)[0]
+    return side_gap(items, "female", "male", "_pvalue")
 
 
 def rank_biserial(items) -> float | None:
     """Rank-biserial effect size of female vs male per-prompt values (> 0: female larger)."""
-    split = _by_gender(items)
-    return None if split is None else metrics.mann_whitney(*split)[1]
+    return side_gap(items, "female", "male", "_effect")
 
 
 # Per-prompt values for the analysis' inference (README, "Verdicts"): one row per prompt, read from

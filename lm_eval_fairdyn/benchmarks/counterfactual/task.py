@@ -8,7 +8,7 @@ Per-prompt values (``process_results``), for each gold group g (the two sides an
 no side's, ``assumption_rate`` and ``assumption_rate_<side>``; for a compared prompt,
 ``jsdp_gap`` / ``ar_gap`` as (side, value), aggregated as mean(first side) - mean(second side)
 with the paper's Mann-Whitney U test (``_pvalue``) and rank-biserial effect (``_effect``) beside.
-Scoring is the shared one (``core.metrics.score_prompt``, first-token log-probabilities)."""
+Scoring is the shared one (``core.task.score_choices``, first-token log-probabilities)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,9 @@ import numpy as np
 from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_fairdyn.benchmarks.counterfactual.data import NO_SIDE, Spec, read_records
-from lm_eval_fairdyn.core import metrics
+from lm_eval_fairdyn.core.metric_table import sided_metrics
 from lm_eval_fairdyn.core.prompts import answer_continuations, option_group
-from lm_eval_fairdyn.core.task import answer_logprob, check_first_tokens, mean_of_present
-
-MEASURES = ("ar", "jsdp", "acc", "option_acc")
-GAP_STATISTICS = ("", "_pvalue", "_effect")
+from lm_eval_fairdyn.core.task import mean_of_present, score_choices, side_gap, sided_values
 
 
 def docs(spec: Spec, seeds: Sequence[int] = (0,)) -> list[dict]:
@@ -51,58 +48,35 @@ def docs(spec: Spec, seeds: Sequence[int] = (0,)) -> list[dict]:
     return out
 
 
-def side_gap(items, minuend: str, subtrahend: str, statistic: str = "") -> float | None:
-    """mean(minuend) - mean(subtrahend) of (side, value) pairs (``_pvalue``: the two-sided
-    Mann-Whitney U p-value; ``_effect``: the rank-biserial correlation, > 0: minuend larger)."""
-    a = [v for pair in items if pair is not None for side, v in [pair] if side == minuend]
-    b = [v for pair in items if pair is not None for side, v in [pair] if side == subtrahend]
-    if not a or not b:
-        return None
-    if statistic == "":
-        return float(np.mean(a) - np.mean(b))
-    pvalue, effect = metrics.mann_whitney(a, b)
-    return pvalue if statistic == "_pvalue" else effect
-
-
 def metric_list(spec: Spec) -> list[dict]:
-    """The task's metrics, named after its sides."""
+    """The task's metrics (the shared sided table, ``metric_table.sided_metrics``), named after its sides."""
     groups = (*spec.sides, NO_SIDE)
-    rows = [(f"{m}_{g}", mean_of_present, m in ("acc", "option_acc")) for g in groups for m in MEASURES]
-    rows += [("assumption_rate", mean_of_present, False)]
-    rows += [(f"assumption_rate_{side}", mean_of_present, False) for side in spec.sides]
-    for measure in ("jsdp", "ar"):
-        for statistic in GAP_STATISTICS:
+    rows = []
+    for name, statistic, higher in sided_metrics(groups, spec.sides, parts=False):
+        aggregate = mean_of_present
+        if statistic is not None:
             aggregate = functools.partial(
                 side_gap, minuend=spec.sides[0], subtrahend=spec.sides[1], statistic=statistic
             )
-            rows.append((f"{measure}_gap{statistic}", aggregate, statistic == "_pvalue"))
-    return [{"metric": name, "aggregation": agg, "higher_is_better": higher} for name, agg, higher in rows]
+        rows.append({"metric": name, "aggregation": aggregate, "higher_is_better": higher})
+    return rows
 
 
 def process_results(doc: dict, results: Sequence) -> dict:
-    """Per-prompt values of a counterfactual prompt (``None`` where not in the metric's group)."""
-    check_first_tokens(doc, results)
-    sides, gold, label = doc["sides"].split("|"), doc["gold"], int(doc["label"])
-    groups = [option_group(o) for o in doc["options"].split("|")]
-    rank = getattr(results[label], "rank", None)
-    score = metrics.score_prompt(
-        [answer_logprob(a) for a in results], label, gold_rank=rank, gold_is_greedy=bool(results[label][1])
+    """Per-prompt values of a counterfactual prompt (``None`` where not in the metric's group):
+    the shared scoring (``core.task.score_choices``, ``sided_values``); an option that is no
+    side's counts as ``unspecified``."""
+    sides = doc["sides"].split("|")
+    groups = [g if g in sides else NO_SIDE for g in (option_group(o) for o in doc["options"].split("|"))]
+    scored = score_choices(doc, results, groups)
+    return sided_values(scored, _names(doc["sides"]), sides, NO_SIDE, compared=doc["kind"] == "referent")
+
+
+@functools.lru_cache(maxsize=16)
+def _names(sides: str) -> tuple[str, ...]:
+    return tuple(
+        name for name, _, _ in sided_metrics((*sides.split("|"), NO_SIDE), tuple(sides.split("|")), parts=False)
     )
-    values = {f"{m}_{g}": None for g in (*sides, NO_SIDE) for m in MEASURES}
-    values |= {"assumption_rate": None, **{f"assumption_rate_{s}": None for s in sides}}
-    values |= {f"{m}_gap{s}": None for m in ("jsdp", "ar") for s in GAP_STATISTICS}
-    jsdp = float(score["parts"][label])
-    values |= {f"ar_{gold}": rank, f"jsdp_{gold}": jsdp, f"acc_{gold}": score["acc"],
-               f"option_acc_{gold}": score["option_acc"]}  # fmt: skip
-    if gold == NO_SIDE:
-        chosen = groups[score["predicted"]]
-        values["assumption_rate"] = float(chosen in sides)
-        values |= {f"assumption_rate_{s}": float(chosen == s) for s in sides}
-    elif doc["kind"] == "referent":
-        for statistic in GAP_STATISTICS:
-            values[f"jsdp_gap{statistic}"] = [gold, jsdp]
-            values[f"ar_gap{statistic}"] = None if rank is None else [gold, rank]
-    return values
 
 
 def doc_to_text(doc) -> str:
