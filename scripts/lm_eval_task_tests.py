@@ -52,7 +52,7 @@ def bbq_task_yamls() -> list[Path]:
     present, missing = bbq.available_categories(None, download=False)
     for category in missing:
         print(f"left out bbq_fairdyn_{bbq.task_suffix(category)}: no {category}.jsonl at hand", file=sys.stderr)
-    return [tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(c)}.yaml" for c in present]
+    return [tasks_path() / "bbq" / f"bbq_fairdyn_{bbq.task_suffix(c)}.yaml" for c in present]
 
 
 def main(argv: list[str]) -> int:
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     harness, wanted = Path(argv[0]), set(argv[1:])
-    yamls = [p for p in sorted(tasks_path().glob("*_fairdyn*.yaml")) if p.name.startswith(("winobias", "winogender"))]
+    yamls = [p for p in sorted(tasks_path().rglob("*_fairdyn*.yaml")) if p.name.startswith(("winobias", "winogender"))]
     yamls += bbq_task_yamls()
     if wanted:
         yamls = [p for p in yamls if p.stem in wanted]

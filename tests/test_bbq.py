@@ -165,15 +165,15 @@ def test_the_task_yamls_list_the_bbq_metrics_and_every_category():
         pass
 
     Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-    template = yaml.load((tasks_path() / "_bbq_template_yaml").read_text(), Loader=Loader)
+    template = yaml.load((tasks_path() / "bbq" / "_bbq_template_yaml").read_text(), Loader=Loader)
     listed = [
         (m["metric"], m["aggregation"].removeprefix("utils."), m["higher_is_better"]) for m in template["metric_list"]
     ]
     assert listed == list(bbq_hooks.BBQ_METRICS)
-    group = yaml.safe_load((tasks_path() / "bbq_fairdyn.yaml").read_text())
+    group = yaml.safe_load((tasks_path() / "bbq" / "bbq_fairdyn.yaml").read_text())
     assert group["task"] == [f"bbq_fairdyn_{bbq.task_suffix(c)}" for c in bbq.CATEGORIES]
     for category in bbq.CATEGORIES:
-        config = yaml.safe_load((tasks_path() / f"bbq_fairdyn_{bbq.task_suffix(category)}.yaml").read_text())
+        config = yaml.safe_load((tasks_path() / "bbq" / f"bbq_fairdyn_{bbq.task_suffix(category)}.yaml").read_text())
         assert config["dataset_kwargs"] == {"category": category} and config["include"] == "_bbq_template_yaml"
     assert "bbq_fairdyn_race_x_ses" in group["task"] and "bbq_fairdyn_disability_status" in group["task"]
 

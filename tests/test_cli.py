@@ -109,7 +109,7 @@ def test_plain_lm_eval_with_include_path_and_metadata(neox_dir, winobias_dir, tm
 def test_tasks_path_and_help():
     out = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "tasks-path"], capture_output=True, text=True)
     assert Path(out.stdout.strip()) == tasks_path()
-    assert (tasks_path() / "winobias_fairdyn.yaml").is_file()
+    assert (tasks_path() / "winobias" / "winobias_fairdyn.yaml").is_file()
     helptext = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "--help"], capture_output=True, text=True)
     assert "fairdyn eval" in helptext.stdout and "tasks-path" in helptext.stdout
     lm_eval_help = subprocess.run(

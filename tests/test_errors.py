@@ -90,4 +90,4 @@ def test_bad_option_sets(tmp_path, tiny_checkpoints, winogender_dir):
 def metric_table_path():
     from lm_eval_fairdyn import tasks_path
 
-    return tasks_path() / "_winogender_template_yaml"
+    return tasks_path() / "winogender" / "_winogender_template_yaml"

@@ -340,11 +340,11 @@ def test_every_task_yaml_lists_its_familys_metrics():
         pass
 
     Loader.add_constructor("!function", lambda loader, node: "!function " + loader.construct_scalar(node))
-    for path in sorted(tasks_path().glob("*fairdyn*.yaml")):
+    for path in sorted(tasks_path().rglob("*fairdyn*.yaml")):
         config = yaml.load(path.read_text(), Loader=Loader)
         if "group" in config or config["task"].startswith(("lastword", "heldout", "bbq")):
             continue  # BBQ's metric list: tests/test_bbq.py
-        include = yaml.load((tasks_path() / config["include"]).read_text(), Loader=Loader)
+        include = yaml.load((path.parent / config["include"]).read_text(), Loader=Loader)
         listed = [m["metric"] for m in config.get("metric_list", include["metric_list"])]
         family = "winogender" if config["task"].startswith("winogender") else "winobias"
         options = config.get("dataset_kwargs", {}).get("options", prompts.OPTIONS)

@@ -54,12 +54,12 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
 def test_the_tasks_import_no_offline_or_dynamics_module():
     code = (
         "import sys, json; import lm_eval_fairdyn.core.task, lm_eval_fairdyn.core.model; "
-        "sys.path.insert(0, str(__import__('lm_eval_fairdyn').tasks_path())); import utils; "
+        "import runpy; [runpy.run_path(str(u)) for u in __import__('lm_eval_fairdyn').tasks_path().glob('*/utils.py')]; "
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('lm_eval_fairdyn'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = json.loads(out.splitlines()[-1])
-    assert "lm_eval_fairdyn.core.task" in loaded
+    assert {"lm_eval_fairdyn.core.task", "lm_eval_fairdyn.benchmarks.bbq.hooks"} <= set(loaded)
     assert not [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ("offline", "dynamics", "training")]
 
 
@@ -91,4 +91,4 @@ def test_entry_points_name_the_model_and_the_task_folder():
     assert model.load() is HFLMWithRank
     (tasks,) = [e for e in entry_points(group="lm_eval.tasks") if e.name == "lm_eval_fairdyn"]
     folder = Path(tasks.load().__file__).parent
-    assert folder == lm_eval_fairdyn.tasks_path() and (folder / "winobias_fairdyn.yaml").is_file()
+    assert folder == lm_eval_fairdyn.tasks_path() and (folder / "winobias" / "winobias_fairdyn.yaml").is_file()

@@ -18,14 +18,14 @@ _Loader.add_constructor("!function", lambda loader, node: "!function " + loader.
 
 
 def _yaml(name):
-    return yaml.load((tasks_path() / name).read_text(), Loader=_Loader)
+    return yaml.load((tasks_path() / "winobias" / name).read_text(), Loader=_Loader)
 
 
 def test_yaml_metric_list_matches_process_results():
-    template = _yaml("_default_template_yaml")
+    template = _yaml("_winobias_template_yaml")
     listed = [m["metric"] for m in template["metric_list"]]
     assert listed == task.metric_names() and len(listed) == 59
-    text = (tasks_path() / "_default_template_yaml").read_text()
+    text = (tasks_path() / "winobias" / "_winobias_template_yaml").read_text()
     assert metric_table.metric_list_yaml() in text  # generated from the table, word for word
     for entry in template["metric_list"]:
         metric = metric_table.BY_NAME[entry["metric"]]
@@ -142,3 +142,10 @@ def test_empty_groups_aggregate_to_none():
     assert task.mean_of_present([None, None]) is None
     assert task.gap_female_minus_male([["male", 1.0], None]) is None
     assert task.mann_whitney_pvalue([]) is None
+
+
+def test_the_fairdyn_tag_names_each_gender_benchmarks_main_task():
+    from lm_eval_fairdyn.core.harness import task_manager
+
+    loaded = task_manager((), {}, ["fairdyn"]).load(["fairdyn"])["tasks"]
+    assert sorted(loaded) == ["winobias_fairdyn", "winobias_fairdyn_type1", "winogender_fairdyn"]

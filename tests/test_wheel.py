@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,9 +20,17 @@ TASK_FOLDER = REPO / "task_configs"
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel of a fresh clone (the files git tracks or would add), built away from the
+    checkout: a build/ folder left there by an earlier build would slip stale files in."""
+    source, out = tmp_path_factory.mktemp("clone"), tmp_path_factory.mktemp("wheel")
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
@@ -42,7 +51,14 @@ def test_the_wheel_holds_every_file_of_the_task_folder(wheel):
     prefix = "lm_eval_fairdyn/task_configs/"
     in_wheel = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
     assert _shipped(TASK_FOLDER) - in_wheel == set()
-    assert {"_bbq_template_yaml", "_winogender_template_yaml", "_default_template_yaml"} <= in_wheel
+    benchmarks = ("bbq", "performance", "winobias", "winogender")
+    assert {f"{b}/README.md" for b in benchmarks} | {f"{b}/utils.py" for b in benchmarks} <= in_wheel
+    assert {
+        "bbq/_bbq_template_yaml",
+        "winogender/_winogender_template_yaml",
+        "winobias/_winobias_template_yaml",
+    } <= in_wheel
+    assert not {n for n in in_wheel if "/" not in n and n.endswith(("yaml", ".py")) and n != "__init__.py"}  # no strays
 
 
 def test_a_task_of_every_family_builds_from_an_install_without_e(

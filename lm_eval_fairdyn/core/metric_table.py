@@ -150,7 +150,7 @@ def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statisti
 
 
 def metric_list_yaml(metrics: tuple[Metric, ...] = METRICS) -> str:
-    """The ``metric_list`` block of a task YAML (``task_configs/_default_template_yaml``: METRICS)."""
+    """The ``metric_list`` block of a task YAML (``task_configs/winobias/_winobias_template_yaml``: METRICS)."""
     lines = ["metric_list:"]
     for m in metrics:
         lines += [f"  - metric: {m.name}", f"    aggregation: !function utils.{m.aggregation}",
