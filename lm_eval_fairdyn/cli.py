@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,13 +39,20 @@ example:
 def run_lm_eval(argv: list[str]) -> int:
     """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered;
     ``--use_cache`` gets one database per checkpoint (see ``fingerprint``)."""
+    import time
+
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
     import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
     from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
+    from lm_eval_fairdyn.core.harness import check_run
+    from lm_eval_fairdyn.core.inputs import parse_metadata, split_tasks
     from lm_eval_fairdyn.core.registry import prepare_metadata
 
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--metadata" and value.lstrip().startswith(("{", "[", '"')):
+            parse_metadata(value)  # invalid JSON: one line, before lm-eval's traceback
     setup_logging()
     harness = HarnessCLI()
     saved_argv = sys.argv
@@ -55,17 +61,31 @@ def run_lm_eval(argv: list[str]) -> int:
         args = harness.parse_args()
     finally:
         sys.argv = saved_argv
+    user_paths = [args.include_path] if isinstance(getattr(args, "include_path", None), str) else []
+    check_run(split_tasks(args.tasks or []), user_paths, args.metadata if isinstance(args.metadata, dict) else {},
+              args.limit, getattr(args, "batch_size", 1), args.output_path)  # fmt: skip
     ours = str(tasks_path())
-    args.include_path = ours if not getattr(args, "include_path", None) else [args.include_path, ours]
+    args.include_path = ours if not user_paths else [*user_paths, ours]
     if isinstance(args.metadata, dict):  # the results record what was evaluated (synthetic prompts)
         args.metadata = prepare_metadata(args.metadata)
+    started = time.time()
     try:
         with keyed_request_cache():
             harness.execute(args)
     except CacheNotKeyable as err:
         print(f"fairdyn eval: {err}", file=sys.stderr)
         return 2
+    if args.output_path and not _results_written(Path(args.output_path), started):
+        print(f"fairdyn eval: no results file was written under {args.output_path} (see lm-eval's warning above); "
+              "the results are lost: rerun with an --output_path you can write to", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+def _results_written(output_path: Path, since: float) -> bool:
+    """Whether lm-eval wrote a results JSON under ``output_path`` (a folder, or a .json path) since ``since``."""
+    root = output_path.parent if output_path.suffix == ".json" else output_path
+    return any(p.stat().st_mtime >= since - 1 for p in root.rglob("results*.json")) if root.is_dir() else False
 
 
 def _tasks_path(args: argparse.Namespace) -> int:
@@ -73,18 +93,65 @@ def _tasks_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    """This package's tasks (and those of --include_path): benchmark, axis, sides, whether the
+    data is at hand and from where."""
+    from lm_eval_fairdyn.core import registry
+    from lm_eval_fairdyn.core.errors import UserInputError
+    from lm_eval_fairdyn.core.harness import task_manager
+    from lm_eval_fairdyn.core.inputs import check_include_path
+
+    check_include_path(args.include_path)
+    manager = task_manager(tuple(args.include_path), args.metadata, ())
+    ours = [str(tasks_path()), *args.include_path]
+    rows = []
+    for name, entry in sorted(manager.task_index.items()):
+        path = str(getattr(entry, "yaml_path", "") or "")
+        if not path or not any(path.startswith(str(Path(root).resolve())) or path.startswith(root) for root in ours):
+            continue
+        config = getattr(entry, "cfg", None) or {}
+        kind = getattr(getattr(entry, "kind", None), "name", "TASK").lower()
+        if kind != "task":
+            rows.append((name, kind, "", "", "", ""))
+            continue
+        settings = {"benchmark": (config.get("metadata") or {}).get("benchmark"), **config}
+        info = registry.describe(name, settings, fairness=False)
+        owner = next((b for b in registry.benchmarks() if b.name == info.benchmark), None)
+        where = "-"
+        if owner is not None and owner.locate is not None:
+            try:
+                where = owner.locate(config.get("dataset_kwargs") or {}, args.metadata)
+            except UserInputError as err:
+                where = f"MISSING: {str(err).split('. ')[0]}"
+        sides = info.sides.label if info.sides else "-"
+        rows.append(
+            (
+                name,
+                info.benchmark or "-",
+                info.axis or "-",
+                sides,
+                "at hand" if not where.startswith("MISSING") else "",
+                where,
+            )
+        )
+    print(f"{'task':<36} {'benchmark':<15} {'axis':<22} {'gap':<26} data")
+    for name, benchmark, axis, sides, _, where in rows:
+        print(f"{name:<36} {benchmark:<15} {axis:<22} {sides:<26} {where}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.offline.demo import run_demo
 
+    folders = {b.data_dir: getattr(args, b.data_dir) for b in registry.benchmarks() if b.data_dir}
     outputs = run_demo(
         args.output_path,
         args.steps,
-        args.winobias_dir,
-        not args.no_download,
-        args.batch_size,
+        download=not args.no_download,
+        batch_size=args.batch_size,
         limit=args.limit,
-        winogender_dir=args.winogender_dir,
-        bbq_dir=args.bbq_dir,
+        **folders,
     )  # a data folder the user named but that is unusable: one line, exit 2 (main)
     print(f"\ndone in {outputs.seconds:.0f} s; fairness data: {outputs.data_source}")
     print(f"  checkpoint suite: {outputs.suite}{' (reused from the cache)' if outputs.suite_reused else ''}")
@@ -112,9 +179,9 @@ def _add_sweep(commands) -> None:
     )
     source.add_argument("--all_branches", action="store_true", help="every stepN branch of --pretrained on the hub")
     sweep.add_argument("--pretrained", help="hub repository for --revisions/--schedule/--all_branches")
-    sweep.add_argument(
-        "--tasks", default=",".join(DEFAULTS.tasks), help="comma-separated lm-eval tasks (default: %(default)s)"
-    )
+    sweep.add_argument("--tasks", nargs="+", default=list(DEFAULTS.tasks), metavar="TASK",
+                       help="lm-eval tasks, separated by commas or spaces, as lm-eval takes them (default: "
+                       f"{','.join(DEFAULTS.tasks)}; `fairdyn tasks` lists this package's)")  # fmt: skip
     sweep.add_argument("--output_path", required=True, help="sweep folder (created; shared by shards)")
     sweep.add_argument("--model", default=DEFAULTS.model, help="lm-eval model type (default: %(default)s)")
     sweep.add_argument("--model_args", default=DEFAULTS.model_args, help="extra model arguments, e.g. dtype=bfloat16")
@@ -124,7 +191,7 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--limit", type=float, default=DEFAULTS.limit, help="only the first N docs per task (testing)")
     sweep.add_argument("--include_path", action="append", default=[], help="more task folders")
     sweep.add_argument(
-        "--metadata", type=json.loads, default={}, help='JSON passed to tasks, e.g. {"winobias_dir": ...}'
+        "--metadata", type=_metadata_json, default={}, help='JSON passed to tasks, e.g. {"winobias_dir": ...}'
     )
     sweep.add_argument(
         "--bootstrap_iters",
@@ -170,10 +237,31 @@ def _non_negative(text: str) -> float:
 
 
 def _batch_size(text: str) -> int | str:
-    return text if text == "auto" or text.startswith("auto:") else int(text)
+    """An integer of 1 or more, ``auto`` or ``auto:N``."""
+    from lm_eval_fairdyn.core.errors import UserInputError
+    from lm_eval_fairdyn.core.inputs import check_batch_size
+
+    try:
+        check_batch_size(text)
+    except UserInputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--batch_size {text!r}: ")) from None
+    return text if text.startswith("auto") else int(text)
+
+
+def _metadata_json(text: str) -> dict:
+    """``--metadata``: a JSON object."""
+    from lm_eval_fairdyn.core.errors import UserInputError
+    from lm_eval_fairdyn.core.inputs import parse_metadata
+
+    try:
+        return parse_metadata(text)
+    except UserInputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--metadata ")) from None
 
 
 def _sweep(args) -> int:
+    from lm_eval_fairdyn.core.harness import check_run
+    from lm_eval_fairdyn.core.inputs import split_tasks
     from lm_eval_fairdyn.dynamics import fetch, schedule, sweep
 
     if not args.checkpoints and not args.pretrained:
@@ -188,8 +276,10 @@ def _sweep(args) -> int:
         else:
             revisions = fetch.hub_branches(args.pretrained)
         checkpoints = sweep.hub_checkpoints(args.pretrained, revisions)
+    tasks = tuple(split_tasks(args.tasks))
+    check_run(tasks, args.include_path, args.metadata, args.limit, args.batch_size, args.output_path)
     settings = EvalSettings(
-        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        tasks=tasks,
         model=args.model,
         model_args=args.model_args,
         batch_size=args.batch_size,
@@ -201,8 +291,8 @@ def _sweep(args) -> int:
         bootstrap_iters=args.bootstrap_iters,
         use_cache=args.use_cache,
     )
-    sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     mine = sweep.shard(checkpoints, args.shard)
+    sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     try:
         finished = sweep.run_sweep(
             mine, args.output_path, settings, prefetch=args.prefetch, cleanup=args.cleanup, retries=args.retries
@@ -230,7 +320,7 @@ def _add_analyze(commands) -> None:
     analyze.add_argument("--performance", default=defaults.performance, help="TASK/METRIC (default: %(default)s)")
     analyze.add_argument("--fairness_task", action="append", default=None, metavar="TASK",
                          help="a fairness task to analyse; repeat for several (default: every task of the run that "
-                         "reports jsdp_gap: winobias_fairdyn*, winogender_fairdyn*, bbq_fairdyn_*)")  # fmt: skip
+                         "a fairness benchmark owns: `fairdyn tasks` lists them)")  # fmt: skip
     analyze.add_argument("--gap", choices=("all", "both", "jsdp", "ar", "choice"), default="all",
                          help="the gaps analysed: JSD-P, Average Rank (log ranks), choice (the prompts no person "
                          "answers: the share answered with one side minus the other), both (JSD-P and AR) or all; "
@@ -354,9 +444,11 @@ def _add_check(commands) -> None:
     check.add_argument("--baseline", required=True)
     check.add_argument("--gap", choices=("jsdp", "ar"), default="jsdp", help="gap metric (default: %(default)s)")
     check.add_argument("--task", default=None, help="the fairness task to check (default: every one both files hold)")
-    check.add_argument("--max-gap", dest="max_gap", type=float, default=None, help="bound on |gap|")
-    check.add_argument("--max-regression", dest="max_regression", type=float, default=0.01,
-                       help="bound on the growth of |gap| over the baseline's, in gap units (default: %(default)s)")  # fmt: skip
+    check.add_argument("--max_gap", "--max-gap", dest="max_gap", type=float, default=None,
+                       help="bound on the gap's size: fails when its interval lies beyond +-max_gap")  # fmt: skip
+    check.add_argument("--max_regression", "--max-regression", dest="max_regression", type=float, default=0.01,
+                       help="bound on the signed change of the gap over the baseline's, toward the baseline's side "
+                       "or past zero to the other, in gap units (default: %(default)s)")  # fmt: skip
     check.add_argument("--confidence", type=float, default=0.99, help="of the intervals (default: %(default)s)")
     check.set_defaults(handler=_check)
 
@@ -460,6 +552,12 @@ def _check(args) -> int:
     return 0
 
 
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _version() -> str:
     """lm-eval-fairdyn's version and the lm-eval it runs on."""
     from importlib.metadata import PackageNotFoundError, version
@@ -471,38 +569,54 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
+    regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
+    traceback only with ``--debug`` (first) or ``FAIRDYN_DEBUG=1``."""
+    import os
+    import signal
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("FAIRDYN_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
     parser = argparse.ArgumentParser(
         prog="fairdyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or FAIRDYN_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("eval", help="lm-eval run with the fairdyn tasks and model", add_help=False)
     commands.add_parser("tasks-path", help="print the lm-eval task folder").set_defaults(handler=_tasks_path)
+    listing = commands.add_parser("tasks", help="list the tasks, their sides and whether their data is at hand",
+                                  description="This package's tasks (and those of --include_path): benchmark, axis, "
+                                  "the sides of its gap, and where its data is (or why it is not at hand).")  # fmt: skip
+    listing.add_argument("--include_path", action="append", default=[], help="more task folders")
+    listing.add_argument("--metadata", type=_metadata_json, default={}, help="as for eval, e.g. data folders")
+    listing.set_defaults(handler=_tasks)
+    import inspect
+
+    from lm_eval_fairdyn.offline.demo import DESCRIPTION as DEMO_DESCRIPTION
+    from lm_eval_fairdyn.offline.demo import run_demo
+
     demo = commands.add_parser(
         "demo",
         help="offline end to end: train a bias-planted checkpoint suite, evaluate it, report",
-        description="Train (or reuse from the cache) a small GPT-NeoX checkpoint suite whose training data turns "
-        "gender-biased half-way, evaluate every checkpoint with winobias_fairdyn_1seed and the held-out "
-        "heldout_fairdyn task (held-out perplexity), and write the analysis report. Uses the real WinoBias files when a folder, "
-        "FAIRDYN_WINOBIAS_DIR, the cache or a download provides them, else the project's own held-out "
-        "template prompts (labelled as such everywhere). A few minutes on 2 CPU cores.",
+        description=DEMO_DESCRIPTION,
     )
-    import inspect
-
-    from lm_eval_fairdyn.offline.demo import run_demo
     from lm_eval_fairdyn.offline.suite import SuiteConfig
 
     demo_defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
     demo.add_argument(
         "--output_path", default=demo_defaults["output_path"], help="where results go (default: %(default)s)"
     )
-    demo.add_argument("--winobias_dir", default=None, help="folder of the WinoBias files (default: env/cache/download)")
-    demo.add_argument("--winogender_dir", default=None,
-                      help="folder of the Winogender files (default: env/cache/download; left out when none)")  # fmt: skip
-    demo.add_argument("--bbq_dir", default=None,
-                      help="folder of the BBQ files (default: env/cache/download; categories not found are left out)")  # fmt: skip
-    demo.add_argument("--no_download", action="store_true", help="never try to download WinoBias, Winogender or BBQ")
+    from lm_eval_fairdyn.core import registry
+
+    for benchmark in registry.benchmarks():
+        if benchmark.data_dir:
+            demo.add_argument(f"--{benchmark.data_dir}", default=None,
+                              help=f"folder of the {benchmark.title} files (default: env/cache/download)")  # fmt: skip
+    demo.add_argument("--no_download", action="store_true", help="never download a benchmark's files")
     demo.add_argument(
         "--steps", type=int, default=None, help=f"training steps of the suite (default: {SuiteConfig().steps})"
     )
@@ -522,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval_fairdyn.core.errors import UserInputError
     from lm_eval_fairdyn.core.harness import keep_freed_memory
 
+    def stop(signum, _frame):  # SIGTERM (a scheduler's cancel) ends the run as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading_is_main() else None
     try:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
@@ -534,8 +652,23 @@ def main(argv: list[str] | None = None) -> int:
             keep_freed_memory()
         return args.handler(args)
     except UserInputError as err:  # the message names the input and what to do: no traceback
-        print(f"fairdyn {argv[0]}: {err}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"fairdyn {command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"fairdyn {command}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except Exception as err:  # a failure of the run, not of the input: one line unless asked for the traceback
+        if debug:
+            raise
+        print(f"fairdyn {command}: {type(err).__name__}: {err} (FAIRDYN_DEBUG=1 or --debug shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

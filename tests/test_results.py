@@ -142,7 +142,7 @@ def test_per_prompt_files_are_found_read_and_refused_with_the_file_named(tmp_pat
         read_prompt_file(broken)
     foreign = tmp_path / "samples_lambada.jsonl"
     foreign.write_text(json.dumps({"doc": {"text": "a passage"}}) + "\n")
-    with pytest.raises(ResultsError, match=r"samples_lambada.jsonl: not a per-prompt file of a winobias_fairdyn task"):
+    with pytest.raises(ResultsError, match=r"samples_lambada.jsonl: not a per-prompt file of a fairness task"):
         read_prompt_file(foreign)
 
 

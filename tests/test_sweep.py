@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, run_concurrently
 
+from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.harness import task_manager
 from lm_eval_fairdyn.dynamics import schedule, sweep
 from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
@@ -134,7 +135,7 @@ def test_schedules_and_shards():
     assert [c.label for c in sweep.shard(checkpoints, "1/2")] == ["step1000"]
     with pytest.raises(ValueError, match="names no step"):
         sweep.hub_checkpoints("x", ["main"])
-    with pytest.raises(ValueError, match="0 <= i < n"):
+    with pytest.raises(UserInputError, match="0 <= i < n"):
         sweep.shard(checkpoints, "2/2")
 
 

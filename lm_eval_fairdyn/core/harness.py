@@ -13,13 +13,14 @@ import functools
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lm_eval_fairdyn import tasks_path
-from lm_eval_fairdyn.core import registry
+from lm_eval_fairdyn.core import inputs, registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.task import check_metric_list
 
@@ -113,6 +114,29 @@ def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str, incl
         include_defaults=include_defaults,
         metadata=json.loads(metadata_json),
     )
+
+
+def check_run(
+    tasks: Sequence[str],
+    include_path: Sequence[str] = (),
+    metadata: dict | None = None,
+    limit: float | None = None,
+    batch_size=1,
+    output_path: str | None = None,
+) -> None:
+    """Refuse, before anything is evaluated or written, a run whose inputs cannot work: unknown
+    task names, ``--limit`` of 0, a batch size under 1, a ``--metadata`` key no task reads, an
+    output path that cannot be written (``core.inputs``; each a ``UserInputError``)."""
+    metadata = metadata or {}
+    inputs.check_limit(limit)
+    inputs.check_batch_size(batch_size)
+    inputs.check_include_path(include_path)
+    if output_path is not None:
+        inputs.check_writable(output_path)
+    manager = task_manager(tuple(include_path), metadata, tuple(tasks))
+    inputs.check_tasks(list(tasks), manager.all_tasks)
+    own = _cached_task_manager((), json.dumps({}, sort_keys=True), include_defaults=False)
+    inputs.check_metadata_keys(metadata, registry.metadata_keys(), all(t in own.all_tasks for t in tasks))
 
 
 class Evaluator:

@@ -94,7 +94,11 @@ class Benchmark:
     the :class:`TaskInfo` of a task it owns; ``settings`` is what a results file recorded of the
     task (``dataset_kwargs``, ``benchmark``, ``dataset``, ``data_source``), empty when only the
     name is known. ``expand(name, metadata)``: the tasks a group name stands for, else None.
-    ``prepare_metadata(metadata)``: the metadata with what this benchmark records added."""
+    ``prepare_metadata(metadata)``: the metadata with what this benchmark records added.
+    ``data_dir``: the ``--metadata`` key (and command-line flag) naming a folder of its files;
+    ``metadata_keys``: every ``--metadata`` key its tasks read; ``locate(dataset_kwargs,
+    metadata)``: where a task's data is (raises ``UserInputError`` saying why it is not at hand;
+    never downloads)."""
 
     name: str
     title: str
@@ -103,6 +107,9 @@ class Benchmark:
     task_prefixes: tuple[str, ...] = field(default=())
     expand: Callable[[str, dict], list[str] | None] | None = None
     prepare_metadata: Callable[[dict], dict] | None = None
+    data_dir: str = ""
+    metadata_keys: tuple[str, ...] = field(default=())
+    locate: Callable[[dict, dict], str] | None = None
 
     def owns(self, task: str, settings: dict) -> bool:
         recorded = settings.get("benchmark")
@@ -169,6 +176,24 @@ def expand_tasks(tasks: Sequence[str], metadata: dict | None = None) -> list[str
         else:
             out.append(name)
     return out
+
+
+def keyword_names(*functions: Callable) -> tuple[str, ...]:
+    """The named parameters of lm-eval hooks (a loader's ``--metadata`` keys)."""
+    import inspect
+
+    return tuple(dict.fromkeys(
+        name for f in functions for name, p in inspect.signature(f).parameters.items() if p.kind != p.VAR_KEYWORD
+    ))  # fmt: skip
+
+
+# What every task's metadata may hold besides its benchmark's keys: the data label the evaluation records.
+COMMON_METADATA_KEYS = ("data_source",)
+
+
+def metadata_keys() -> tuple[str, ...]:
+    """Every ``--metadata`` key a task of a registered benchmark reads."""
+    return tuple(dict.fromkeys([*COMMON_METADATA_KEYS, *(k for b in benchmarks() for k in b.metadata_keys)]))
 
 
 def prepare_metadata(metadata: dict | None) -> dict:

@@ -55,7 +55,7 @@ UNSIDED_EXPLANATIONS = {
     "(shown with {confidence} confidence)",
     "inconclusive": "the data cannot tell whether the difference is larger or smaller than the margin",
     "unavailable": "no interval: no per-prompt values to compute it from (evaluate with fairdyn sweep, or with "
-    "--log_samples), or fewer than two groups with prompts of both sides (BBQ: items left out as collided)",
+    "--log_samples), or fewer than two groups with prompts of both sides (e.g. items left out as collided)",
 }
 
 

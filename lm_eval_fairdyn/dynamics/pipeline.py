@@ -13,6 +13,7 @@ import pandas as pd
 
 from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.files import atomic_write_json
+from lm_eval_fairdyn.core.inputs import check_writable
 from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 from lm_eval_fairdyn.dynamics.results import (
@@ -62,8 +63,7 @@ def analyze(
     configuration, analysed on the early-stopping task and the first measure). Returns the
     analyses, one per run, task and measure."""
     settings = settings or Settings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out_dir)  # before anything is read or written
     files, names = [], set()
     for run_dir in run_dirs:
         name = Path(run_dir).resolve().name
@@ -76,6 +76,7 @@ def analyze(
     if replicates and len(names) < 2:
         raise ResultsError("--replicates needs two or more runs (one folder per training seed)")
     table = tidy(files)
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "tidy.csv", index=False)
     direction = higher_is_better(files, settings.performance)
     results, prompts, primary = [], {}, {}

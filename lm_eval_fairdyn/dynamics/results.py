@@ -191,7 +191,7 @@ def read_prompt_file(path: Path) -> pd.DataFrame:
             with path.open(encoding="utf-8") as handle:
                 table = pd.DataFrame([prompt_row(json.loads(line)) for line in handle if line.strip()])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ResultsError(f"{path}: not a per-prompt file of a winobias_fairdyn task ({err!r})") from err
+        raise ResultsError(f"{path}: not a per-prompt file of a fairness task ({err!r})") from err
     table = inference.with_pairs(table)
     missing = [c for c in columns if c not in table]
     if missing:

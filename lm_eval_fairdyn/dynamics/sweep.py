@@ -124,9 +124,9 @@ def shard(checkpoints: list[Checkpoint], spec: str | None) -> list[Checkpoint]:
     if not spec:
         return checkpoints
     index, _, count = spec.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise UserInputError(f"--shard {spec!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4 (the first of 4 jobs)")
     i, n = int(index), int(count)
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {spec!r}: expected i/n with 0 <= i < n")
     return checkpoints[i::n]
 
 
@@ -146,8 +146,19 @@ def _manifest_lock(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class SweepSettingsError(UserInputError, ValueError):
+    """An output folder that holds another sweep's finished results."""
+
+
+def _changed(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+
+
 def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSettings) -> None:
-    """Create or confirm OUT/manifest.json; a folder holding another sweep's settings is an error."""
+    """Create or confirm OUT/manifest.json; a folder holding another sweep's finished checkpoints
+    under other settings is an error (one whose start failed before any checkpoint finished is
+    taken over: nothing of it is lost)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
     settings = settings.recorded()
@@ -155,9 +166,13 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
         known = {}
         if path.is_file():
             existing = json.loads(path.read_text())
-            if existing["settings"] != settings:
-                raise ValueError(
-                    f"{path} holds a sweep with other settings ({existing['settings']}); use a new --output_path"
+            finished = [c["label"] for c in existing["checkpoints"] if (out / c["label"] / "checkpoint.json").is_file()]
+            if existing["settings"] != settings and not finished:
+                existing = {"checkpoints": []}
+            elif existing["settings"] != settings:
+                raise SweepSettingsError(
+                    f"{path} holds {len(finished)} finished checkpoint(s) of a sweep with other settings "
+                    f"({_changed(existing['settings'], settings)}); use a new --output_path, or rerun with its settings"
                 )
             known = {c["label"]: c for c in existing["checkpoints"]}
         for checkpoint in checkpoints:  # keeps fingerprints recorded earlier

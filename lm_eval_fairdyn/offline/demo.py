@@ -28,6 +28,15 @@ from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.offline import corpus
 
+DESCRIPTION = (
+    "Train (or reuse from the cache) a small GPT-NeoX checkpoint suite whose training data turns gender-biased "
+    "half-way, evaluate every checkpoint with WinoBias Type 2 (winobias_fairdyn_1seed) and, when their files are at "
+    "hand, WinoBias Type 1, Winogender and the BBQ categories (a few items per template), plus the held-out "
+    "perplexity task heldout_fairdyn, and write the analysis report. Uses the real WinoBias files when a folder, "
+    "FAIRDYN_WINOBIAS_DIR, the cache or a download provides them, else the project's own held-out template prompts "
+    "(labelled as such everywhere). A few minutes on 2 CPU cores."
+)
+
 FAIRNESS_TASK = "winobias_fairdyn_1seed"  # the primary one: it chooses the early stop
 # Evaluated beside it when their data is at hand: WinoBias Type 1 (with the real WinoBias files)
 # and Winogender (a folder, the cache or a download).

@@ -4,8 +4,9 @@ over the disambiguated contexts; the unit of sampling is the template."""
 
 from __future__ import annotations
 
-from lm_eval_fairdyn.benchmarks.bbq.data import BBQ_LABEL, GROUP, expand_group
-from lm_eval_fairdyn.core.registry import Benchmark, Sides, TaskInfo, register
+from lm_eval_fairdyn.benchmarks.bbq.data import BBQ_LABEL, GROUP, bbq_dir, expand_group
+from lm_eval_fairdyn.benchmarks.bbq.hooks import load_bbq_dataset
+from lm_eval_fairdyn.core.registry import Benchmark, Sides, TaskInfo, keyword_names, register
 
 PREFIX = f"{GROUP}_"
 # Gold the stereotype-inconsistent person minus gold the consistent one, each side's mean over a
@@ -36,4 +37,20 @@ def expand(name: str, metadata: dict) -> list[str] | None:
     return expand_group([name], metadata.get("bbq_dir")) if name == GROUP else None
 
 
-BENCHMARK = register(Benchmark("bbq", "BBQ", describe, ("load_bbq_dataset",), (PREFIX,), expand=expand))
+def locate(kwargs: dict, metadata: dict) -> str:
+    return str(bbq_dir(metadata.get("bbq_dir"), [kwargs["category"]], download=False) / f"{kwargs['category']}.jsonl")
+
+
+BENCHMARK = register(
+    Benchmark(
+        "bbq",
+        "BBQ",
+        describe,
+        ("load_bbq_dataset",),
+        (PREFIX,),
+        expand=expand,
+        data_dir="bbq_dir",
+        metadata_keys=keyword_names(load_bbq_dataset),
+        locate=locate,
+    )
+)

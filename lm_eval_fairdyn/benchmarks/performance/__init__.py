@@ -4,7 +4,11 @@ other lm-eval task (``lambada_openai``) is a performance task as well."""
 
 from __future__ import annotations
 
-from lm_eval_fairdyn.core.registry import Benchmark, TaskInfo, register
+from pathlib import Path
+
+from lm_eval_fairdyn.benchmarks.performance.hooks import load_lastword_dataset
+from lm_eval_fairdyn.core.errors import UserInputError
+from lm_eval_fairdyn.core.registry import Benchmark, TaskInfo, keyword_names, register
 
 TASKS = ("lastword_fairdyn", "heldout_fairdyn")
 
@@ -13,4 +17,14 @@ def describe(task: str, settings: dict) -> TaskInfo:
     return TaskInfo(task, "performance", "", None, data_source=task)
 
 
-BENCHMARK = register(Benchmark("performance", "performance", describe, ("load_lastword_dataset",), TASKS))
+def locate(kwargs: dict, metadata: dict) -> str:
+    passages = metadata.get("lastword_file")
+    if not passages:
+        raise UserInputError('needs passages: --metadata \'{"lastword_file": "passages.jsonl"}\'')
+    if not Path(passages).is_file():
+        raise UserInputError(f"lastword_file {passages}: no such file")
+    return str(passages)
+
+
+BENCHMARK = register(Benchmark("performance", "performance", describe, ("load_lastword_dataset",), TASKS,
+                               metadata_keys=keyword_names(load_lastword_dataset), locate=locate))  # fmt: skip

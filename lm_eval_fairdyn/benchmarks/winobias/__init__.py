@@ -4,12 +4,15 @@ the sentence pair (line i of the pro and the anti file, the pronoun's gender swa
 from __future__ import annotations
 
 from lm_eval_fairdyn.benchmarks.winobias.data import (
+    POLARITIES,
     SYNTHETIC_LABEL,
     WINOBIAS_LABEL,
     WINOBIAS_TYPE1_LABEL,
+    resolve_winobias_dir,
     with_data_source,
 )
-from lm_eval_fairdyn.core.registry import DEFAULT_SIDES, Benchmark, TaskInfo, register
+from lm_eval_fairdyn.benchmarks.winobias.hooks import load_dataset
+from lm_eval_fairdyn.core.registry import DEFAULT_SIDES, Benchmark, TaskInfo, keyword_names, register
 
 PREFIX = "winobias_fairdyn"
 LIMITS = (
@@ -34,6 +37,23 @@ def describe(task: str, settings: dict) -> TaskInfo:
                     data_source=data_source(settings), may_stop=True, limits=LIMITS)  # fmt: skip
 
 
+def locate(kwargs: dict, metadata: dict) -> str:
+    folder = resolve_winobias_dir(metadata.get("winobias_dir"), splits=(kwargs.get("split", "test"),),
+                                  polarities=tuple(kwargs.get("polarities", POLARITIES)), types=(kwargs.get("type", 2),),
+                                  download=False)  # fmt: skip
+    return str(folder)
+
+
 BENCHMARK = register(
-    Benchmark("winobias", "WinoBias", describe, ("load_dataset",), (PREFIX,), prepare_metadata=with_data_source)
+    Benchmark(
+        "winobias",
+        "WinoBias",
+        describe,
+        ("load_dataset",),
+        (PREFIX,),
+        prepare_metadata=with_data_source,
+        data_dir="winobias_dir",
+        metadata_keys=keyword_names(load_dataset),
+        locate=locate,
+    )
 )

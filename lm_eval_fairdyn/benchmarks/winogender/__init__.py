@@ -4,8 +4,9 @@ assumption rates, not a verdict)."""
 
 from __future__ import annotations
 
-from lm_eval_fairdyn.benchmarks.winogender.data import WINOGENDER_LABEL
-from lm_eval_fairdyn.core.registry import DEFAULT_SIDES, Benchmark, TaskInfo, register
+from lm_eval_fairdyn.benchmarks.winogender.data import WINOGENDER_LABEL, resolve_winogender_dir
+from lm_eval_fairdyn.benchmarks.winogender.hooks import load_winogender_dataset
+from lm_eval_fairdyn.core.registry import DEFAULT_SIDES, Benchmark, TaskInfo, keyword_names, register
 
 PREFIX = "winogender_fairdyn"
 LIMITS = (
@@ -20,4 +21,19 @@ def describe(task: str, settings: dict) -> TaskInfo:
                     may_stop=True, limits=LIMITS)  # fmt: skip
 
 
-BENCHMARK = register(Benchmark("winogender", "Winogender schemas", describe, ("load_winogender_dataset",), (PREFIX,)))
+def locate(kwargs: dict, metadata: dict) -> str:
+    return str(resolve_winogender_dir(metadata.get("winogender_dir"), download=False))
+
+
+BENCHMARK = register(
+    Benchmark(
+        "winogender",
+        "Winogender schemas",
+        describe,
+        ("load_winogender_dataset",),
+        (PREFIX,),
+        data_dir="winogender_dir",
+        metadata_keys=keyword_names(load_winogender_dataset),
+        locate=locate,
+    )
+)
