@@ -317,7 +317,10 @@ def _add_analyze(commands) -> None:
     )
     analyze.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one folder per training run")
     analyze.add_argument("--output_path", default="fairdyn_out/analysis", help="(default: %(default)s)")
-    analyze.add_argument("--performance", default=defaults.performance, help="TASK/METRIC (default: %(default)s)")
+    analyze.add_argument("--performance", default=defaults.performance,
+                         help="TASK/METRIC of the early-stopping trade-off; auto: lambada_openai/acc when the runs "
+                         "hold it, else a performance task of the runs (heldout_fairdyn, lastword_fairdyn); none: "
+                         "verdicts and dynamics without a trade-off (default: %(default)s)")  # fmt: skip
     analyze.add_argument("--fairness_task", action="append", default=None, metavar="TASK",
                          help="a fairness task to analyse; repeat for several (default: every task of the run that "
                          "a fairness benchmark owns: `fairdyn tasks` lists them)")  # fmt: skip
@@ -422,7 +425,9 @@ def _analyze(args) -> int:
         print(f"{r.run} {r.fairness_task} {r.measure}: final verdict {r.significance['verdict'].iloc[-1]}; "
               f"emergence step: {r.emergence_step}")  # fmt: skip
     for r in results:
-        if r.chooses_early_stop:
+        if r.chooses_early_stop and r.early_stop is None:
+            print(f"{r.run}: {r.performance_note}")
+        elif r.chooses_early_stop:
             print(f"{r.run}: {r.early_stop.sentence()} (chosen on the {r.fairness_task} {r.measure} gap)")
     print(f"report: {Path(args.output_path) / 'report.html'}  summary: {Path(args.output_path) / 'summary.md'}")
     return 0

@@ -153,16 +153,16 @@ def test_analyze_refuses_a_negative_min_change_and_goes_on_past_too_few_pairs(tm
     [
         ("empty", "no lm-eval results found"),
         ("single", "only one checkpoint"),
-        ("no_performance", "performance metric 'lambada_openai/acc' not found"),
         ("mixed", "task version differ"),
     ],
 )
 def test_analyze_errors(tmp_path, setup, message):
+    """Unusable results: exit 2 with the reason."""
     run = tmp_path / "run"
     run.mkdir()
     if setup != "empty":
         write_fairdyn_result(run / "a" / "results.json", 1000, fairness(1000))
-    if setup in ("no_performance", "mixed"):
+    if setup == "mixed":
         write_fairdyn_result(
             run / "b" / "results.json", 2000, fairness(2000), version="2.0" if setup == "mixed" else "1.0"
         )
@@ -222,3 +222,36 @@ def test_report_numbers_have_three_significant_digits_and_small_p_values_a_bound
     frame = pd.DataFrame({"paper_mw_p": [8.392e-130, 0.5], "gap": [0.05, 0.1234567], "verdict": ["fair", "fair"]})
     assert _formatted(frame).to_dict("list") == {"paper_mw_p": ["<0.001", "0.5"], "gap": ["0.05", "0.123"],
                                                  "verdict": ["fair", "fair"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", [(), ("--performance", "none")])
+def test_a_fairness_only_sweep_gets_verdicts_and_says_why_there_is_no_trade_off(tmp_path, flag):
+    run = tmp_path / "run"
+    for step in (1000, 2000, 3000):
+        write_fairdyn_result(run / f"s{step}" / "results.json", step, fairness(step))
+    proc = fairdyn("analyze", str(run), "--output_path", str(tmp_path / "out"), *flag)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert document["settings"]["performance"] == "none"
+    assert document["runs"]["run"]["winobias_fairdyn"]["jsdp"]["early_stop"] is None
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "No early-stopping trade-off" in summary and "Final verdicts (step 3000)" in summary
+    assert (tmp_path / "out" / "significance.csv").is_file() and (tmp_path / "out" / "report.html").is_file()
+
+
+def test_auto_finds_a_performance_task_of_the_run_when_there_is_no_lambada(tmp_path):
+    run = tmp_path / "run"
+    for step, bpb in ((1000, 2.0), (2000, 1.5), (3000, 1.4)):
+        write_fairdyn_result(run / f"s{step}" / "results.json", step, fairness(step))
+        heldout = {"results": {"heldout_fairdyn": {"alias": "heldout_fairdyn", "bits_per_byte,none": bpb}},
+                   "versions": {"heldout_fairdyn": 1.0}, "higher_is_better": {"heldout_fairdyn": {"bits_per_byte": False}},
+                   "config": {"model": "hf-fairdyn", "model_args": f"pretrained=m,revision=step{step}"}}  # fmt: skip
+        (run / f"h{step}").mkdir()
+        (run / f"h{step}" / "results.json").write_text(json.dumps(heldout))
+    proc = fairdyn("analyze", str(run), "--output_path", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert document["settings"]["performance"] == "heldout_fairdyn/bits_per_byte"
+    assert (
+        "heldout_fairdyn/bits_per_byte (found by --performance auto)" in (tmp_path / "out" / "summary.md").read_text()
+    )

@@ -186,7 +186,10 @@ def early_stopping(
 
 @dataclass
 class Settings:
-    performance: str = "lambada_openai/acc"
+    # TASK/METRIC of the early-stopping trade-off; "auto": LAMBADA's accuracy when the run has it, else a
+    # performance task of the run (``PERFORMANCE_PREFERENCE``); "none": verdicts and dynamics without a trade-off
+    performance: str = "auto"
+    performance_note: str = ""  # set by the pipeline: which metric "auto" found, or why there is no trade-off
     fairness_tasks: tuple[str, ...] | None = None  # default: every fairness task of the run
     measures: tuple[str, ...] = inference.MEASURES  # the gaps analysed; the first chooses the early stop
     early_stop_task: str | None = None  # the task whose gap chooses the early stop (default: the first)
@@ -250,6 +253,7 @@ class RunAnalysis:
     sides: inference.Sides = inference.GENDER  # the gap's sides and verdicts (``registry.TaskInfo.sides``)
     axis: str = "gender"  # the social axis in words
     limits: str = ""  # what a fair verdict on the task does not say
+    performance_note: str = ""  # the trade-off's metric, or why there is none (``Settings.performance_note``)
 
     @property
     def intervals_available(self) -> bool:
@@ -301,7 +305,25 @@ def fairness_tasks(table: pd.DataFrame, run: str, wanted=None) -> list[str]:
     return tasks
 
 
+NO_PERFORMANCE = "none"
+# What "auto" looks for, in order: LAMBADA as the paper uses it, then a performance task's metrics.
+PERFORMANCE_PREFERENCE = ("lambada_openai/acc", "lambada_standard/acc")
+PERFORMANCE_METRICS = ("acc", "bits_per_byte", "word_perplexity", "perplexity")
+
+
+def find_performance(table: pd.DataFrame, performance_tasks: list[str]) -> str | None:
+    """The TASK/METRIC ``--performance auto`` means: LAMBADA's accuracy when the table holds it
+    for every run, else the first metric of PERFORMANCE_METRICS of a performance task (in
+    ``performance_tasks``' order), else None."""
+    runs = set(table.run)
+    held = {(t, m) for (t, m), g in table.groupby(["task", "metric"]) if set(g.dropna(subset=["value"]).run) == runs}
+    candidates = [*PERFORMANCE_PREFERENCE, *(f"{t}/{m}" for t in performance_tasks for m in PERFORMANCE_METRICS)]
+    return next((c for c in candidates if tuple(c.split("/", 1)) in held), None)
+
+
 def _performance(table: pd.DataFrame, run: str, performance: str) -> pd.Series:
+    if performance == NO_PERFORMANCE:
+        return pd.Series(dtype=float, name="performance")
     task, _, name = performance.partition("/")
     values = series(table, run, task, name).dropna()
     if values.empty:
@@ -405,6 +427,7 @@ def analyze_run(
         sides=sides,
         axis=info.axis,
         limits=info.limits,
+        performance_note=settings.performance_note,
     )
 
 
@@ -440,6 +463,8 @@ def gaps_at_stop(
     at the stop minus the final gap, with its interval over the groups evaluated at both steps
     (paired: mean_j of d_j(stop) - d_j(final)), and ``sentence``: "stopping at step s for gender
     changes religion's bias by d [lo, hi]"."""
+    if chosen.early_stop is None:  # no performance metric: no early stop, nothing stopping changes
+        return []
     step, final = chosen.early_stop.chosen_step, chosen.early_stop.final_step
     rows = []
     for r in analyses:

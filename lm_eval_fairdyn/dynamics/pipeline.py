@@ -6,7 +6,7 @@ figures ``plots``, rendering ``report``."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +14,7 @@ import pandas as pd
 from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.files import atomic_write_json
 from lm_eval_fairdyn.core.inputs import check_writable
+from lm_eval_fairdyn.core.metric_table import metric
 from lm_eval_fairdyn.dynamics import analysis, inference, plots, report
 from lm_eval_fairdyn.dynamics.analysis import RunAnalysis, Settings
 from lm_eval_fairdyn.dynamics.results import (
@@ -51,6 +52,28 @@ def _axes_table(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> 
     return pd.DataFrame(rows, columns=["run", "task", "axis", "measure", "step", "gap", "ci_low", "ci_high", "verdict"])
 
 
+def with_performance(settings: Settings, table, files) -> Settings:
+    """``settings`` with ``--performance auto`` resolved (LAMBADA, else a performance task of the
+    run, else none) and a note saying which metric the trade-off uses, or why there is none."""
+    if settings.performance == "auto":
+        fairness = set(table[table.metric == metric("jsdp")].task)
+        others = sorted(set(table.task) - fairness)
+        # a registered performance benchmark's tasks first, then any other non-fairness task
+        others.sort(key=lambda t: registry.describe(t, fairness=False).benchmark == "")
+        found = analysis.find_performance(table, others)
+        if found is None:
+            note = ("no early-stopping trade-off: the runs hold no performance metric (evaluate a performance task "
+                    "such as lambada_openai or heldout_fairdyn beside the fairness tasks, or name one with "
+                    "--performance TASK/METRIC)")  # fmt: skip
+            return replace(settings, performance=analysis.NO_PERFORMANCE, performance_note=note)
+        return replace(
+            settings, performance=found, performance_note=f"performance metric {found} (found by --performance auto)"
+        )
+    if settings.performance == analysis.NO_PERFORMANCE:
+        return replace(settings, performance_note="no early-stopping trade-off: --performance none")
+    return replace(settings, performance_note=f"performance metric {settings.performance}")
+
+
 def analyze(
     run_dirs: list[str | Path],
     out_dir: str | Path,
@@ -78,7 +101,10 @@ def analyze(
     table = tidy(files)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "tidy.csv", index=False)
-    direction = higher_is_better(files, settings.performance)
+    settings = with_performance(settings, table, files)
+    direction = (
+        True if settings.performance == analysis.NO_PERFORMANCE else higher_is_better(files, settings.performance)
+    )
     results, prompts, primary = [], {}, {}
     for run in sorted(names):
         run_files = [f for f in files if f.run == run]
@@ -99,7 +125,7 @@ def analyze(
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
         primary[run].chooses_early_stop = True
-        if primary[run].early_stop is None:
+        if primary[run].early_stop is None and settings.performance != analysis.NO_PERFORMANCE:
             raise ResultsError(
                 f"{run}: early stopping needs at least two checkpoints with both performance and a {stop_task} "
                 f"{settings.measures[0]} gap"
@@ -168,7 +194,8 @@ def analyze(
             "same_weights_as": r.duplicate_weights(),
         }
     document = {"settings": asdict(settings), "runs": summary,
-                "early_stop": {run: {"task": r.fairness_task, "measure": r.measure} | asdict(r.early_stop)
+                "early_stop": {run: {"task": r.fairness_task, "measure": r.measure}
+                               | (asdict(r.early_stop) if r.early_stop else {"none": r.performance_note})
                                | {"gaps": stop_effects[run]} for run, r in primary.items()}}  # fmt: skip
     if seeds is not None:
         document["replicates"] = {

@@ -22,8 +22,8 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:f
 details{margin:0.5em 0}</style>
 </head><body><h1>Fairness dynamics report</h1>
 <p>Gaps: {{ gaps }}. {% for m in s.measures %}{{ gap_words[m] }}.
-{% endfor %}Interval: {{ confidence }} bootstrap over the groups. Margin: {{ margin }}. Performance:
-{{ s.performance }}, tolerance {{ "%g"|format(s.tolerance) }} ({{ "relative" if s.relative else "absolute" }}).</p>
+{% endfor %}Interval: {{ confidence }} bootstrap over the groups. Margin: {{ margin }}. {% if s.performance == "none" %}{{ s.performance_note[:1]|upper }}{{ s.performance_note[1:] }}.{% else %}Performance:
+{{ s.performance_note or s.performance }}, tolerance {{ "%g"|format(s.tolerance) }} ({{ "relative" if s.relative else "absolute" }}).{% endif %}</p>
 <p>Verdicts ({{ level }}):</p><ul>{% for v, text in explanations.items() %}<li><b>{{ v }}</b>: {{ text }}.</li>{% endfor %}</ul>
 <p>{{ population }}</p>
 <p>The paper's test (two-sided Mann-Whitney U between the two sides' prompts, {{ s.correction }} correction,
@@ -74,7 +74,8 @@ MARKDOWN = """\
 # Fairness dynamics summary
 
 Gaps: {{ gaps }}: {% for m in s.measures %}{{ gap_words[m] }}{{ "; " if not loop.last }}{% endfor %}. {{ confidence }} \
-intervals over the groups, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }}
+intervals over the groups, margin {{ margin }}; {{ level }}. {{ population }} {{ limits }} \
+{{ s.performance_note[:1]|upper }}{{ s.performance_note[1:] }}.
 {% for run in runs %}
 ## {{ run.name }}
 {% for name, path in figures.get(run.name ~ "_axes", {}).items() %}
@@ -196,6 +197,9 @@ def finals_table(analyses: list[RunAnalysis]) -> pd.DataFrame:
 
 def stop_line(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> str:
     """The run's early stop (chosen on one task's gap) and every fairness task's gap there."""
+    if chosen.early_stop is None:
+        note = chosen.performance_note or "no early-stopping trade-off"
+        return f"{note[:1].upper()}{note[1:]}."
     gaps = "; ".join(
         f"{g['task']} {number(g['gap'])} ({(g['verdict'] or 'n/a').replace('_', ' ')}; final {number(g['gap_final'])})"
         for g in (chosen.stop_effects or gaps_at_stop(chosen, analyses))
@@ -217,7 +221,7 @@ def runs_context(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) ->
             analyses = [r for r in mine if r.fairness_task == task]
             tasks.append({"task": task, "data_source": analyses[0].data_source, "they": analyses[0].they,
                           "analyses": analyses})  # fmt: skip
-        out.append({"name": name, "primary": chosen, "final_step": chosen.early_stop.final_step,
+        out.append({"name": name, "primary": chosen, "final_step": int(chosen.significance.index[-1]),
                     "finals": finals_table(mine), "stop_line": stop_line(chosen, mine), "tasks": tasks,
                     "stop_sentences": [g["sentence"] for g in chosen.stop_effects or [] if "sentence" in g
                                        and g["task"] != chosen.fairness_task]})  # fmt: skip
