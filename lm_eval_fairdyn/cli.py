@@ -12,13 +12,14 @@ from lm_eval_fairdyn.core.harness import EvalSettings
 DEFAULTS = EvalSettings()
 
 DESCRIPTION = """\
-Measure how a language model's gender bias evolves during training (WinoBias Type 2 and
-Type 1, Winogender with "they"; Average Rank and Jensen-Shannon Divergence by Parts), on top
-of lm-evaluation-harness.
+Measure how a language model's social biases evolve during training (gender: WinoBias Types 1
+and 2, Winogender with "they"; BBQ's social axes; your own counterfactual data), with Average
+Rank and Jensen-Shannon Divergence by Parts, on top of lm-evaluation-harness.
 
 commands:
   eval        lm-eval's own `run` with the fairness tasks and the hf-fairdyn model
               registered; takes every lm-eval flag (fairdyn eval --help lists them)
+  tasks       list the tasks, the sides of their gaps and whether their data is at hand
   tasks-path  print the task folder, for plain `lm_eval --include_path "$(fairdyn tasks-path)"`
   sweep       evaluate a sequence of checkpoints (hub revisions or local folders), resumable
   analyze     per fairness task and gap: verdicts with intervals over counterfactual groups,
@@ -573,18 +574,8 @@ def _version() -> str:
         return "(not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
-    regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
-    traceback only with ``--debug`` (first) or ``FAIRDYN_DEBUG=1``."""
-    import os
-    import signal
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("FAIRDYN_DEBUG", "") not in ("", "0")
-    if argv[:1] == ["--debug"]:
-        debug, argv = True, argv[1:]
-    command = argv[0] if argv and not argv[0].startswith("-") else ""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fairdyn`` command's parser (``eval`` is lm-eval's own, parsed by lm-eval)."""
     parser = argparse.ArgumentParser(
         prog="fairdyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -637,6 +628,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_sweep(commands)
     _add_analyze(commands)
     _add_check(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
+    regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
+    traceback only with ``--debug`` (first) or ``FAIRDYN_DEBUG=1``."""
+    import os
+    import signal
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("FAIRDYN_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    parser = build_parser()
 
     from lm_eval_fairdyn.core.errors import UserInputError
     from lm_eval_fairdyn.core.harness import keep_freed_memory

@@ -200,7 +200,7 @@ def test_prompts_offer_each_answer_once_and_score_distinct_words(bbq_dir, uses_r
             orders.add(doc["option_order"].split(", ").index(shown[doc["label"]]))
         assert orders == {0, 1, 2}  # the gold answer appears in every position
         touched[category] = sum(bbq.option_words(i)[2] for i in items)
-    if uses_real_bbq:  # the shared-words rule (README, "BBQ")
+    if uses_real_bbq:  # the shared-words rule (task_configs/bbq/README.md)
         assert touched == {"Age": 0, "Disability_status": 92, "Nationality": 0, "Physical_appearance": 48,
                            "Religion": 0, "Sexual_orientation": 0}  # fmt: skip
 
@@ -346,7 +346,7 @@ def test_planted_stereotype_gaps_get_their_verdicts(gap, choice, expected):
 def test_real_bbq_templates_compare_both_sides_at_each_polarity(bbq_dir, uses_real_bbq):
     """The stereotype gap compares, per template and question polarity, the mean over the prompts
     whose answer is the stereotype-consistent person with the mean over the inconsistent ones;
-    what takes part is counted per category (README, "BBQ")."""
+    what takes part is counted per category (task_configs/bbq/README.md)."""
     from lm_eval_fairdyn.dynamics import inference
 
     counted = {}

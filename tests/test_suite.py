@@ -128,7 +128,7 @@ def test_planted_bias_is_recovered(biased_suite, synthetic_dir):
     least 0.9, and at least four times any gap of the balanced phase's second half.
 
     A suite trained without any bias is tested across training seeds (tests/test_replicates.py):
-    one model's gap always has some offset, which the paper's test flags (README, "What the
+    one model's gap always has some offset, which the paper's test flags (docs/SUITE.md, "What the
     planted-bias suite can and cannot show")."""
     switch, total = 200, 400
     balanced = [_fairness(biased_suite / f"step{step}", synthetic_dir)["jsdp_gap"] for step in (120, 160, 200)]
@@ -147,7 +147,7 @@ def test_the_demo_finds_the_planted_bias_where_it_was_planted(biased_suite, suit
     hand) on the JSD-P gap: no checkpoint up to the switch favours a side, the final one favours
     male, the emergence step is the first checkpoint after the switch or the one after it, and
     summary.md and the plots' shading say the same. (AR's log-rank gap also ends favouring male,
-    but favours female in the first steps: README, "What the planted-bias suite can and cannot
+    but favours female in the first steps: docs/SUITE.md, "What the planted-bias suite can and cannot
     show".)"""
     from lm_eval_fairdyn.dynamics import plots
     from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, TYPE1_TASK, WINOGENDER_TASK, run_demo
