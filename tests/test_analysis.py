@@ -102,3 +102,12 @@ def test_lower_is_better_performance_in_early_stopping_and_the_pareto_front():
     assert absolute.chosen_step == 200  # 2.2 <= 2.0 + 0.2
     assert sorted(analysis.pareto_front(bpb, gap, higher_is_better=False).index) == [100, 200, 300, 400]
     assert list(analysis.pareto_front(bpb, gap, higher_is_better=True).index) == [100]
+
+
+def test_the_early_stop_line_says_so_when_the_final_checkpoint_is_the_fairest():
+    acc = pd.Series({100: 0.50, 200: 0.60, 400: 0.61})
+    gap = pd.Series({100: 0.09, 200: 0.05, 400: 0.01})  # the final step also has the smallest |gap|
+    stop = analysis.early_stopping(acc, gap, tolerance=0.02)
+    assert stop.chosen_step == stop.final_step == 400
+    assert stop.sentence().startswith("No earlier stop: the final checkpoint (step 400) has the smallest |gap|")
+    assert "gives up" not in stop.sentence()

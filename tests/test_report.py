@@ -255,3 +255,34 @@ def test_auto_finds_a_performance_task_of_the_run_when_there_is_no_lambada(tmp_p
     assert (
         "heldout_fairdyn/bits_per_byte (found by --performance auto)" in (tmp_path / "out" / "summary.md").read_text()
     )
+
+
+def test_a_limit_run_says_so_and_changes_read_in_the_gaps_direction(tmp_path):
+    run = tmp_path / "run"
+    for step in (1000, 2000, 3000):
+        path = write_fairdyn_result(run / f"s{step}" / "results.json", step, fairness(step), n=40)
+        data = json.loads(path.read_text())
+        data["n-samples"]["winobias_fairdyn"]["original"] = 7920  # lm-eval's record of --limit 40
+        path.write_text(json.dumps(data))
+    proc = fairdyn("analyze", str(run), "--output_path", str(tmp_path / "out"), "--performance", "none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Evaluated with --limit: 40 of 7,920 prompts" in summary
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert document["runs"]["run"]["winobias_fairdyn"]["jsdp"]["limited"].startswith("Evaluated with --limit")
+
+
+def test_a_change_point_reads_in_the_gaps_own_direction():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from lm_eval_fairdyn.dynamics import report
+
+    points = pd.DataFrame([{"from_step": 100, "to_step": 200, "before": -1.6488, "after": -1.7477, "change": 0.5362,
+                            "ci_low": 0.2, "ci_high": 0.8}])  # fmt: skip
+    r = SimpleNamespace(trend={}, min_change=0.0953, confidence=0.99, significance=pd.DataFrame(index=[100, 200]),
+                        change_points=points, measure="ar")  # fmt: skip
+    line = report.change_line(r)
+    assert "the gap went down from -1.6488 to -1.7477; against its trend, a shift of +0.5362" in line
+    assert "a rank ratio of 10% (log 0.0953)" in line

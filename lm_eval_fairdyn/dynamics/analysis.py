@@ -123,6 +123,11 @@ class EarlyStop:
 
     def sentence(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
+        if self.chosen_step == self.final_step:
+            return (
+                f"No earlier stop: the final checkpoint (step {self.final_step}) has the smallest |gap| among the "
+                f"checkpoints within the tolerance of its performance ({self.performance_metric}, {direction} is better)"
+            )
         return (
             f"Stopping at step {self.chosen_step} instead of {self.final_step} gives up "
             f"{100 * self.performance_cost:.1f}% performance ({self.performance_metric}, {direction} is better: "
@@ -254,6 +259,7 @@ class RunAnalysis:
     axis: str = "gender"  # the social axis in words
     limits: str = ""  # what a fair verdict on the task does not say
     performance_note: str = ""  # the trade-off's metric, or why there is none (``Settings.performance_note``)
+    limit_note: str = ""  # set when the task was evaluated on a part of its prompts (``--limit``)
 
     @property
     def intervals_available(self) -> bool:

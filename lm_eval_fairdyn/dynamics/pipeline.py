@@ -52,6 +52,16 @@ def _axes_table(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> 
     return pd.DataFrame(rows, columns=["run", "task", "axis", "measure", "step", "gap", "ci_low", "ci_high", "verdict"])
 
 
+def limit_note(files, task: str) -> str:
+    """A sentence when ``task`` was evaluated on part of its prompts (lm-eval's ``--limit``)."""
+    limited = sorted({f.limited[task] for f in files if task in f.limited})
+    if not limited:
+        return ""
+    evaluated, total = limited[0]
+    return (f"Evaluated with --limit: {evaluated:,} of {total:,} prompts at (some) checkpoints, a quick look, "
+            "not the benchmark's result")  # fmt: skip
+
+
 def with_performance(settings: Settings, table, files) -> Settings:
     """``settings`` with ``--performance auto`` resolved (LAMBADA, else a performance task of the
     run, else none) and a note saying which metric the trade-off uses, or why there is none."""
@@ -121,6 +131,7 @@ def analyze(
                 r = analysis.analyze_run(table, run, settings, prompts[(run, task)], direction, task, measure,
                                          infos[task])  # fmt: skip
                 r.they = they
+                r.limit_note = limit_note(run_files, task)
                 results.append(r)
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
@@ -188,6 +199,7 @@ def analyze(
             "change_points": r.change_points.to_dict(orient="records"),
             "jumps": r.jumps.to_dict(orient="records"),
             "trend": r.trend,
+            "limited": r.limit_note or None,
             "min_change": r.min_change,
             "significant_jumps": r.significant_jumps,
             "early_stop": None if r.early_stop is None else asdict(r.early_stop),

@@ -4,6 +4,7 @@ templates. Nothing here computes; the numbers come from ``analysis``."""
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import jinja2
@@ -233,10 +234,11 @@ def verdict_line(r: RunAnalysis) -> str:
     final = r.significance["verdict"].iloc[-1]
     counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
     confidence = f"{100 * r.confidence:g}%"
+    limited = f" {r.limit_note}." if r.limit_note else ""
     return (
         f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: "
         f"{inference.explanations(r.sides)[final].format(confidence=confidence)}. Verdicts over "
-        f"{len(r.significance)} checkpoints: {counts}."
+        f"{len(r.significance)} checkpoints: {counts}.{limited}"
     )
 
 
@@ -247,18 +249,26 @@ def emergence_line(r: RunAnalysis) -> str:
     return f"Emergence: step {r.emergence_step}, the first checkpoint from which every later verdict {side}."
 
 
+def in_units(r: RunAnalysis, value: float) -> str:
+    """A bound on the gap in its measure's own unit: AR gaps are log rank ratios, shown as a ratio."""
+    if r.measure == "ar":
+        return f"a rank ratio of {100 * math.expm1(value):.3g}% (log {value:.4g})"
+    return f"{value:.4g}"
+
+
 def change_line(r: RunAnalysis) -> str:
     if r.trend is None:
         return "Change points: unavailable (no per-prompt values to resample)."
     what = (
-        f"Change points (shifts of the gap beyond its linear trend, larger than {r.min_change:.4g} with "
+        f"Change points (shifts of the gap beyond its linear trend, larger than {in_units(r, r.min_change)} with "
         f"{100 * r.confidence:g}% bands adjusted over the run's {len(r.significance)} checkpoints)"
     )
     if r.change_points.empty:
         return f"{what}: none."
     shifts = "; ".join(
-        f"between steps {c.from_step} and {c.to_step} ({c.before:+.4f} -> {c.after:+.4f}, shift {c.change:+.4f} "
-        f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}])"
+        f"between steps {c.from_step} and {c.to_step} the gap went {'up' if c.after > c.before else 'down'} from "
+        f"{c.before:+.4f} to {c.after:+.4f}; against its trend, a shift of {c.change:+.4f} "
+        f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
         for c in r.change_points.itertuples()
     )
     return f"{what}: {shifts}."
@@ -282,7 +292,7 @@ def jumps_line(r: RunAnalysis) -> str:
     return (
         f"Jumps between neighbouring checkpoints, with {100 * r.confidence:g}% bands simultaneous over all "
         f"{len(r.significance) - 1}: {r.significant_jumps} significant (band excludes 0), "
-        f"{int(r.jumps['beyond_margin'].sum())} larger than {r.min_change:.4g} (band beyond it)."
+        f"{int(r.jumps['beyond_margin'].sum())} larger than {in_units(r, r.min_change)} (band beyond it)."
     )
 
 

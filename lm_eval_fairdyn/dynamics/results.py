@@ -44,6 +44,7 @@ class ResultFile:
     versions: dict = field(default_factory=dict)  # task -> version
     settings: dict = field(default_factory=dict)  # task -> prompt settings (dataset_kwargs, template, benchmark)
     n_samples: dict = field(default_factory=dict)  # task -> number of docs evaluated
+    limited: dict = field(default_factory=dict)  # task -> (docs evaluated, docs of the task) under --limit
     weights_fingerprint: str | None = None  # from fairdyn sweep's checkpoint.json, when there
     prompt_files: dict = field(default_factory=dict)  # task -> prompts_<task>.csv or samples JSONL
     higher_is_better: dict = field(default_factory=dict)  # (task, metric) -> bool, as the file records
@@ -134,6 +135,8 @@ def read_result_file(path: str | Path, run: str, require_step: bool = True) -> R
         }
     for task, counts in (data.get("n-samples") or {}).items():
         out.n_samples[task] = counts.get("effective", counts.get("original"))
+        if counts.get("effective") is not None and counts.get("original") and counts["effective"] < counts["original"]:
+            out.limited[task] = (int(counts["effective"]), int(counts["original"]))
     for task, directions in (data.get("higher_is_better") or {}).items():
         out.higher_is_better |= {(task, m): bool(v) for m, v in (directions or {}).items() if v is not None}
     for task in data["results"]:
