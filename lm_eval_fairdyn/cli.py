@@ -214,9 +214,29 @@ def _add_sweep(commands) -> None:
                        "(at most K+1 checkpoints on disk)")  # fmt: skip
     sweep.add_argument("--retries", type=_count, default=3,
                        help="hub checkpoints: tries again after a failed download (default: %(default)s)")  # fmt: skip
+    sweep.add_argument("--seed", type=_seeds, default=DEFAULTS.seed, metavar="SEEDS",
+                       help="lm-eval's seeds: one integer for all four, or python,numpy,torch,fewshot "
+                       f"(default: {','.join(map(str, DEFAULTS.seed))})")  # fmt: skip
+    sweep.add_argument(
+        "--num_fewshot", type=_count, default=None, help="few-shot examples (default: each task's own, else 0)"
+    )
+    sweep.add_argument("--apply_chat_template", nargs="?", const=True, default=False, metavar="TEMPLATE",
+                       help="as lm-eval: wrap prompts in the model's chat template (optionally a named one)")  # fmt: skip
+    sweep.add_argument("--system_instruction", default=None, help="as lm-eval: a system instruction for every prompt")
+    sweep.add_argument("--trust_remote_code", action="store_true", help="as lm-eval: let the model's own code run")
     sweep.add_argument("--log_samples", action="store_true",
                        help="also write lm-eval's samples_<task>.jsonl (prompts_<task>.csv are always written)")  # fmt: skip
     sweep.set_defaults(handler=_sweep)
+
+
+def _seeds(text: str) -> tuple[int, int, int, int]:
+    """lm-eval's ``--seed``: one integer for all four seeds, or four, comma-separated."""
+    parts = text.split(",")
+    if len(parts) == 1:
+        parts *= 4
+    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected one integer or four (python,numpy,torch,fewshot), not {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _count(text: str) -> int:
@@ -282,7 +302,9 @@ def _sweep(args) -> int:
     settings = EvalSettings(
         tasks=tasks,
         model=args.model,
-        model_args=args.model_args,
+        model_args=",".join(
+            a for a in (args.model_args, "trust_remote_code=True" if args.trust_remote_code else "") if a
+        ),
         batch_size=args.batch_size,
         device=args.device,
         limit=args.limit,
@@ -291,6 +313,10 @@ def _sweep(args) -> int:
         log_samples=args.log_samples,
         bootstrap_iters=args.bootstrap_iters,
         use_cache=args.use_cache,
+        seed=args.seed,
+        num_fewshot=args.num_fewshot,
+        apply_chat_template=args.apply_chat_template,
+        system_instruction=args.system_instruction,
     )
     mine = sweep.shard(checkpoints, args.shard)
     sweep.write_manifest(Path(args.output_path), checkpoints, settings)

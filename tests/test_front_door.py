@@ -154,3 +154,37 @@ def test_a_rerun_with_corrected_settings_takes_over_a_failed_start_but_never_fin
     (out / "step0" / "checkpoint.json").write_text("{}")  # now one is finished
     with pytest.raises(sweep.SweepSettingsError, match=r"1 finished checkpoint\(s\).*limit: None there, 5 now"):
         sweep.write_manifest(out, checkpoints, EvalSettings(tasks=("winobias_fairdyn",), limit=5))
+
+
+def test_sweep_takes_lm_evals_own_options():
+    from lm_eval_fairdyn.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "--checkpoints", "x*", "--output_path", "o", "--tasks", "a", "b,c",
+                                      "--seed", "42", "--num_fewshot", "3", "--apply_chat_template",
+                                      "--system_instruction", "Answer briefly.", "--trust_remote_code"])  # fmt: skip
+    assert args.tasks == ["a", "b,c"] and args.seed == (42, 42, 42, 42) and args.num_fewshot == 3
+    assert args.apply_chat_template is True and args.system_instruction == "Answer briefly." and args.trust_remote_code
+    assert build_parser().parse_args(["sweep", "--checkpoints", "x", "--output_path", "o", "--seed",
+                                      "0,1,2,3"]).seed == (0, 1, 2, 3)  # fmt: skip
+
+
+def test_a_manifest_written_before_a_setting_existed_still_resumes(tmp_path):
+    import json
+
+    from lm_eval_fairdyn.core.harness import EvalSettings
+    from lm_eval_fairdyn.dynamics import sweep
+
+    (tmp_path / "step0").mkdir()
+    (tmp_path / "step0" / "config.json").write_text("{}")
+    checkpoints = sweep.folder_checkpoints(str(tmp_path / "step*"))
+    out = tmp_path / "out"
+    sweep.write_manifest(out, checkpoints, EvalSettings())
+    (out / "step0").mkdir()
+    (out / "step0" / "checkpoint.json").write_text("{}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("seed", "num_fewshot", "apply_chat_template", "system_instruction"):
+        del manifest["settings"][key]  # as an older version wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    sweep.write_manifest(out, checkpoints, EvalSettings())  # the same settings: accepted
+    with pytest.raises(sweep.SweepSettingsError, match="num_fewshot: None there, 5 now"):
+        sweep.write_manifest(out, checkpoints, EvalSettings(num_fewshot=5))

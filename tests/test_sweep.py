@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -460,3 +461,12 @@ def test_a_later_checkpoint_gets_the_few_shot_contexts_of_a_fresh_run(tiny_check
     assert contexts(swept[1]) == contexts(alone) == contexts(swept[0])
     assert contexts(alone)[0].count("is number") == 4  # three examples and the question
     assert swept[1]["results"] == alone["results"]
+    # lm-eval's own options, passed through as simple_evaluate takes them
+    other = Evaluator(replace(settings, num_fewshot=1, seed=(5, 6, 7, 8)))
+    mine = other.evaluate(f"pretrained={tiny_checkpoints / 'step10'}")
+    theirs = simple_evaluate(model="hf-fairdyn", model_args=f"pretrained={tiny_checkpoints / 'step10'}",
+                             tasks=["fewshot_probe"], batch_size=4, device="cpu", log_samples=True, bootstrap_iters=0,
+                             task_manager=manager, num_fewshot=1, random_seed=5, numpy_random_seed=6,
+                             torch_random_seed=7, fewshot_random_seed=8)  # fmt: skip
+    assert contexts(mine) == contexts(theirs) and contexts(mine)[0].count("is number") == 2
+    assert contexts(mine) != contexts(swept[1]) and mine["config"]["fewshot_seed"] == 8

@@ -54,6 +54,12 @@ class EvalSettings:
     log_samples: bool = False
     bootstrap_iters: int = 0
     use_cache: str | None = None
+    # lm-eval's own options, as its CLI takes them: seeds (Python, NumPy, torch, few-shot), the number of
+    # few-shot examples (None: each task's own, else 0), chat template, system instruction
+    seed: tuple[int, int, int, int] = (0, DEFAULT_SEED, DEFAULT_SEED, DEFAULT_SEED)
+    num_fewshot: int | None = None
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
 
     def recorded(self) -> dict:
         """The settings that decide results, as JSON values (a sweep's manifest holds them)."""
@@ -172,9 +178,11 @@ class Evaluator:
             manager = task_manager(self.settings.include_path, metadata, names)
             self._tasks = manager.load(names)
             for task in self._tasks["tasks"].values():
-                if task.get_config("num_fewshot") is None:
+                if self.settings.num_fewshot is not None:
+                    task.set_config(key="num_fewshot", value=self.settings.num_fewshot)
+                elif task.get_config("num_fewshot") is None:
                     task.set_config(key="num_fewshot", value=0)
-                task.set_fewshot_seed(seed=DEFAULT_SEED)
+                task.set_fewshot_seed(seed=self.settings.seed[3])
                 _docs_as_lists(task)
                 _reuse_requests(task)
                 check_metric_list(task)
@@ -275,15 +283,18 @@ class Evaluator:
         tasks = self.tasks()
         for rows in self._prompt_rows.values():
             rows.clear()
-        random.seed(0)
-        np.random.seed(DEFAULT_SEED)
-        set_torch_seed(DEFAULT_SEED)
+        python_seed, numpy_seed, torch_seed, fewshot_seed = settings.seed
+        random.seed(python_seed)
+        np.random.seed(numpy_seed)
+        set_torch_seed(torch_seed)
         results = lm_eval.evaluator.evaluate(
             lm=evaluated,
             task_dict=tasks,
             limit=settings.limit,
             bootstrap_iters=settings.bootstrap_iters,
             log_samples=settings.log_samples,
+            system_instruction=settings.system_instruction,
+            apply_chat_template=settings.apply_chat_template,
         )
         fingerprint = fingerprinting.result() if fingerprinting is not None else None  # before the weights change
         after = getattr(lm, "seconds", {})
@@ -302,10 +313,10 @@ class Evaluator:
             "use_cache": settings.use_cache,
             "limit": settings.limit,
             "bootstrap_iters": settings.bootstrap_iters,
-            "random_seed": 0,
-            "numpy_seed": DEFAULT_SEED,
-            "torch_seed": DEFAULT_SEED,
-            "fewshot_seed": DEFAULT_SEED,
+            "random_seed": python_seed,
+            "numpy_seed": numpy_seed,
+            "torch_seed": torch_seed,
+            "fewshot_seed": fewshot_seed,
             "weights_fingerprint": fingerprint,
         }
         results.update(self.environment(), date=time.time())

@@ -166,6 +166,8 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
         known = {}
         if path.is_file():
             existing = json.loads(path.read_text())
+            # a manifest written before a setting existed holds that setting at its default
+            existing["settings"] = {**EvalSettings().recorded(), **existing["settings"]}
             finished = [c["label"] for c in existing["checkpoints"] if (out / c["label"] / "checkpoint.json").is_file()]
             if existing["settings"] != settings and not finished:
                 existing = {"checkpoints": []}
