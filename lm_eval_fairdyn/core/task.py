@@ -159,8 +159,8 @@ def score_choices(
     if rank is None:
         warn_once(
             "no-rank",
-            "Average Rank (ar_*) needs the gold token's vocabulary rank, which only `--model hf-fairdyn` "
-            "(through `fairdyn eval`) provides; ar_* are reported as unavailable (null). All other metrics are computed.",
+            "Average Rank (ar_*) needs the gold token's vocabulary rank, which only `--model hf-fairdyn` through "
+            "`fairdyn eval` provides; ar_* are reported as unavailable (null). All other metrics are computed.",
         )
     score = metrics.score_prompt(
         [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
