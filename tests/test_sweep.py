@@ -122,7 +122,8 @@ def test_two_shards_in_two_processes_make_the_same_set(uninterrupted, tiny_check
 def test_other_settings_in_the_same_folder_are_refused(uninterrupted, tiny_checkpoints, winobias_dir):
     proc = subprocess.run(sweep_command(tiny_checkpoints, uninterrupted, "--model_args", "dtype=float32"),
                           env=environment(winobias_dir), capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode != 0 and "holds a sweep with other settings" in proc.stderr
+    assert proc.returncode == 2 and "holds 3 finished checkpoint(s) of a sweep with other settings" in proc.stderr
+    assert "(model_args: '' there, 'dtype=float32' now)" in proc.stderr  # what differs, named
 
 
 def test_schedules_and_shards():
