@@ -80,7 +80,42 @@ def run_lm_eval(argv: list[str]) -> int:
         print(f"fairdyn eval: no results file was written under {args.output_path} (see lm-eval's warning above); "
               "the results are lost: rerun with an --output_path you can write to", file=sys.stderr)  # fmt: skip
         return 1
+    if args.output_path:
+        for line in _verdict_lines(Path(args.output_path), started):
+            print(line)
     return 0
+
+
+def _verdict_lines(output_path: Path, since: float) -> list[str]:
+    """One line per fairness task of the results just written: its JSD-P gap's verdict in words
+    (as ``fairdyn analyze`` draws it, from the logged per-prompt values), or what it needs."""
+    from lm_eval_fairdyn.core import registry
+    from lm_eval_fairdyn.core.metric_table import metric
+    from lm_eval_fairdyn.dynamics import inference
+    from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_result_file
+
+    root = output_path.parent if output_path.suffix == ".json" else output_path
+    written = sorted(
+        (p for p in root.rglob("results*.json") if p.stat().st_mtime >= since - 1), key=lambda p: p.stat().st_mtime
+    )
+    if not written:
+        return []
+    try:
+        data = read_result_file(written[-1], "eval", require_step=False)
+    except ResultsError:
+        return []
+    lines = []
+    for task in sorted({t for t, name in data.values if name == metric("jsdp")}):
+        sides = registry.describe(task, data.settings.get(task)).sides or registry.DEFAULT_SIDES
+        if task not in data.prompt_files:
+            lines.append(f"{task}: no verdict without per-prompt values: add --log_samples")
+            continue
+        prompts = read_prompt_file(data.prompt_files[task]).assign(step=0)
+        row = inference.gap_table(prompts, "jsdp", inference.DEFAULT_MARGINS["jsdp"], sides=sides).iloc[0]
+        words = inference.explanations(sides)[row["verdict"]].format(confidence="99%")
+        lines.append(f"{task}: {row['verdict']} (JSD-P gap {sides.label} {row['gap']:+.4f}, 99% interval "
+                     f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {int(row['pairs'])} groups): {words}")  # fmt: skip
+    return lines
 
 
 def _results_written(output_path: Path, since: float) -> bool:

@@ -56,8 +56,12 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     args = ["eval", "--model", "hf-fairdyn", "--model_args", f"pretrained={neox_dir}", "--device", "cpu",
             "--tasks", "winobias_fairdyn,last_word_local", "--include_path", str(lambada_dir),
             "--limit", "40", "--batch_size", "8", "--log_samples"]  # fmt: skip
-    results, _ = run(args, tmp_path / "fairdyn", winobias_dir)
+    results, output = run(args, tmp_path / "fairdyn", winobias_dir)
     scores = results["results"]["winobias_fairdyn"]
+    # after lm-eval's table, the verdict in words, from the logged per-prompt values (10 pairs in 40 prompts)
+    verdict_line = [line for line in output.splitlines() if line.startswith("winobias_fairdyn: ")]
+    assert len(verdict_line) == 1 and "(JSD-P gap female - male" in verdict_line[0], output[-2000:]
+    assert "over 10 groups" in verdict_line[0] and "last_word_local" not in output.split("winobias_fairdyn: ")[-1]
     for name in metric_names():
         value = scores[f"{name},none"]
         assert isinstance(value, float) and math.isfinite(value), name

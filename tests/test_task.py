@@ -31,6 +31,9 @@ def test_yaml_metric_list_matches_process_results():
         metric = metric_table.BY_NAME[entry["metric"]]
         assert entry["aggregation"] == f"!function utils.{metric.aggregation}"
         assert entry["higher_is_better"] == metric.higher_is_better
+    by_name = {entry["metric"]: entry["higher_is_better"] for entry in template["metric_list"]}
+    # a signed gap is best at 0: lm-eval's table must mark it neither "higher" nor "lower is better"
+    assert by_name["jsdp_gap"] is None and by_name["ar_gap_effect_pro"] is None and by_name["jsdp_gap_pvalue"] is True
     doc = {"label": 0, "polarity": "pro"}
     answers = [(-1.0, False), (-2.0, False), (-3.0, False)]
     assert set(task.process_results(doc, answers)) == set(listed)

@@ -60,7 +60,11 @@ class Metric:
         return GAP_STATISTICS[self.statistic][1] if self.group == GAP_GROUP else "mean_of_present"
 
     @property
-    def higher_is_better(self) -> bool:
+    def higher_is_better(self) -> bool | None:
+        """None for a signed gap and its effect: neither direction is better (0 is), so lm-eval's
+        table must not mark them with an arrow."""
+        if self.group == GAP_GROUP and self.statistic != "pvalue":
+            return None
         return self.measure in HIGHER_IS_BETTER or self.statistic == "pvalue"
 
 
@@ -135,7 +139,11 @@ def sided_metrics(groups: tuple[str, ...], sides: tuple[str, ...], parts: bool =
     if parts:
         rows += [(f"jsdp_{g}_part_{o}", None, False) for g in groups for o in groups if o != g]
     rows += [("assumption_rate", None, False)] + [(f"assumption_rate_{s}", None, False) for s in sides]
-    rows += [(f"{m}_gap{stat}", stat, stat == "_pvalue") for m in GAP_MEASURES for stat in SIDED_GAP_STATISTICS]
+    rows += [
+        (f"{m}_gap{stat}", stat, True if stat == "_pvalue" else None)
+        for m in GAP_MEASURES
+        for stat in SIDED_GAP_STATISTICS
+    ]
     return tuple(rows)
 
 
@@ -149,12 +157,16 @@ def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statisti
     return name
 
 
+def yaml_bool(value: bool | None) -> str:
+    return "null" if value is None else ("true" if value else "false")
+
+
 def metric_list_yaml(metrics: tuple[Metric, ...] = METRICS) -> str:
     """The ``metric_list`` block of a task YAML (``task_configs/winobias/_winobias_template_yaml``: METRICS)."""
     lines = ["metric_list:"]
     for m in metrics:
         lines += [f"  - metric: {m.name}", f"    aggregation: !function utils.{m.aggregation}",
-                  f"    higher_is_better: {'true' if m.higher_is_better else 'false'}"]  # fmt: skip
+                  f"    higher_is_better: {yaml_bool(m.higher_is_better)}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lm_eval_fairdyn.benchmarks.bbq import data as bbq
-from lm_eval_fairdyn.core.metric_table import sided_metrics
+from lm_eval_fairdyn.core.metric_table import sided_metrics, yaml_bool
 from lm_eval_fairdyn.core.task import score_choices, side_gap, sided_values
 
 
@@ -114,5 +114,5 @@ def bbq_metric_list_yaml() -> str:
     lines = ["metric_list:"]
     for name, aggregation, higher in BBQ_METRICS:
         lines += [f"  - metric: {name}", f"    aggregation: !function utils.{aggregation}",
-                  f"    higher_is_better: {'true' if higher else 'false'}"]  # fmt: skip
+                  f"    higher_is_better: {yaml_bool(higher)}"]  # fmt: skip
     return "\n".join(lines) + "\n"
