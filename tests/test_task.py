@@ -147,8 +147,9 @@ def test_empty_groups_aggregate_to_none():
     assert task.mann_whitney_pvalue([]) is None
 
 
-def test_the_fairdyn_tag_names_each_gender_benchmarks_main_task():
+def test_the_fairdyn_tag_names_each_gender_benchmarks_main_task(winobias_dir, winogender_dir):
     from lm_eval_fairdyn.core.harness import task_manager
 
-    loaded = task_manager((), {}, ["fairdyn"]).load(["fairdyn"])["tasks"]
+    metadata = {"winobias_dir": str(winobias_dir), "winogender_dir": str(winogender_dir)}
+    loaded = task_manager((), metadata, ["fairdyn"]).load(["fairdyn"])["tasks"]
     assert sorted(loaded) == ["winobias_fairdyn", "winobias_fairdyn_type1", "winogender_fairdyn"]
