@@ -76,32 +76,27 @@ def run_lm_eval(argv: list[str]) -> int:
     except CacheNotKeyable as err:
         print(f"fairdyn eval: {err}", file=sys.stderr)
         return 2
-    if args.output_path and not _results_written(Path(args.output_path), started):
-        print(f"fairdyn eval: no results file was written under {args.output_path} (see lm-eval's warning above); "
-              "the results are lost: rerun with an --output_path you can write to", file=sys.stderr)  # fmt: skip
-        return 1
     if args.output_path:
-        for line in _verdict_lines(Path(args.output_path), started):
+        written = _results_written(Path(args.output_path), started)
+        if not written:
+            print(f"fairdyn eval: no results file was written under {args.output_path} (see lm-eval's warning above); "
+                  "the results are lost: rerun with an --output_path you can write to", file=sys.stderr)  # fmt: skip
+            return 1
+        for line in _verdict_lines(written[-1]):
             print(line)
     return 0
 
 
-def _verdict_lines(output_path: Path, since: float) -> list[str]:
-    """One line per fairness task of the results just written: its JSD-P gap's verdict in words
-    (as ``fairdyn analyze`` draws it, from the logged per-prompt values), or what it needs."""
+def _verdict_lines(results_path: Path) -> list[str]:
+    """One line per fairness task of the results file just written: its JSD-P gap's verdict in
+    words (as ``fairdyn analyze`` draws it, from the logged per-prompt values), or what it needs."""
     from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.core.metric_table import metric
     from lm_eval_fairdyn.dynamics import inference
     from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_result_file
 
-    root = output_path.parent if output_path.suffix == ".json" else output_path
-    written = sorted(
-        (p for p in root.rglob("results*.json") if p.stat().st_mtime >= since - 1), key=lambda p: p.stat().st_mtime
-    )
-    if not written:
-        return []
     try:
-        data = read_result_file(written[-1], "eval", require_step=False)
+        data = read_result_file(results_path, "eval", require_step=False)
     except ResultsError:
         return []
     lines = []
@@ -118,10 +113,14 @@ def _verdict_lines(output_path: Path, since: float) -> list[str]:
     return lines
 
 
-def _results_written(output_path: Path, since: float) -> bool:
-    """Whether lm-eval wrote a results JSON under ``output_path`` (a folder, or a .json path) since ``since``."""
+def _results_written(output_path: Path, since: float) -> list[Path]:
+    """The results JSONs lm-eval wrote under ``output_path`` (a folder, or a .json path) since
+    ``since``, oldest first."""
     root = output_path.parent if output_path.suffix == ".json" else output_path
-    return any(p.stat().st_mtime >= since - 1 for p in root.rglob("results*.json")) if root.is_dir() else False
+    if not root.is_dir():
+        return []
+    written = [p for p in root.rglob("results*.json") if p.stat().st_mtime >= since - 1]
+    return sorted(written, key=lambda p: p.stat().st_mtime)
 
 
 def _tasks_path(args: argparse.Namespace) -> int:
@@ -148,7 +147,7 @@ def _tasks(args: argparse.Namespace) -> int:
         config = getattr(entry, "cfg", None) or {}
         kind = getattr(getattr(entry, "kind", None), "name", "TASK").lower()
         if kind != "task":
-            rows.append((name, kind, "", "", "", ""))
+            rows.append((name, kind, "", "", ""))
             continue
         settings = {"benchmark": (config.get("metadata") or {}).get("benchmark"), **config}
         info = registry.describe(name, settings, fairness=False)
@@ -160,18 +159,9 @@ def _tasks(args: argparse.Namespace) -> int:
             except UserInputError as err:
                 where = f"MISSING: {str(err).split('. ')[0]}"
         sides = info.sides.label if info.sides else "-"
-        rows.append(
-            (
-                name,
-                info.benchmark or "-",
-                info.axis or "-",
-                sides,
-                "at hand" if not where.startswith("MISSING") else "",
-                where,
-            )
-        )
+        rows.append((name, info.benchmark or "-", info.axis or "-", sides, where))
     print(f"{'task':<36} {'benchmark':<15} {'axis':<22} {'gap':<26} data")
-    for name, benchmark, axis, sides, _, where in rows:
+    for name, benchmark, axis, sides, where in rows:
         print(f"{name:<36} {benchmark:<15} {axis:<22} {sides:<26} {where}")
     return 0
 
