@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.harness import EvalSettings
 
 DEFAULTS = EvalSettings()
 
+INTRO = (
+    "Measure how a language model's social biases evolve during training ({benchmarks}), with Average Rank "
+    "and Jensen-Shannon Divergence by Parts, on top of lm-evaluation-harness."
+)
 DESCRIPTION = """\
-Measure how a language model's social biases evolve during training (gender: WinoBias Types 1
-and 2, Winogender with "they"; BBQ's social axes; your own counterfactual data), with Average
-Rank and Jensen-Shannon Divergence by Parts, on top of lm-evaluation-harness.
+{intro}
 
 commands:
   eval        lm-eval's own `run` with the fairness tasks and the hf-fairdyn model
@@ -33,7 +38,7 @@ commands:
 example:
   fairdyn eval --model hf-fairdyn \\
       --model_args pretrained=EleutherAI/pythia-160m,revision=step80000 \\
-      --tasks winobias_fairdyn,lambada_openai --output_path out/ --log_samples
+      --tasks {default_task},lambada_openai --output_path out/ --log_samples
 """
 
 
@@ -90,7 +95,6 @@ def run_lm_eval(argv: list[str]) -> int:
 def _verdict_lines(results_path: Path) -> list[str]:
     """One line per fairness task of the results file just written: its JSD-P gap's verdict in
     words (as ``fairdyn analyze`` draws it, from the logged per-prompt values), or what it needs."""
-    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.core.metric_table import metric
     from lm_eval_fairdyn.dynamics import inference
     from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file, read_result_file
@@ -131,7 +135,6 @@ def _tasks_path(args: argparse.Namespace) -> int:
 def _tasks(args: argparse.Namespace) -> int:
     """This package's tasks (and those of --include_path): benchmark, axis, sides, whether the
     data is at hand and from where."""
-    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.core.errors import UserInputError
     from lm_eval_fairdyn.core.harness import task_manager
     from lm_eval_fairdyn.core.inputs import check_include_path
@@ -167,7 +170,6 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.offline.demo import run_demo
 
     folders = {b.data_dir: getattr(args, b.data_dir) for b in registry.benchmarks() if b.data_dir}
@@ -217,7 +219,10 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--limit", type=float, default=DEFAULTS.limit, help="only the first N docs per task (testing)")
     sweep.add_argument("--include_path", action="append", default=[], help="more task folders")
     sweep.add_argument(
-        "--metadata", type=_metadata_json, default={}, help='JSON passed to tasks, e.g. {"winobias_dir": ...}'
+        "--metadata",
+        type=_metadata_json,
+        default={},
+        help=f'JSON passed to tasks, e.g. {{"{registry.example_data_dir()}": "/path"}}',
     )
     sweep.add_argument(
         "--bootstrap_iters",
@@ -527,7 +532,6 @@ def _check_file(location: str):
 
 def _check_pairs(path: Path, data, task: str, measure: str):
     """(sides, per-group values) of ``task`` in one results file, its sides from the registry."""
-    from lm_eval_fairdyn.core import registry
     from lm_eval_fairdyn.dynamics.inference import pair_values
     from lm_eval_fairdyn.dynamics.results import ResultsError, read_prompt_file
 
@@ -628,7 +632,11 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fairdyn`` command's parser (``eval`` is lm-eval's own, parsed by lm-eval)."""
     parser = argparse.ArgumentParser(
-        prog="fairdyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="fairdyn",
+        description=DESCRIPTION.format(
+            intro=textwrap.fill(INTRO.format(benchmarks=registry.summaries()), 94), default_task=DEFAULTS.tasks[0]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or FAIRDYN_DEBUG=1)")
@@ -657,7 +665,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--output_path", default=demo_defaults["output_path"], help="where results go (default: %(default)s)"
     )
-    from lm_eval_fairdyn.core import registry
 
     for benchmark in registry.benchmarks():
         if benchmark.data_dir:
@@ -686,7 +693,6 @@ def main(argv: list[str] | None = None) -> int:
     """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
     regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
     traceback only with ``--debug`` (first) or ``FAIRDYN_DEBUG=1``."""
-    import os
     import signal
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -723,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fairdyn {command}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
               file=sys.stderr)  # fmt: skip
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`fairdyn tasks | head`): as other Unix tools, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except Exception as err:  # a failure of the run, not of the input: one line unless asked for the traceback
         if debug:
             raise

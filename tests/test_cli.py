@@ -62,7 +62,7 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     verdict_line = [line for line in output.splitlines() if line.startswith("winobias_fairdyn: ")]
     assert len(verdict_line) == 1 and "(JSD-P gap female - male" in verdict_line[0], output[-2000:]
     assert "over 10 groups" in verdict_line[0] and "last_word_local" not in output.split("winobias_fairdyn: ")[-1]
-    for name in metric_names():
+    for name in metric_names("winobias"):
         value = scores[f"{name},none"]
         assert isinstance(value, float) and math.isfinite(value), name
     assert 1 <= scores["ar_male,none"] <= 50277
@@ -80,7 +80,7 @@ def test_fairdyn_eval_end_to_end(neox_dir, winobias_dir, lambada_dir, tmp_path):
     same_args, _ = run(["eval", "--model", "hf-fairdyn", *float64_args], tmp_path / "same", winobias_dir)
     assert stock["results"]["last_word_local"] == same_args["results"]["last_word_local"]
     plain = stock["results"]["winobias_fairdyn"]
-    for name in metric_names():
+    for name in metric_names("winobias"):
         if name.startswith("ar_"):
             assert plain[f"{name},none"] is None
         else:

@@ -315,7 +315,7 @@ def test_a_nonbinary_option_set_end_to_end_in_process_results():
                for lp, r, token, text in zip(logp, (4, 3, 1, 5), (10, 11, 12, 13), " male, female, non, not".split(","),
                                              strict=True)]  # fmt: skip
     values = task.process_results(doc, answers)
-    assert set(values) == set(task.metric_names(NONBINARY_OPTIONS, "winogender"))
+    assert set(values) == set(task.metric_names("winogender", NONBINARY_OPTIONS))
     p = 0.15
     assert values["jsdp_unspecified"] == pytest.approx(0.5 * (p * np.log2(2 * p / (p + 1)) + np.log2(2 / (p + 1))))
     assert values["jsdp_unspecified_part_non_binary"] == pytest.approx(0.25)
@@ -349,9 +349,9 @@ def test_every_task_yaml_lists_its_familys_metrics():
         family = "winogender" if config["task"].startswith("winogender") else "winobias"
         options = config.get("dataset_kwargs", {}).get("options", prompts.OPTIONS)
         method = config.get("dataset_kwargs", {}).get("method", "paper")
-        assert listed == task.metric_names(options, family, method), path.name
+        assert listed == task.metric_names(family, options, method), path.name
         for entry in config.get("metric_list", include["metric_list"]):
-            assert entry["aggregation"] == f"!function utils.{metric_table.BY_NAME[entry['metric']].aggregation}"
+            assert entry["aggregation"] == f"!function utils.{metric_table.by_name()[entry['metric']].aggregation}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_the_reconstruction_variant_has_its_template_and_named_metrics(winobias_
         for p, r in zip(probs, (9, 2, 4), strict=True)
     ]
     values = task.process_results(doc, answers)
-    names = set(task.metric_names(method="reconstruction"))
+    names = set(task.metric_names("winobias", method="reconstruction"))
     assert set(values) == names and not {n for n in names if n.startswith("jsdp_") and "renorm" not in n}
     gold = doc["label"]
     group = ("male", "female", "unspecified")[gold]

@@ -51,6 +51,67 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     assert imported_layers(bad) == {("offline", 2)}
 
 
+# The layers above the benchmark folders learn of a benchmark from the registry only.
+REGISTRY_ONLY = ("core", "dynamics", "training", "cli.py")
+
+
+def benchmark_words() -> set[str]:
+    from lm_eval_fairdyn.core import registry
+
+    words = set()
+    for b in registry.benchmarks():
+        if b.name not in ("performance", "counterfactual"):  # the performance tasks, a user's data: not names
+            words.add(b.name)
+            words.update(prefix.split("_")[0] for prefix in b.task_prefixes)
+    return words
+
+
+def names_in_code(path: Path, words: set[str]) -> list[tuple[int, str]]:
+    """(line, text) of every identifier or string literal in a file's code (docstrings and
+    comments left out) that contains one of ``words``."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+        elif isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            text = node.name
+        else:
+            continue
+        if any(word in text.lower() for word in words):
+            found.append((node.lineno, text))
+    return found
+
+
+def test_no_layer_above_the_benchmarks_names_one_in_its_code():
+    words = benchmark_words()
+    assert {"winobias", "winogender", "bbq"} <= words
+    paths = [p for part in REGISTRY_ONLY for p in sorted((PACKAGE / part).rglob("*.py"))]
+    assert len(paths) >= 20
+    for path in paths:
+        assert not names_in_code(path, words), (
+            f"{path.relative_to(PACKAGE)} names a benchmark: {names_in_code(path, words)}"
+        )
+
+
+def test_the_name_check_sees_code_and_not_docstrings(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        '"""WinoBias in a docstring is fine."""\nTASK = "winobias_fairdyn"  # a comment: winobias\ndef f(bbq_dir):\n    return bbq_dir\n'
+    )
+    assert names_in_code(bad, {"winobias", "bbq"}) == [(2, "winobias_fairdyn"), (4, "bbq_dir")]
+
+
 def test_the_tasks_import_no_offline_or_dynamics_module():
     code = (
         "import sys, json; import lm_eval_fairdyn.core.task, lm_eval_fairdyn.core.model; "

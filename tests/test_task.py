@@ -6,6 +6,7 @@ import yaml
 from scipy import stats
 
 from lm_eval_fairdyn import tasks_path
+from lm_eval_fairdyn.benchmarks.winobias import hooks as winobias_hooks
 from lm_eval_fairdyn.core import metric_table, task
 from lm_eval_fairdyn.core.model import RankedLoglikelihood
 
@@ -24,17 +25,17 @@ def _yaml(name):
 def test_yaml_metric_list_matches_process_results():
     template = _yaml("_winobias_template_yaml")
     listed = [m["metric"] for m in template["metric_list"]]
-    assert listed == task.metric_names() and len(listed) == 59
+    assert listed == task.metric_names("winobias") and len(listed) == 59
     text = (tasks_path() / "winobias" / "_winobias_template_yaml").read_text()
-    assert metric_table.metric_list_yaml() in text  # generated from the table, word for word
+    assert metric_table.metric_list_yaml(winobias_hooks.METRICS) in text  # generated from the table, word for word
     for entry in template["metric_list"]:
-        metric = metric_table.BY_NAME[entry["metric"]]
+        metric = metric_table.by_name()[entry["metric"]]
         assert entry["aggregation"] == f"!function utils.{metric.aggregation}"
         assert entry["higher_is_better"] == metric.higher_is_better
     by_name = {entry["metric"]: entry["higher_is_better"] for entry in template["metric_list"]}
     # a signed gap is best at 0: lm-eval's table must mark it neither "higher" nor "lower is better"
     assert by_name["jsdp_gap"] is None and by_name["ar_gap_effect_pro"] is None and by_name["jsdp_gap_pvalue"] is True
-    doc = {"label": 0, "polarity": "pro"}
+    doc = {"label": 0, "polarity": "pro", "dataset": "winobias_type2"}
     answers = [(-1.0, False), (-2.0, False), (-3.0, False)]
     assert set(task.process_results(doc, answers)) == set(listed)
 
@@ -61,7 +62,7 @@ def _synthetic(n, seed):
         label = int(rng.integers(3))
         probs = rng.dirichlet([1, 1, 1]) * rng.uniform(0.05, 1)
         ranks = rng.integers(1, 50, size=3)
-        docs.append({"label": label, "polarity": ("pro", "anti")[i % 2]})
+        docs.append({"label": label, "polarity": ("pro", "anti")[i % 2], "dataset": "winobias_type2"})
         results.append(
             [
                 RankedLoglikelihood(float(np.log(p)), bool(r == 1), int(r), float(np.log(p)), 1)
@@ -73,7 +74,7 @@ def _synthetic(n, seed):
 
 def _aggregate(docs, results):
     per_doc = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
-    return {m.name: getattr(task, m.aggregation)([v[m.name] for v in per_doc]) for m in metric_table.METRICS}
+    return {m.name: getattr(task, m.aggregation)([v[m.name] for v in per_doc]) for m in winobias_hooks.METRICS}
 
 
 def test_aggregates_equal_independent_computation():
@@ -116,8 +117,8 @@ def test_stock_hf_answers_leave_average_rank_unavailable(caplog):
     task._warned.clear()
     with caplog.at_level(logging.WARNING, logger="lm_eval_fairdyn"):
         got = _aggregate(docs, plain)
-    assert all(got[m] is None for m in task.metric_names() if m.startswith("ar_"))
-    assert all(got[m] is not None for m in task.metric_names() if m.startswith(("jsdp_", "assumption_rate")))
+    assert all(got[m] is None for m in task.metric_names("winobias") if m.startswith("ar_"))
+    assert all(got[m] is not None for m in task.metric_names("winobias") if m.startswith(("jsdp_", "assumption_rate")))
     assert got["acc_male"] == pytest.approx(
         np.mean([r[d["label"]][1] for d, r in zip(docs, plain, strict=True) if d["label"] == 0])
     )
@@ -126,7 +127,7 @@ def test_stock_hf_answers_leave_average_rank_unavailable(caplog):
 
 
 def test_multi_token_answers_use_first_token_and_warn(caplog):
-    doc = {"label": 1, "polarity": "anti"}
+    doc = {"label": 1, "polarity": "anti", "dataset": "winobias_type2"}
     answers = [
         RankedLoglikelihood(-1.0, False, 3, -1.0, 1),
         RankedLoglikelihood(-9.0, False, 2, -0.5, 2),  # whole word -9, first token -0.5

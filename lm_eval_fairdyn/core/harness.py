@@ -42,7 +42,7 @@ class EvalSettings:
     analysis' intervals resample); ``log_samples``: also write lm-eval's full samples JSONL.
     """
 
-    tasks: tuple[str, ...] = ("winobias_fairdyn",)
+    tasks: tuple[str, ...] = field(default_factory=lambda: (registry.default_task("eval"),))
     model: str = "hf-fairdyn"
     model_args: str = ""
     batch_size: int | str = 8

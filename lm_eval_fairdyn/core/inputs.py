@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.errors import UserInputError
 
 
@@ -35,7 +36,7 @@ def parse_metadata(text: str | dict | None) -> dict:
     except ValueError as err:
         raise UserInputError(
             f"--metadata is not valid JSON ({err.msg} at character {err.pos}): {text!r}; strings need double "
-            """quotes, e.g. --metadata '{"winobias_dir": "/path/to/WinoBias"}'"""
+            f"""quotes, e.g. --metadata '{{"{registry.example_data_dir()}": "/path/to/data"}}'"""
         ) from None
     if not isinstance(value, dict):
         raise UserInputError(f"--metadata must be a JSON object (keys and values), got {text!r}")

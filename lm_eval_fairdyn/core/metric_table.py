@@ -1,8 +1,8 @@
 """The metrics of the fairness tasks as one table: measure x group x polarity x statistic.
 
-Every metric name the task reports is one :class:`Metric`; :data:`METRICS` lists them in the
-order of the YAML ``metric_list`` (which a test checks against it, and :func:`metric_list_yaml`
-writes), :func:`metric` finds one by its parts, and :func:`per_group_table` turns an lm-eval
+Every metric name a stratified task reports is one :class:`Metric`; :func:`metrics_for` lists
+them in the order of the YAML ``metric_list`` (which a test checks against it, and
+:func:`metric_list_yaml` writes), :func:`metric` finds one by its parts, and :func:`per_group_table` turns an lm-eval
 results JSON into a tidy table with one row per (task, measure, group, polarity, statistic), as
 Fairlearn's ``MetricFrame.by_group`` does.
 
@@ -10,8 +10,8 @@ Fairlearn's ``MetricFrame.by_group`` does.
   ``jsdp_part_<option>`` (the part of a wrong option), ``assumption_rate`` and
   ``assumption_rate_<male|female>``;
 - group: the gold group (``male``, ``female``, ``unspecified``), or ``female-male`` for a gap;
-- polarity: ``all`` or a stratum (``STRATA``): ``pro`` / ``anti`` (WinoBias), ``gendered`` /
-  ``they`` (Winogender);
+- polarity: ``all`` or a stratum, which the benchmark's folder declares (:func:`register_strata`,
+  e.g. pro / anti);
 - statistic: ``mean`` over the group's prompts; for a gap ``difference`` (female - male),
   ``pvalue`` (the paper's Mann-Whitney U test) or ``effect`` (rank-biserial correlation).
 """
@@ -68,27 +68,46 @@ class Metric:
         return self.measure in HIGHER_IS_BETTER or self.statistic == "pvalue"
 
 
-# The strata of each task family: name -> the gold groups its prompts have, and whether the
-# assumption rate is also reported for each side apart. WinoBias' strata are its polarities;
-# Winogender's are its gendered members (he / she) and its "they" members.
-STRATA = {
-    "winobias": ({"pro": GOLD_GROUPS, "anti": GOLD_GROUPS}, False),
-    "winogender": ({"gendered": GOLD_GROUPS, "they": ("unspecified",)}, True),
-}
+# The strata of each task family that reports its metrics by stratum: family -> (stratum -> the gold
+# groups its prompts have, whether the assumption rate is also reported for each side apart). Each
+# benchmark's folder declares its own (:func:`register_strata`) when it is imported.
+_STRATA: dict[str, tuple[dict[str, tuple[str, ...]], bool]] = {}
+
+
+def register_strata(task_family: str, strata: dict[str, tuple[str, ...]], sided_rates: bool = False) -> None:
+    """Declare that the tasks of ``task_family`` report every metric also per stratum, and which
+    gold groups each stratum's prompts have (``sided_rates``: the assumption rate per side too)."""
+    _STRATA[task_family] = (dict(strata), sided_rates)
+    by_name.cache_clear()
+
+
+def strata(task_family: str) -> tuple[dict[str, tuple[str, ...]], bool] | None:
+    """The strata ``task_family`` declared, or None for a family with a table of its own (sided)."""
+    if task_family not in _STRATA:
+        from lm_eval_fairdyn.core import registry
+
+        registry.benchmarks()  # every benchmark folder imported, so each has declared its strata
+    return _STRATA.get(task_family)
+
+
+def stratified_families() -> tuple[str, ...]:
+    strata("")
+    return tuple(_STRATA)
 
 
 def family(dataset: str) -> str:
-    """The task family of a doc's ``dataset`` ("winobias_type1" -> "winobias")."""
+    """The task family of a doc's ``dataset`` (its first word: "<family>_type1" -> "<family>")."""
     return dataset.split("_")[0]
 
 
 @functools.cache
-def metrics_for(
-    groups: tuple[str, ...] = GROUPS, task_family: str = "winobias", method: str = "paper"
-) -> tuple[Metric, ...]:
-    """Every metric a task of ``task_family`` with these option ``groups`` reports, in order
-    (``method``: the variant, whose JSD-P measure is ``JSD_MEASURE[method]``)."""
-    strata, sided = STRATA[task_family]
+def metrics_for(groups: tuple[str, ...], task_family: str, method: str = "paper") -> tuple[Metric, ...]:
+    """Every metric a task of ``task_family`` (a stratified family) with these option ``groups``
+    reports, in order (``method``: the variant, whose JSD-P measure is ``JSD_MEASURE[method]``)."""
+    declared = strata(task_family)
+    if declared is None:
+        raise KeyError(f"no benchmark declares the strata of task family {task_family!r}")
+    by_stratum, sided = declared
     jsd = JSD_MEASURE[method]
     gap_measures = ("ar", jsd)
     golds = [g for g in groups if g in GOLD_GROUPS]
@@ -102,7 +121,7 @@ def metrics_for(
         Metric(measure, "unspecified") for measure in ("assumption_rate", *(f"assumption_rate_{s}" for s in sides))
     ]
     rows += [Metric(measure, GAP_GROUP, statistic=s) for measure in gap_measures for s in GAP_STATISTICS]
-    for polarity, stratum_golds in strata.items():
+    for polarity, stratum_golds in by_stratum.items():
         for group in stratum_golds:
             rows += [Metric(measure, group, polarity) for measure in ("ar", jsd, "acc")]
         if {"male", "female"} <= set(stratum_golds):
@@ -113,15 +132,17 @@ def metrics_for(
     return tuple(rows)
 
 
-METRICS: tuple[Metric, ...] = metrics_for()
-# Every metric name of the shipped tasks (the paper's option set and the non-binary one).
-BY_NAME: dict[str, Metric] = {
-    m.name: m
-    for groups in (GROUPS, option_groups(NONBINARY_OPTIONS))
-    for task_family in STRATA
-    for method in JSD_MEASURE
-    for m in metrics_for(groups, task_family, method)
-}
+@functools.cache
+def by_name() -> dict[str, Metric]:
+    """Every metric name of the stratified tasks (each family, the paper's option set and the
+    non-binary one, each method variant) -> its :class:`Metric`."""
+    return {
+        m.name: m
+        for groups in (GROUPS, option_groups(NONBINARY_OPTIONS))
+        for task_family in stratified_families()
+        for method in JSD_MEASURE
+        for m in metrics_for(groups, task_family, method)
+    }
 
 
 SIDED_MEASURES = ("ar", "jsdp", "acc", "option_acc")
@@ -152,8 +173,8 @@ def metric(measure: str, group: str = GAP_GROUP, polarity: str = "all", statisti
     ``jsdp_gap_pvalue``, ``metric("ar", "male")`` is ``ar_male``."""
     statistic = statistic or ("difference" if group == GAP_GROUP else "mean")
     name = Metric(measure, group, polarity, statistic).name
-    if name not in BY_NAME:
-        raise KeyError(f"winobias_fairdyn reports no metric ({measure}, {group}, {polarity}, {statistic})")
+    if name not in by_name():
+        raise KeyError(f"no fairness task reports the metric ({measure}, {group}, {polarity}, {statistic})")
     return name
 
 
@@ -161,8 +182,8 @@ def yaml_bool(value: bool | None) -> str:
     return "null" if value is None else ("true" if value else "false")
 
 
-def metric_list_yaml(metrics: tuple[Metric, ...] = METRICS) -> str:
-    """The ``metric_list`` block of a task YAML (``task_configs/winobias/_winobias_template_yaml``: METRICS)."""
+def metric_list_yaml(metrics: tuple[Metric, ...]) -> str:
+    """The ``metric_list`` block of a task YAML (e.g. a template's, from :func:`metrics_for`)."""
     lines = ["metric_list:"]
     for m in metrics:
         lines += [f"  - metric: {m.name}", f"    aggregation: !function utils.{m.aggregation}",
@@ -171,7 +192,7 @@ def metric_list_yaml(metrics: tuple[Metric, ...] = METRICS) -> str:
 
 
 def per_group_table(results: dict):
-    """Tidy table of every ``winobias_fairdyn*`` metric in an lm-eval results dict: columns task,
+    """Tidy table of every stratified task's metric in an lm-eval results dict: columns task,
     measure, group, polarity, statistic, value (NaN where unavailable, e.g. AR under stock hf)."""
     import pandas as pd
 
@@ -179,17 +200,20 @@ def per_group_table(results: dict):
     for task, values in results["results"].items():
         for key, value in values.items():
             name, _, filter_name = key.partition(",")
-            if filter_name in ("", "none") and name in BY_NAME:
-                m = BY_NAME[name]
+            if filter_name in ("", "none") and name in by_name():
+                m = by_name()[name]
                 rows.append({"task": task, "measure": m.measure, "group": m.group, "polarity": m.polarity,
                              "statistic": m.statistic, "value": value})  # fmt: skip
     return pd.DataFrame(rows, columns=["task", "measure", "group", "polarity", "statistic", "value"])
 
 
-if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table [family [options [method]]] > metric_list
+if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table family [options [method]] > metric_list
     import sys
 
-    family_name = sys.argv[1] if len(sys.argv) > 1 else "winobias"
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: python -m lm_eval_fairdyn.core.metric_table FAMILY [OPTIONS [METHOD]]; FAMILY: "
+                 f"{', '.join(stratified_families())}")  # fmt: skip
+    family_name = sys.argv[1]
     chosen = option_groups(sys.argv[2].split("|")) if len(sys.argv) > 2 and sys.argv[2] else GROUPS
     variant = sys.argv[3] if len(sys.argv) > 3 else "paper"
     print(metric_list_yaml(metrics_for(chosen, family_name, variant)), end="")

@@ -98,7 +98,10 @@ class Benchmark:
     ``data_dir``: the ``--metadata`` key (and command-line flag) naming a folder of its files;
     ``metadata_keys``: every ``--metadata`` key its tasks read; ``locate(dataset_kwargs,
     metadata)``: where a task's data is (raises ``UserInputError`` saying why it is not at hand;
-    never downloads)."""
+    never downloads). ``default_tasks``: purpose -> the task this benchmark offers as the
+    package's default for it (:func:`default_task`); ``summary``: what a fairness benchmark
+    measures, in a phrase for the command's help (:func:`summaries`); ``order``: where it comes
+    in listings and help (then by name); the first to offer a default task gives it."""
 
     name: str
     title: str
@@ -110,6 +113,9 @@ class Benchmark:
     data_dir: str = ""
     metadata_keys: tuple[str, ...] = field(default=())
     locate: Callable[[dict, dict], str] | None = None
+    default_tasks: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+    order: int = 100
 
     def owns(self, task: str, settings: dict) -> bool:
         recorded = settings.get("benchmark")
@@ -128,12 +134,12 @@ def register(benchmark: Benchmark) -> Benchmark:
 
 @functools.cache
 def benchmarks() -> tuple[Benchmark, ...]:
-    """Every benchmark, in the order their folders are named (each folder imported once)."""
+    """Every benchmark, by its ``order`` then its name (each folder imported once)."""
     package = importlib.import_module(BENCHMARKS_PACKAGE)
     for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if module.ispkg:
             importlib.import_module(f"{BENCHMARKS_PACKAGE}.{module.name}")
-    return tuple(_REGISTERED.values())
+    return tuple(sorted(_REGISTERED.values(), key=lambda b: (b.order, b.name)))
 
 
 def benchmark(name: str) -> Benchmark:
@@ -146,6 +152,30 @@ def benchmark(name: str) -> Benchmark:
 # The gap every task built on the shared aggregation reports (``core.task.gap_female_minus_male``):
 # what a fairness task no benchmark claims is read as.
 DEFAULT_SIDES = Sides("female", "male", "favours_male", "favours_female")
+
+
+# What a default task is for: ``eval`` (``fairdyn eval`` / ``sweep`` without ``--tasks``) and ``monitor``
+# (the training callback's, which runs inside a training loop and so is the smallest).
+PURPOSES = ("eval", "monitor")
+
+
+def default_task(purpose: str) -> str:
+    """The package's default task for ``purpose`` (one of PURPOSES): the first benchmark's, in
+    folder order, that offers one."""
+    for candidate in benchmarks():
+        if purpose in candidate.default_tasks:
+            return candidate.default_tasks[purpose]
+    raise KeyError(f"no benchmark offers a default task for {purpose!r}; purposes: {', '.join(PURPOSES)}")
+
+
+def example_data_dir() -> str:
+    """A ``--metadata`` key naming a data folder, for examples in help texts and errors."""
+    return next((b.data_dir for b in benchmarks() if b.data_dir), "data_dir")
+
+
+def summaries() -> str:
+    """What the registered fairness benchmarks measure, one phrase each, for help texts."""
+    return "; ".join(b.summary for b in benchmarks() if b.summary)
 
 
 def describe(task: str, settings: dict | None = None, fairness: bool = True) -> TaskInfo:

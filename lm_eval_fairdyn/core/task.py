@@ -1,7 +1,7 @@
-"""The lm-eval side of the plugin's tasks: the fairness tasks' datasets (WinoBias Type 1 and 2,
-Winogender), per-prompt metrics and aggregations, and the held-out last-word task's dataset.
+"""The lm-eval side of the plugin's fairness tasks that every benchmark shares: the prompt's
+choices, its scoring, per-prompt metrics and their aggregations.
 
-The YAML files in ``task_configs/`` point here (through their small ``utils.py``). Each
+The YAML files in ``task_configs/`` point here (through each benchmark's small ``utils.py``). Each
 prompt is one lm-eval ``multiple_choice`` doc whose choices are the answer words of its option
 set (``answer_continuations``); ``process_results`` turns their log-likelihood answers into
 per-prompt values, and the aggregations below turn those into the per-group metrics.
@@ -26,10 +26,10 @@ from lm_eval_fairdyn.core.metric_table import (
     GAP_MEASURES,
     JSD_MEASURE,
     SIDED_GAP_STATISTICS,
-    STRATA,
     Metric,
     family,
     metrics_for,
+    strata,
 )
 from lm_eval_fairdyn.core.prompts import OPTIONS, OptionSetError, answer_continuations, option_groups
 
@@ -43,8 +43,9 @@ def warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def metric_names(options: Sequence[str] = OPTIONS, task_family: str = "winobias", method: str = "paper") -> list[str]:
-    """Every metric a fairness task reports, in table order (its YAML metric_list follows this)."""
+def metric_names(task_family: str, options: Sequence[str] = OPTIONS, method: str = "paper") -> list[str]:
+    """Every metric a stratified task of ``task_family`` reports, in table order (its YAML
+    metric_list follows this)."""
     return [m.name for m in metrics_for(option_groups(options), task_family, method)]
 
 
@@ -70,16 +71,16 @@ def check_metric_list(task) -> None:
     if not len(docs) or "options" not in docs[0]:
         return
     doc = docs[0]
-    options, task_family = _options(doc), family(doc.get("dataset", "winobias"))
-    if task_family not in STRATA:  # a task with its own metric table (e.g. a user's counterfactual data)
+    options, task_family = _options(doc), family(doc.get("dataset", ""))
+    if strata(task_family) is None:  # a task with its own metric table (e.g. a user's counterfactual data)
         return
     listed = [entry["metric"] for entry in task.config.metric_list]
-    if listed != metric_names(options, task_family, doc.get("method", "paper")):
+    if listed != metric_names(task_family, options, doc.get("method", "paper")):
         raise OptionSetError(
             f"{task.config.task}: its prompts offer the options {list(options)}, but its YAML lists the metrics of "
             f"another option set; a task with this option set needs a YAML of its own whose metric_list is what "
             f"`python -m lm_eval_fairdyn.core.metric_table {task_family} '{'|'.join(options)}'` prints "
-            "(as winogender_fairdyn_nonbinary.yaml does)"
+            "(as the non-binary task's YAML does)"
         )
 
 
@@ -203,7 +204,7 @@ def process_results(doc: dict, results: Sequence) -> dict:
     """Per-prompt values of every metric of the doc's task (``None`` where the prompt is not in
     the metric's group)."""
     method = doc.get("method", "paper")
-    layout = _layout(_options(doc), doc.get("dataset", "winobias"), method, int(doc["label"]), doc["polarity"])
+    layout = _layout(_options(doc), doc["dataset"], method, int(doc["label"]), doc["polarity"])
     scored = score_choices(doc, results, layout.groups, method)
     per_group = scored.measures | {f"{layout.jsd}_part_{other}": v for other, v in scored.parts.items()}
     if scored.gold == "unspecified":
@@ -286,7 +287,7 @@ PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold", "pair", "slo
 PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed")
 
 
-UNSPECIFIED_GOLDS = ("unspecified", "unknown")  # the gold of a prompt no person answers (WinoBias, BBQ)
+UNSPECIFIED_GOLDS = ("unspecified", "unknown")  # the gold of a prompt no person answers ("not specified", "unknown")
 
 
 def prompt_row(sample: dict) -> dict:

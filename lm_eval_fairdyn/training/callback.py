@@ -1,7 +1,7 @@
 """``FairnessCallback``: the fairness evaluation inside a transformers ``Trainer`` loop.
 
 Every ``every`` steps (and/or at the listed ``steps``) the callback evaluates lm-eval tasks
-(``winobias_fairdyn_1seed`` by default) on the model in memory through the same code path as
+(by default the registry's ``monitor`` task, ``core.registry.default_task``) on the model in memory through the same code path as
 ``fairdyn eval`` (``lm_eval.simple_evaluate`` with the ``hf-fairdyn`` model wrapped around the
 training model), and passes the aggregates to ``trainer.log``, so the log history, TensorBoard,
 Weights & Biases and every other ``report_to`` integration receive them as
@@ -34,7 +34,7 @@ import copy
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 from lm_eval_fairdyn.core import harness, registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.harness import EvalSettings
-from lm_eval_fairdyn.core.metric_table import BY_NAME, metric
+from lm_eval_fairdyn.core.metric_table import by_name, metric
 from lm_eval_fairdyn.core.prompts import GROUPS
 from lm_eval_fairdyn.dynamics.inference import (
     DEFAULT_MARGINS,
@@ -129,7 +129,8 @@ class StopRule:
     evaluations that satisfy both.
     """
 
-    gap: str = "winobias_fairdyn_1seed/jsdp_gap"  # <task>/<measure>_gap, the measure jsdp or ar
+    # <task>/<measure>_gap, the measure jsdp or ar; default: the monitor's default task's JSD-P gap
+    gap: str = field(default_factory=lambda: f"{registry.default_task('monitor')}/jsdp_gap")
     test: str = "verdict"
     margin: str | None = None  # default: the measure's (inference.DEFAULT_MARGINS)
     confidence: float = 0.99
@@ -156,11 +157,11 @@ class StopRule:
 
     @property
     def measure(self) -> str:
-        return BY_NAME[self.gap.rpartition("/")[2]].measure
+        return by_name()[self.gap.rpartition("/")[2]].measure
 
     def pvalue_name(self) -> str:
-        """``<task>/<the gap's Mann-Whitney p-value>``, e.g. ``winobias_fairdyn_1seed/jsdp_gap_pvalue``."""
-        gap = BY_NAME[self.gap.rpartition("/")[2]]
+        """``<task>/<the gap's Mann-Whitney p-value>``, e.g. ``<task>/jsdp_gap_pvalue``."""
+        gap = by_name()[self.gap.rpartition("/")[2]]
         return f"{self.task}/{metric(gap.measure, gap.group, gap.polarity, 'pvalue')}"
 
     def pair_verdict(self, prompts: pd.DataFrame) -> dict:
@@ -213,12 +214,13 @@ class FairnessCallback(TrainerCallback):
 
     Args:
         trainer: the Trainer to log through (``trainer.log``).
-        tasks: lm-eval task names; this package's tasks are on the include path.
+        tasks: lm-eval task names; this package's tasks are on the include path (None: the
+            registry's ``monitor`` default, ``fairdyn tasks`` lists it).
         every: evaluate every N optimizer steps (0: only at ``steps``).
         steps: evaluate at these steps too (0 = before the first step).
         limit: lm-eval ``limit`` (the first N docs of each task); None: all.
         batch_size: lm-eval batch size.
-        metadata: passed to the tasks, e.g. ``{"winobias_dir": "/path"}``.
+        metadata: passed to the tasks (their data folders, e.g. ``{"<benchmark>_dir": "/path"}``).
         include_path: more task folders.
         metrics: metric names to log (default: DEFAULT_METRICS and acc/perplexity of other tasks).
         stop_rule: a :class:`StopRule`, or None to never stop training.
@@ -231,7 +233,7 @@ class FairnessCallback(TrainerCallback):
     def __init__(
         self,
         trainer,
-        tasks: Sequence[str] = ("winobias_fairdyn_1seed",),
+        tasks: Sequence[str] | None = None,
         every: int = 500,
         steps: Sequence[int] = (),
         limit: int | float | None = None,
@@ -246,7 +248,7 @@ class FairnessCallback(TrainerCallback):
         self.trainer = trainer
         self.every, self.steps = every, set(steps)
         self.settings = EvalSettings(
-            tasks=tuple(tasks), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
+            tasks=tuple(tasks or (registry.default_task("monitor"),)), batch_size=batch_size, limit=limit, include_path=tuple(include_path),
             metadata=dict(metadata or {}), prompt_tables=True, use_cache=use_cache,
         )  # fmt: skip
         self._evaluator = harness.Evaluator(self.settings)  # tasks loaded once for every evaluation

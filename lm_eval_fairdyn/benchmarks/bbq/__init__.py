@@ -52,5 +52,7 @@ BENCHMARK = register(
         data_dir="bbq_dir",
         metadata_keys=keyword_names(load_bbq_dataset),
         locate=locate,
+        order=2,
+        summary="BBQ's social axes",
     )
 )

@@ -24,4 +24,8 @@ def describe(task: str, settings: dict) -> TaskInfo:
                     unit="counterfactual group", data_source=settings.get("data_source") or source, limits=LIMITS)  # fmt: skip
 
 
-BENCHMARK = register(Benchmark("counterfactual", "your own counterfactual data", describe))
+BENCHMARK = register(
+    Benchmark(
+        "counterfactual", "your own counterfactual data", describe, order=3, summary="your own counterfactual data"
+    )
+)

@@ -55,5 +55,8 @@ BENCHMARK = register(
         data_dir="winobias_dir",
         metadata_keys=keyword_names(load_dataset),
         locate=locate,
+        default_tasks={"eval": PREFIX, "monitor": f"{PREFIX}_1seed"},
+        order=0,
+        summary="gender: WinoBias Types 1 and 2",
     )
 )

@@ -7,14 +7,22 @@ from collections.abc import Sequence
 
 from lm_eval_fairdyn.benchmarks.winobias.data import POLARITIES, SYNTHETIC_LABEL, is_synthetic, load_winobias
 from lm_eval_fairdyn.benchmarks.winobias.prompts import winobias_sentences
+from lm_eval_fairdyn.core.metric_table import metrics_for, register_strata
 from lm_eval_fairdyn.core.prompts import (
     DEFAULT_SEEDS,
     DEFAULT_TEMPLATE,
+    GOLD_GROUPS,
+    GROUPS,
     OPTIONS,
     RECONSTRUCTION_TEMPLATE,
     build_prompts,
 )
 from lm_eval_fairdyn.core.task import warn_once
+
+# Every metric is also reported per polarity: the pro- and the anti-stereotypical sentences.
+register_strata("winobias", dict.fromkeys(POLARITIES, GOLD_GROUPS))
+# The metric table of the paper's option set (the template's metric_list; a test checks it).
+METRICS = metrics_for(GROUPS, "winobias")
 
 
 def load_dataset(

@@ -35,5 +35,7 @@ BENCHMARK = register(
         data_dir="winogender_dir",
         metadata_keys=keyword_names(load_winogender_dataset),
         locate=locate,
+        order=1,
+        summary='gender: Winogender schemas with "they"',
     )
 )

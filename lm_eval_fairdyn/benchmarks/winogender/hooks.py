@@ -7,7 +7,12 @@ from collections.abc import Sequence
 
 from lm_eval_fairdyn.benchmarks.winogender.data import load_winogender
 from lm_eval_fairdyn.benchmarks.winogender.prompts import winogender_sentences
-from lm_eval_fairdyn.core.prompts import DEFAULT_SEEDS, DEFAULT_TEMPLATE, OPTIONS, build_prompts
+from lm_eval_fairdyn.core.metric_table import register_strata
+from lm_eval_fairdyn.core.prompts import DEFAULT_SEEDS, DEFAULT_TEMPLATE, GOLD_GROUPS, OPTIONS, build_prompts
+
+# Every metric is also reported for the gendered members (he / she) and for the "they" members apart,
+# whose assumption rates are reported per side.
+register_strata("winogender", {"gendered": GOLD_GROUPS, "they": ("unspecified",)}, sided_rates=True)
 
 
 def load_winogender_dataset(
