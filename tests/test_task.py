@@ -22,6 +22,20 @@ def _yaml(name):
     return yaml.load((tasks_path() / "winobias" / name).read_text(), Loader=_Loader)
 
 
+def test_the_metric_table_command_prints_each_template_s_metric_list():
+    import subprocess
+    import sys
+
+    for family in ("winobias", "winogender"):
+        out = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn.core.metric_table", family],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert out.count("- metric:") > 40
+        assert out in (tasks_path() / family / f"_{family}_template_yaml").read_text()
+    wrong = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn.core.metric_table", "winobais"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert wrong.returncode == 2 and "winobias, winogender" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_yaml_metric_list_matches_process_results():
     template = _yaml("_winobias_template_yaml")
     listed = [m["metric"] for m in template["metric_list"]]

@@ -19,6 +19,7 @@ Fairlearn's ``MetricFrame.by_group`` does.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 
 from lm_eval_fairdyn.core.prompts import GOLD_GROUPS, GROUPS, NONBINARY_OPTIONS, option_groups
@@ -207,13 +208,23 @@ def per_group_table(results: dict):
     return pd.DataFrame(rows, columns=["task", "measure", "group", "polarity", "statistic", "value"])
 
 
-if __name__ == "__main__":  # python -m lm_eval_fairdyn.core.metric_table family [options [method]] > metric_list
-    import sys
+def main(argv: list[str]) -> int:
+    """``python -m lm_eval_fairdyn.core.metric_table FAMILY [OPTIONS [METHOD]]``: the metric_list
+    block of a stratified task's YAML (OPTIONS: the option set joined by ``|``; METHOD: paper or
+    reconstruction)."""
+    families = stratified_families()
+    if not argv or argv[0] not in families:
+        print(f"usage: python -m lm_eval_fairdyn.core.metric_table FAMILY [OPTIONS [METHOD]]; FAMILY one of: "
+              f"{', '.join(families)}", file=sys.stderr)  # fmt: skip
+        return 2
+    chosen = option_groups(argv[1].split("|")) if len(argv) > 1 and argv[1] else GROUPS
+    variant = argv[2] if len(argv) > 2 else "paper"
+    print(metric_list_yaml(metrics_for(chosen, argv[0], variant)), end="")
+    return 0
 
-    if len(sys.argv) < 2:
-        sys.exit(f"usage: python -m lm_eval_fairdyn.core.metric_table FAMILY [OPTIONS [METHOD]]; FAMILY: "
-                 f"{', '.join(stratified_families())}")  # fmt: skip
-    family_name = sys.argv[1]
-    chosen = option_groups(sys.argv[2].split("|")) if len(sys.argv) > 2 and sys.argv[2] else GROUPS
-    variant = sys.argv[3] if len(sys.argv) > 3 else "paper"
-    print(metric_list_yaml(metrics_for(chosen, family_name, variant)), end="")
+
+if __name__ == "__main__":
+    # run as a script this file is __main__, not the module the benchmark folders declare their strata in
+    from lm_eval_fairdyn.core import metric_table
+
+    sys.exit(metric_table.main(sys.argv[1:]))
