@@ -112,6 +112,9 @@ def _verdict_lines(results_path: Path) -> list[str]:
         prompts = read_prompt_file(data.prompt_files[task]).assign(step=0)
         row = inference.gap_table(prompts, "jsdp", inference.DEFAULT_MARGINS["jsdp"], sides=sides).iloc[0]
         words = inference.explanations(sides)[row["verdict"]].format(confidence="99%")
+        if row["verdict"] == "unavailable":
+            unit = registry.describe(task, data.settings.get(task)).unit
+            words = "no interval: " + inference.unavailable_reason(prompts, "jsdp", int(row["pairs"]), unit)
         lines.append(f"{task}: {row['verdict']} (JSD-P gap {sides.label} {row['gap']:+.4f}, 99% interval "
                      f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {int(row['pairs'])} groups): {words}")  # fmt: skip
     return lines

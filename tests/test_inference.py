@@ -227,3 +227,17 @@ def test_ar_verdicts_on_heavy_tailed_ranks_know_the_planted_ratio(ratio, expecte
         frames.append(table)
     verdicts = inference.gap_table(pd.concat(frames), "ar", inference.DEFAULT_MARGINS["ar"])
     assert set(verdicts.verdict) == expected, verdicts
+
+
+def test_an_unavailable_interval_names_its_cause():
+    prompts = planted_prompts(0.0, lines=3)
+    assert "fairdyn sweep" in inference.unavailable_reason(None, "jsdp")
+    assert "fairdyn sweep" in inference.unavailable_reason(prompts.iloc[:0], "jsdp")
+    no_ranks = prompts.assign(ar=float("nan"))
+    assert "hf-fairdyn" in inference.unavailable_reason(no_ranks, "ar", 3)
+    assert "hold no 'assumed' values" in inference.unavailable_reason(prompts.drop(columns="assumed"), "choice", 3)
+    assert inference.unavailable_reason(prompts, "jsdp", 1, "template").startswith("only one template")
+    assert inference.unavailable_reason(prompts, "jsdp", 0, "template").startswith("no template has")
+    # the cause the table shows: one pair at the step, so no interval
+    table = inference.gap_table(planted_prompts(0.0, lines=1).assign(step=0), "jsdp", inference.DEFAULT_MARGINS["jsdp"])
+    assert table["verdict"].iloc[0] == "unavailable" and table["pairs"].iloc[0] == 1

@@ -146,6 +146,9 @@ def test_analyze_refuses_a_negative_min_change_and_goes_on_past_too_few_pairs(tm
     jsdp = json.loads((tmp_path / "out" / "analysis.json").read_text())["runs"]["run"]["winobias_fairdyn"]["jsdp"]
     assert jsdp["change_points"] == [] and jsdp["min_change"] is None
     assert jsdp["verdicts"] == {"unavailable": 2}  # one pair: no interval
+    summary = (tmp_path / "out" / "summary.md").read_text()  # and the report says that this is why
+    assert "unavailable: no interval: only one sentence pair has prompts of both sides" in summary
+    assert "Change points: unavailable (only one sentence pair" in summary
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,7 @@ class RunAnalysis:
     limits: str = ""  # what a fair verdict on the task does not say
     performance_note: str = ""  # the trade-off's metric, or why there is none (``Settings.performance_note``)
     limit_note: str = ""  # set when the task was evaluated on a part of its prompts (``--limit``)
+    unavailable_note: str = ""  # why some verdict, or the change points and trend, has no interval
 
     @property
     def intervals_available(self) -> bool:
@@ -392,6 +393,9 @@ def analyze_run(
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every BBQ item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
+    unavailable = verdicts["verdict"] == "unavailable"
+    fewest = int(verdicts.loc[unavailable, "pairs"].fillna(0).min()) if unavailable.any() else None
+    note = inference.unavailable_reason(prompts, measure, fewest, info.unit) if unavailable.any() else ""
     paper = paper_test(table, run, task, measure, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
@@ -403,6 +407,7 @@ def analyze_run(
         try:
             gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
         except ValueError as err:  # too few groups for intervals across checkpoints: the other axes go on
+            note = note or f"no intervals across checkpoints: {err}"
             logger.warning("%s: %s (the per-prompt values of %s, %s gap): no change points or jump intervals for it",
                            run, err, task, measure)  # fmt: skip
     if gaps is not None:
@@ -434,6 +439,7 @@ def analyze_run(
         axis=info.axis,
         limits=info.limits,
         performance_note=settings.performance_note,
+        unavailable_note=note or ("" if pairs else inference.unavailable_reason(prompts, measure, None, info.unit)),
     )
 
 

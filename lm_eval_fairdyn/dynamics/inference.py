@@ -229,6 +229,25 @@ def choice_values(prompts: pd.DataFrame, sides: Sides | None = None) -> pd.DataF
     return per_pair[[sides.minuend, sides.subtrahend, "difference", "level"]]
 
 
+def unavailable_reason(prompts: pd.DataFrame | None, measure: str, groups: int | None = None,
+                       unit: str = "counterfactual group") -> str:  # fmt: skip
+    """Why a gap on ``measure`` has no interval, in words: no per-prompt values, none of this
+    measure (no ranks: not ``hf-fairdyn``), or ``groups`` (the fewest groups with prompts of
+    both sides at a step) fewer than two; ``unit``: the unit of sampling in words."""
+    column = "assumed" if measure == "choice" else measure
+    if prompts is None or prompts.empty:
+        return "no per-prompt values to compute it from (evaluate with fairdyn sweep, or fairdyn eval --log_samples)"
+    if column not in prompts or prompts[column].isna().all():
+        if measure == "ar":
+            return "the per-prompt values hold no ranks (Average Rank needs the hf-fairdyn model; stock hf gives none)"
+        return f"the per-prompt values hold no {column!r} values"
+    if not groups:
+        return f"no {unit} has prompts of both sides (e.g. every item of a side left out as collided)"
+    if groups == 1:
+        return f"only one {unit} has prompts of both sides; an interval over {unit}s needs two or more"
+    return f"the interval over {groups} {unit}s could not be computed"
+
+
 def pairs_by_step(prompts: pd.DataFrame, measure: str, sides: Sides = GENDER) -> dict[int, pd.DataFrame]:
     """Per step of one run's per-prompt table, in step order: ``pair_values`` (``choice_values``
     for ``choice``)."""

@@ -235,9 +235,11 @@ def verdict_line(r: RunAnalysis) -> str:
     counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
     confidence = f"{100 * r.confidence:g}%"
     limited = f" {r.limit_note}." if r.limit_note else ""
+    words = inference.explanations(r.sides)[final].format(confidence=confidence)
+    if final == "unavailable" and r.unavailable_note:
+        words = f"no interval: {r.unavailable_note}"
     return (
-        f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: "
-        f"{inference.explanations(r.sides)[final].format(confidence=confidence)}. Verdicts over "
+        f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: {words}. Verdicts over "
         f"{len(r.significance)} checkpoints: {counts}.{limited}"
     )
 
@@ -258,7 +260,7 @@ def in_units(r: RunAnalysis, value: float) -> str:
 
 def change_line(r: RunAnalysis) -> str:
     if r.trend is None:
-        return "Change points: unavailable (no per-prompt values to resample)."
+        return f"Change points: unavailable ({r.unavailable_note or 'no per-prompt values to resample'})."
     what = (
         f"Change points (shifts of the gap beyond its linear trend, larger than {in_units(r, r.min_change)} with "
         f"{100 * r.confidence:g}% bands adjusted over the run's {len(r.significance)} checkpoints)"
@@ -276,7 +278,7 @@ def change_line(r: RunAnalysis) -> str:
 
 def trend_line(r: RunAnalysis) -> str:
     if r.trend is None:
-        return "Trend: unavailable (no per-prompt values to resample)."
+        return f"Trend: unavailable ({r.unavailable_note or 'no per-prompt values to resample'})."
     t = r.trend
     beside = " beside the change points" if not r.change_points.empty else ""
     verdict = "a trend" if t["significant"] else "no trend distinguishable from 0"
