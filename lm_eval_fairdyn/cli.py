@@ -708,10 +708,21 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval_fairdyn.core.errors import UserInputError
     from lm_eval_fairdyn.core.harness import keep_freed_memory
 
+    stopped_by: list[int] = []
+
+    def interrupted() -> int:
+        print(f"fairdyn {command}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
+              file=sys.stderr)  # fmt: skip
+        return 130
+
     def stop(signum, _frame):  # SIGTERM (a scheduler's cancel) ends the run as Ctrl-C does
+        stopped_by.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop) if threading_is_main() else None
+    # Remembered as well as raised: a stop that arrives while native code waits (safetensors opening a
+    # file) is raised when that code returns, maybe inside a cleanup that swallows it, and whatever the
+    # run then raises is still reported as the stop it is.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if threading_is_main() else {}
     try:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
@@ -729,21 +740,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fairdyn {command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fairdyn {command}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
-              file=sys.stderr)  # fmt: skip
-        return 130
+        return interrupted()
     except BrokenPipeError:  # the reader of the output went away (`fairdyn tasks | head`): as other Unix tools, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
     except Exception as err:  # a failure of the run, not of the input: one line unless asked for the traceback
+        if stopped_by and not debug:
+            return interrupted()
         if debug:
             raise
         print(f"fairdyn {command}: {type(err).__name__}: {err} (FAIRDYN_DEBUG=1 or --debug shows the traceback)",
               file=sys.stderr)  # fmt: skip
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

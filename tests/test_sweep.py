@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -77,9 +78,13 @@ def test_sweep_layout(uninterrupted):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path):
-    """Killed while step10 loads: step10's weights file is a named pipe for that run, so the sweep
-    finishes step0 and then blocks opening it, whatever the machine's speed."""
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
+def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints, winobias_dir, tmp_path, stop):
+    """Killed (or stopped by SIGTERM, as a scheduler does, or Ctrl-C) while step10 loads: step10's
+    weights file is a named pipe for that run, so the sweep finishes step0 and then blocks opening
+    it, whatever the machine's speed. A stop it can catch is said in one line, exit 130, also when
+    it arrives inside safetensors' open (native code, which Python's handler waits for): the pipe
+    is then opened and closed, that open returns and the load fails, and the stop is what is said."""
     out = tmp_path / "killed"
     weights = tiny_checkpoints / "step10" / "model.safetensors"
     saved = tmp_path / "step10.safetensors"
@@ -87,17 +92,24 @@ def test_killed_sweep_resumes_to_the_same_folder(uninterrupted, tiny_checkpoints
     os.mkfifo(weights)
     try:
         proc = subprocess.Popen(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         deadline = time.time() + 300
         while not (out / "step0" / "checkpoint.json").exists() and time.time() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(stop)
+        if stop != signal.SIGKILL:
+            time.sleep(1)  # the handler has run (it waits for the native open)
+            threading.Thread(target=lambda: open(weights, "wb").close(), daemon=True).start()
+        _, stderr = proc.communicate(timeout=120)
     finally:
         weights.unlink()
         shutil.move(saved, weights)
     assert (out / "step0" / "checkpoint.json").exists()
     assert not (out / "step10").exists() and not (out / "step20").exists()
+    if stop != signal.SIGKILL:
+        assert proc.returncode == 130, stderr[-2000:]
+        said = "fairdyn sweep: stopped (interrupted); finished work is kept, the same command resumes a sweep"
+        assert stderr.splitlines().count(said) == 1 and "Error:" not in stderr.replace("KeyboardInterrupt", "")
     rerun = subprocess.run(
         sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True, text=True
     )
