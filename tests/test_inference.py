@@ -241,3 +241,21 @@ def test_an_unavailable_interval_names_its_cause():
     # the cause the table shows: one pair at the step, so no interval
     table = inference.gap_table(planted_prompts(0.0, lines=1).assign(step=0), "jsdp", inference.DEFAULT_MARGINS["jsdp"])
     assert table["verdict"].iloc[0] == "unavailable" and table["pairs"].iloc[0] == 1
+
+
+@pytest.mark.parametrize(("current", "regressed"), [(-0.025, False), (-0.1, True), (0.1, True), (0.0, False)])
+def test_regression_check_assumes_no_sign_for_a_baseline_near_zero(current, regressed):
+    """A baseline of +0.02 whose interval contains 0 (the sentences vary much, the two models'
+    differences on a sentence little): a flip to -0.025 is |gap| up by 0.005, within the bound,
+    although the signed change (-0.045) is far beyond it; a flip to -0.1 is a regression."""
+    rng = np.random.default_rng(5)
+    sentences = rng.normal(0, 0.1, 100)
+    baseline = pd.DataFrame({"difference": 0.02 + sentences - sentences.mean() + rng.normal(0, 0.01, 100)})
+    moved = pd.DataFrame({"difference": baseline["difference"] + (current - 0.02) + rng.normal(0, 0.01, 100)})
+    _, low, high = inference.interval([baseline["difference"]], np.mean, Bootstrap())
+    assert low < 0 < high  # no side
+    rows = inference.regression_check(baseline, moved, None, 0.01)
+    assert [r["check"].startswith("regression: |gap| grew") for r in rows] == [True, True]
+    assert (not all(r["ok"] for r in rows)) is regressed, rows
+    downwards = rows[1]["estimate"]  # min(-(c - b), -(c + b)): |gap| grew downwards by at most this
+    assert downwards == pytest.approx(min(-(moved - baseline).mean().item(), -(moved + baseline).mean().item()))
