@@ -111,3 +111,47 @@ def test_the_early_stop_line_says_so_when_the_final_checkpoint_is_the_fairest():
     assert stop.chosen_step == stop.final_step == 400
     assert stop.sentence().startswith("No earlier stop: the final checkpoint (step 400) has the smallest |gap|")
     assert "gives up" not in stop.sentence()
+
+
+def _answering_alike(prompts, answer):
+    """The prompts as a model gives them that answers ``answer`` to every prompt whatever the sentence."""
+    out = prompts.copy()
+    unspecified = out["gold"] == "unspecified"
+    out.loc[unspecified, "assumed"] = answer
+    out.loc[~unspecified, "acc"] = (out.loc[~unspecified, "gold"] == answer).astype(float)
+    return out
+
+
+def test_a_checkpoint_that_answers_alike_is_degenerate_not_a_verdict_on_the_choice_gap():
+    """Steps 0 and 1 answer 'female' (then 'male') to every prompt; steps 2-3 answer 'male' to the
+    "not specified" prompts of a half of the pairs and right on every referent prompt (a bias, not a
+    degenerate model). Only the first two read as degenerate; JSD-P verdicts are untouched."""
+    from conftest import planted_prompts
+
+    from lm_eval_fairdyn.dynamics import analysis, inference
+    from lm_eval_fairdyn.dynamics.report import verdict_line
+
+    base = [planted_prompts(0.0, lines=80, assume=0.0, rng_seed=s).assign(step=s) for s in range(4)]
+    prompts = [_answering_alike(base[0], "female"), _answering_alike(base[1], "male")]
+    for step in (2, 3):
+        biased = base[step].assign(acc=1.0)
+        chosen = (biased["gold"] == "unspecified") & (biased["line"] % 2 == 0)
+        biased.loc[chosen, "assumed"] = "male"
+        prompts.append(biased)
+    prompts = pd.concat(prompts)
+    dominant = inference.dominant_answers(prompts)
+    assert list(dominant["answer"][:2]) == ["female", "male"] and list(dominant["share"][:2]) == [1.0, 1.0]
+    assert (dominant["share"][2:] < 0.9).all()  # right on the referent prompts: not alike
+    rows = [{"run": "r", "step": s, "task": "winobias_fairdyn", "metric": "jsdp_gap", "value": 0.0} for s in range(4)]
+    settings = analysis.Settings(performance="none", n_resamples=999)
+    choice = analysis.analyze_run(pd.DataFrame(rows), "r", settings, prompts, True, "winobias_fairdyn", "choice")
+    assert list(choice.significance["verdict"][:2]) == ["degenerate", "degenerate"]
+    assert list(choice.significance["verdict"][2:]) == ["favours_male", "favours_male"]  # 50% - 0%
+    assert "Degenerate checkpoints (one answer to nearly every prompt, no verdict): 0 ('female' 100%)" in verdict_line(
+        choice
+    )
+    jsdp = analysis.analyze_run(pd.DataFrame(rows), "r", settings, prompts, True, "winobias_fairdyn", "jsdp")
+    assert "degenerate" not in set(jsdp.significance["verdict"])
+    never = analysis.Settings(performance="none", n_resamples=999, degenerate_share=1.01)
+    again = analysis.analyze_run(pd.DataFrame(rows), "r", never, prompts, True, "winobias_fairdyn", "choice")
+    assert "degenerate" not in set(again.significance["verdict"])
