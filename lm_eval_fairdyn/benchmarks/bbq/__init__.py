@@ -29,7 +29,7 @@ LIMITS = (
 def describe(task: str, settings: dict) -> TaskInfo:
     category = (settings.get("dataset_kwargs") or {}).get("category")
     axis = (category or task.removeprefix(PREFIX)).lower().replace("_", " ")  # "Race_x_SES" -> "race x ses"
-    return TaskInfo(task, "bbq", axis, STEREOTYPE, unit="template", data_source=f"{BBQ_LABEL} ({category or task})",
+    return TaskInfo(task, "bbq", axis, STEREOTYPE, unit="template", answers_are_sides=False, data_source=f"{BBQ_LABEL} ({category or task})",
                     limits=LIMITS)  # fmt: skip
 
 
