@@ -105,7 +105,8 @@ def _verdict_lines(results_path: Path) -> list[str]:
         return []
     lines = []
     for task in sorted({t for t, name in data.values if name == metric("jsdp")}):
-        sides = registry.describe(task, data.settings.get(task)).sides or registry.DEFAULT_SIDES
+        info = registry.describe(task, data.settings.get(task))
+        sides = info.sides or registry.DEFAULT_SIDES
         if task not in data.prompt_files:
             lines.append(f"{task}: no verdict without per-prompt values: add --log_samples")
             continue
@@ -113,8 +114,7 @@ def _verdict_lines(results_path: Path) -> list[str]:
         row = inference.gap_table(prompts, "jsdp", inference.DEFAULT_MARGINS["jsdp"], sides=sides).iloc[0]
         words = inference.explanations(sides)[row["verdict"]].format(confidence="99%")
         if row["verdict"] == "unavailable":
-            unit = registry.describe(task, data.settings.get(task)).unit
-            words = "no interval: " + inference.unavailable_reason(prompts, "jsdp", int(row["pairs"]), unit)
+            words = "no interval: " + inference.unavailable_reason(prompts, "jsdp", int(row["pairs"]), info.unit)
         lines.append(f"{task}: {row['verdict']} (JSD-P gap {sides.label} {row['gap']:+.4f}, 99% interval "
                      f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {int(row['pairs'])} groups): {words}")  # fmt: skip
     return lines

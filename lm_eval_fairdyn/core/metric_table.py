@@ -82,18 +82,21 @@ def register_strata(task_family: str, strata: dict[str, tuple[str, ...]], sided_
     by_name.cache_clear()
 
 
+def _declared() -> dict[str, tuple[dict[str, tuple[str, ...]], bool]]:
+    """Every family's strata, once every benchmark folder is imported (each declares its own)."""
+    from lm_eval_fairdyn.core import registry
+
+    registry.benchmarks()
+    return _STRATA
+
+
 def strata(task_family: str) -> tuple[dict[str, tuple[str, ...]], bool] | None:
     """The strata ``task_family`` declared, or None for a family with a table of its own (sided)."""
-    if task_family not in _STRATA:
-        from lm_eval_fairdyn.core import registry
-
-        registry.benchmarks()  # every benchmark folder imported, so each has declared its strata
-    return _STRATA.get(task_family)
+    return _STRATA.get(task_family) or _declared().get(task_family)
 
 
 def stratified_families() -> tuple[str, ...]:
-    strata("")
-    return tuple(_STRATA)
+    return tuple(_declared())
 
 
 def family(dataset: str) -> str:

@@ -164,8 +164,8 @@ PURPOSES = ("eval", "monitor")
 
 
 def default_task(purpose: str) -> str:
-    """The package's default task for ``purpose`` (one of PURPOSES): the first benchmark's, in
-    folder order, that offers one."""
+    """The package's default task for ``purpose`` (one of PURPOSES): that of the first benchmark
+    (in :func:`benchmarks`' order) that offers one."""
     for candidate in benchmarks():
         if purpose in candidate.default_tasks:
             return candidate.default_tasks[purpose]

@@ -401,9 +401,11 @@ def analyze_run(
         alike = dominant["share"] >= settings.degenerate_share
         verdicts["dominant_answer"], verdicts["dominant_share"] = dominant["answer"], dominant["share"]
         verdicts.loc[alike, "verdict"] = "degenerate"
-    unavailable = verdicts["verdict"] == "unavailable"
-    fewest = int(verdicts.loc[unavailable, "pairs"].fillna(0).min()) if unavailable.any() else None
-    note = inference.unavailable_reason(prompts, measure, fewest, info.unit) if unavailable.any() else ""
+    unavailable = verdicts["verdict"] == "unavailable"  # every step when there are no pairs
+    note = ""
+    if unavailable.any():
+        fewest = int(verdicts.loc[unavailable, "pairs"].fillna(0).min())
+        note = inference.unavailable_reason(prompts, measure, fewest, info.unit)
     paper = paper_test(table, run, task, measure, settings.correction)
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
@@ -447,7 +449,7 @@ def analyze_run(
         axis=info.axis,
         limits=info.limits,
         performance_note=settings.performance_note,
-        unavailable_note=note or ("" if pairs else inference.unavailable_reason(prompts, measure, None, info.unit)),
+        unavailable_note=note,
     )
 
 

@@ -234,7 +234,7 @@ def verdict_line(r: RunAnalysis) -> str:
     final = r.significance["verdict"].iloc[-1]
     counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
     confidence = f"{100 * r.confidence:g}%"
-    limited = f" {r.limit_note}." if r.limit_note else ""
+    notes = f" {r.limit_note}." if r.limit_note else ""
     words = inference.explanations(r.sides)[final].format(confidence=confidence)
     if final == "unavailable" and r.unavailable_note:
         words = f"no interval: {r.unavailable_note}"
@@ -246,10 +246,10 @@ def verdict_line(r: RunAnalysis) -> str:
     if len(alike):
         shown = ", ".join(f"{step} ('{sig.at[step, 'dominant_answer']}' {sig.at[step, 'dominant_share']:.0%})"
                           for step in alike[:8]) + (", ..." if len(alike) > 8 else "")  # fmt: skip
-        limited += f" Degenerate checkpoints (one answer to nearly every prompt, no verdict): {shown}."
+        notes += f" Degenerate checkpoints (one answer to nearly every prompt, no verdict): {shown}."
     return (
         f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: {words}. Verdicts over "
-        f"{len(r.significance)} checkpoints: {counts}.{limited}"
+        f"{len(r.significance)} checkpoints: {counts}.{notes}"
     )
 
 

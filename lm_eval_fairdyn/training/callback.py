@@ -1,8 +1,8 @@
 """``FairnessCallback``: the fairness evaluation inside a transformers ``Trainer`` loop.
 
-Every ``every`` steps (and/or at the listed ``steps``) the callback evaluates lm-eval tasks
-(by default the registry's ``monitor`` task, ``core.registry.default_task``) on the model in memory through the same code path as
-``fairdyn eval`` (``lm_eval.simple_evaluate`` with the ``hf-fairdyn`` model wrapped around the
+Every ``every`` steps (and/or at the listed ``steps``) the callback evaluates lm-eval tasks (by
+default the registry's ``monitor`` task, ``core.registry.default_task``) on the model in memory
+through the same code path as ``fairdyn eval`` (``lm_eval.simple_evaluate`` with the ``hf-fairdyn`` model wrapped around the
 training model), and passes the aggregates to ``trainer.log``, so the log history, TensorBoard,
 Weights & Biases and every other ``report_to`` integration receive them as
 ``fairdyn/<task>/<metric>``.
