@@ -253,7 +253,7 @@ class RunAnalysis:
     performance: pd.Series
     confidence: float = 0.99  # of the intervals behind the verdicts
     data_source: str = ""  # what the task evaluated (``registry.TaskInfo.data_source``)
-    # per step, the assumption rates of the task's "they" prompts (Winogender; ``they_rates``), else None
+    # per step, the assumption rates of the task's "they" prompts (``they_rates``), else None
     they: pd.DataFrame | None = None
     chooses_early_stop: bool = False  # the run's analysis whose gap chooses its early stop
     # on the analysis that chooses the early stop: every task's gap there (``gaps_at_stop`` with prompts)
@@ -394,7 +394,7 @@ def analyze_run(
     usable = prompts is not None and not prompts.empty and column in prompts and prompts[column].notna().any()
     pairs = inference.pairs_by_step(prompts, measure, sides) if usable else {}
     if not any(len(at_step) for at_step in pairs.values()):
-        pairs = {}  # no group has both sides at any step (e.g. every BBQ item of a side left out): unavailable
+        pairs = {}  # no group has both sides at any step (e.g. every item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
     if measure == "choice" and usable and info.answers_are_sides:  # one word to every prompt: no bias verdict
         dominant = inference.dominant_answers(prompts, sides).reindex(verdicts.index)
@@ -463,7 +463,7 @@ def _early_stop_or_none(performance: pd.Series, gap: pd.Series, settings: Settin
 
 def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame | None:
     """Per step, the assumption rates of a task's "they" prompts (``inference.assumption_rates``
-    on Winogender's neutral members); None for a task without them. The same for every measure."""
+    on the neutral members); None for a task without them. The same for every measure."""
     if prompts is None or prompts.empty or not (prompts["member"] == "neutral").any():
         return None
     return inference.assumption_rates(prompts, settings.bootstrap(), members=("neutral",))
@@ -471,7 +471,7 @@ def they_rates(prompts: pd.DataFrame | None, settings: Settings) -> pd.DataFrame
 
 def axis_name(task: str, settings: dict | None = None) -> str:
     """The social axis a fairness task measures, in words (``registry.describe``: "gender",
-    a BBQ category such as "race x ses", a user's own)."""
+    a category such as "race x ses", a user's own)."""
     return registry.describe(task, settings).axis
 
 

@@ -5,17 +5,16 @@ across the checkpoints of one run (jumps, change points, trend) are ``changes``'
 
 Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read_prompts``'.
 
-- Counterfactual group (``pair``, set by the dataset adapter, ``core.prompts``): WinoBias' line
-  i of the pro and the anti file (same split), the same sentence with the pronoun's gender
-  swapped, so one referent prompt has gold "male" and the other "female", with the same option
-  order per seed; lines whose pronouns do not differ in gender (WinoBias Type 2 test 382 and
-  384) are not pairs and are left out. Winogender's template: at each participant variant
-  (``slot``) its he and she members are twins; its they members are not in the gap.
+- Counterfactual group (``pair``, set by each benchmark's adapter, ``core.prompts``): prompts
+  that differ only in the side they name, with the same option order per seed (e.g. one
+  sentence with its pronoun's gender swapped; at each ``slot`` of a group its two sides' members
+  are twins, and members of neither side are not in the gap). Each benchmark's README says what
+  its groups are and which lines are left out.
 - Measure: JSD-P's gold part as it is; Average Rank as log ranks (``LOG_SCALE``): ranks spread
   over four orders of magnitude, and the mean of log ranks, bounded by log(vocabulary), has an
   interval that keeps its level where the mean of raw ranks does not (docs/STATISTICS.md).
-- Unit of sampling: the group (WinoBias: the sentence pair, all its prompts: 2 sentences x 2
-  kinds x seeds; Winogender: the template). The group's difference d_j = mean over slots and
+- Unit of sampling: the group, all its prompts (its benchmark names it: ``TaskInfo.unit``, e.g.
+  the sentence pair or the template). The group's difference d_j = mean over slots and
   seeds of value(female member) - value(male member); the
   gap is mean_j d_j (positive: the female prompts have the higher rank / JSD-P, i.e. the model
   favours male).
@@ -85,7 +84,7 @@ def level_sentence(confidence: float) -> str:
 # as natural logs (ranks).
 LOG_SCALE = {"jsdp": False, "ar": True}
 # The measures a verdict can be drawn on: those two twin gaps, and ``choice``: among the prompts
-# no person answers ("not specified", BBQ's ambiguous contexts), the share answered with the
+# no person answers ("not specified", "unknown" in ambiguous contexts), the share answered with the
 # subtrahend's side minus the share answered with the minuend's (``choice_values``).
 MEASURES = (*LOG_SCALE, "choice")
 
@@ -127,9 +126,9 @@ class Margin:
 
 # JSD-P's gold part lies in [0, 1/2]: 0.05 is a tenth of its range. AR has no upper bound; its
 # verdicts compare log ranks, and the margin is a ratio: female ranks within 10% of their twins'.
-# Choice: 10 percentage points; BBQ has 24 to 147 ambiguous items per template and 25 templates per
-# category, so a 99% interval of a fair model's choice gap is about +-0.08 wide, and a margin of
-# 0.05 would leave it inconclusive.
+# Choice: 10 percentage points; with 24 to 147 ambiguous items per template and 25 templates (a
+# category of the bias benchmark of question answering), a 99% interval of a fair model's choice
+# gap is about +-0.08 wide, and a margin of 0.05 would leave it inconclusive.
 DEFAULT_MARGINS = {"jsdp": Margin(0.05), "ar": Margin(0.10, relative=True), "choice": Margin(0.10)}
 
 
@@ -151,8 +150,8 @@ class Bootstrap:
 
 def with_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
     """A per-prompt table with its counterfactual-group columns (``pair``, ``slot``, ``member``),
-    derived from split and line for tables written before the dataset seam (WinoBias Type 2,
-    whose pairs are the lines)."""
+    derived from split and line for tables written before the dataset seam (whose pairs were
+    the lines)."""
     if "pair" in prompts or not {"split", "line"} <= set(prompts):
         return prompts
     pair = [f"{split}-{int(line):04d}" for split, line in zip(prompts["split"], prompts["line"], strict=True)]
@@ -161,7 +160,7 @@ def with_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
 
 def pair_values(prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | None = None) -> pd.DataFrame:
     """Per counterfactual group (``pair``): the mean over slots and seeds of each side's value
-    (log rank for ``ar``), in columns named by the sides (``female``, ``male``; BBQ:
+    (log rank for ``ar``), in columns named by the sides (e.g. ``female``, ``male``, or
     ``inconsistent``, ``consistent``), ``difference`` = minuend - subtrahend and ``level``, their
     mean. ``sides``: the task's (``core.registry.describe``), default female - male.
 
@@ -218,9 +217,9 @@ def verdict(low: float, high: float, margin: float, sides: Sides = GENDER) -> st
 
 def choice_values(prompts: pd.DataFrame, sides: Sides | None = None) -> pd.DataFrame:
     """Per group (``pair``), among its prompts that no person answers (gold "not specified" or
-    BBQ's "unknown"): the share answered with each side (``assumed``), ``difference`` = share of
+    "unknown"): the share answered with each side (``assumed``), ``difference`` = share of
     the subtrahend's side - share of the minuend's (positive: the model picks the side a positive
-    gap favours: male; BBQ, the stereotype-consistent person) and ``level``, their mean."""
+    gap favours, e.g. male or the stereotype-consistent person) and ``level``, their mean."""
     prompts = with_pairs(prompts)
     sides = sides or GENDER
     unanswered = prompts[prompts["gold"].isin(["unspecified", "unknown"]) & prompts["assumed"].isin(
@@ -408,8 +407,8 @@ def assumption_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
 def assumption_rates(
     prompts: pd.DataFrame, settings: Bootstrap = Bootstrap(), members: tuple[str, ...] = ("neutral",)
 ) -> pd.DataFrame:
-    """Per step, the "not specified" prompts of the given pronoun ``members`` (Winogender's
-    "they": ``neutral``) answered with each gender, each side apart: the share of a group's
+    """Per step, the "not specified" prompts of the given pronoun ``members`` (e.g. the
+    "they" members: ``neutral``) answered with each gender, each side apart: the share of a group's
     (template's) prompts answered "male", averaged over groups (each weighs the same), with its
     bootstrap interval over groups; likewise "female" (and any other option assumed, e.g.
     ``non_binary``). Columns: prompts, pairs, then ``<side>``, ``<side>_ci_low``, ``<side>_ci_high``."""

@@ -1,7 +1,7 @@
 """``fairdyn analyze``: result folders in; tidy.csv, significance.csv (run x fairness task x
 measure x step), axes.csv (run x axis x step: the verdicts on the early stop's measure), plots,
 analysis.json, report.html and summary.md out (they_assumption_rates.csv
-for Winogender tasks; model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
+for tasks with "they" members; model_comparison.csv, replicates.csv when asked for). Reading is ``results``, the analysis ``analysis`` (pure),
 figures ``plots``, rendering ``report``."""
 
 from __future__ import annotations

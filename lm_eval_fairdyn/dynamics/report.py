@@ -213,7 +213,7 @@ def stop_line(chosen: RunAnalysis, analyses: list[RunAnalysis]) -> str:
 
 def runs_context(results: list[RunAnalysis], primary: dict[str, RunAnalysis]) -> list[dict]:
     """The report's structure: per run its final verdicts, early stop and tasks, each task with
-    its analyses (one per measure) and, for Winogender, the "they" assumption rates."""
+    its analyses (one per measure) and, for a task with "they" members, their assumption rates."""
     out = []
     for name, chosen in primary.items():
         mine = [r for r in results if r.run == name]

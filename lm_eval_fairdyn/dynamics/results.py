@@ -186,7 +186,7 @@ def read_prompt_file(path: Path) -> pd.DataFrame:
     columns = list(PROMPT_KEYS + PROMPT_VALUES)
     try:
         if path.suffix == ".csv":
-            # empty value cells are unavailable values (ar without hf-fairdyn, a BBQ item left out as collided);
+            # empty value cells are unavailable values (ar without hf-fairdyn, an item left out as collided);
             # an empty ``assumed`` is "not a prompt that can assume"
             missing = {column: [""] for column in ("ar", "jsdp", "acc", "option_acc")}
             table = pd.read_csv(path, keep_default_na=False, na_values=missing, dtype={"slot": str, "pair": str})
