@@ -712,6 +712,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_flags(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> str:
+    """One line for arguments the command does not take, with the closest flag it does take."""
+    from lm_eval_fairdyn.core.inputs import did_you_mean
+
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    chosen = subcommands.choices.get(command, parser)
+    flags = [o for o in chosen._option_string_actions if o.startswith("--")]
+    first = unknown[0].split("=")[0]
+    help_command = f"fairdyn {command} --help" if command else "fairdyn --help"
+    return (f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}{did_you_mean(first, flags)}; "
+            f"`{help_command}` lists the flags")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
     regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
@@ -723,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--debug"]:
         debug, argv = True, argv[1:]
     command = argv[0] if argv and not argv[0].startswith("-") else ""
+    prog = f"fairdyn {command}" if command else "fairdyn"
     parser = build_parser()
 
     from lm_eval_fairdyn.core.errors import UserInputError
@@ -731,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped_by: list[int] = []
 
     def interrupted() -> int:
-        print(f"fairdyn {command}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
+        print(f"{prog}: stopped (interrupted); finished work is kept, the same command resumes a sweep",
               file=sys.stderr)  # fmt: skip
         return 130
 
@@ -747,7 +761,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
             return run_lm_eval(argv[1:])
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise UserInputError(_unknown_flags(parser, args.command, unknown))
         if args.command is None:
             parser.print_help()
             return 0
@@ -757,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:  # the message names the input and what to do: no traceback
         if debug:
             raise
-        print(f"fairdyn {command}: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return interrupted()
@@ -769,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             return interrupted()
         if debug:
             raise
-        print(f"fairdyn {command}: {type(err).__name__}: {err} (FAIRDYN_DEBUG=1 or --debug shows the traceback)",
+        print(f"{prog}: {type(err).__name__}: {err} (FAIRDYN_DEBUG=1 or --debug shows the traceback)",
               file=sys.stderr)  # fmt: skip
         return 1
     finally:
