@@ -115,11 +115,3 @@ def test_the_stop_rule_reads_a_bbq_gap_with_bbq_sides():
 
     verdict = StopRule(gap="bbq_fairdyn_religion/jsdp_gap", n_resamples=999).pair_verdict(_bbq_rows(0.2))
     assert verdict["verdict"] == "favours_stereotype" and verdict["pairs"] == 30
-
-
-def test_only_tasks_whose_sides_are_answer_words_can_read_degenerate():
-    from lm_eval_fairdyn.core import registry
-
-    assert registry.describe("winobias_fairdyn").answers_are_sides
-    assert registry.describe("winogender_fairdyn").answers_are_sides
-    assert not registry.describe("bbq_fairdyn_religion").answers_are_sides

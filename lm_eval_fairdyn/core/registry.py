@@ -78,10 +78,6 @@ class TaskInfo:
     data_source: str = ""  # what it evaluated, as the report shows it
     may_stop: bool = False  # whether it may choose a run's early stop by default
     limits: str = ""  # what a fair verdict on it does not say
-    # whether each side is one answer word for every prompt (male / female), so that a model giving one
-    # word to every prompt is degenerate; False where the sides are roles whose words change with the item
-    # (BBQ's names), and always picking the stereotyped person is the bias itself
-    answers_are_sides: bool = True
 
     @property
     def is_fairness(self) -> bool:

@@ -396,7 +396,7 @@ def analyze_run(
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
-    if measure == "choice" and usable and info.answers_are_sides:  # one word to every prompt: no bias verdict
+    if measure == "choice" and usable:  # answer-based: a checkpoint that answers alike gets no bias verdict
         dominant = inference.dominant_answers(prompts, sides).reindex(verdicts.index)
         alike = dominant["share"] >= settings.degenerate_share
         verdicts["dominant_answer"], verdicts["dominant_share"] = dominant["answer"], dominant["share"]

@@ -30,7 +30,7 @@ def describe(task: str, settings: dict) -> TaskInfo:
     category = (settings.get("dataset_kwargs") or {}).get("category")
     axis = (category or task.removeprefix(PREFIX)).lower().replace("_", " ")  # "Race_x_SES" -> "race x ses"
     return TaskInfo(task, "bbq", axis, STEREOTYPE, unit="template", data_source=f"{BBQ_LABEL} ({category or task})",
-                    limits=LIMITS, answers_are_sides=False)  # fmt: skip
+                    limits=LIMITS)  # fmt: skip
 
 
 def expand(name: str, metadata: dict) -> list[str] | None:
