@@ -101,8 +101,7 @@ def test_check_refuses_an_interval_it_cannot_compute(tmp_path):
 
 
 @pytest.mark.parametrize("verdict, stops", [("favours_stereotype", True), ("against_stereotype", True),
-                                            ("fair", False), ("inconclusive", False), ("unavailable", False),
-                                            ("degenerate", False)])  # fmt: skip
+                                            ("fair", False), ("inconclusive", False), ("unavailable", False)])  # fmt: skip
 def test_the_stop_rule_stops_on_any_sided_verdict_of_its_task(verdict, stops):
     from lm_eval_fairdyn.training.callback import StopRule
 

@@ -293,9 +293,7 @@ def test_a_bias_planted_on_one_bbq_axis_emerges_there_and_on_no_other(suite_root
         religion = by[("bbq_fairdyn_religion", measure)]
         assert religion.emergence_step is not None and religion.emergence_step <= after, measure
         assert religion.significance["verdict"].iloc[-1] == "favours_stereotype"
-        # before the switch no side; on the answer-based gap an early checkpoint may answer alike (degenerate)
-        unbiased = {"fair", "inconclusive"} | ({"degenerate"} if measure == "choice" else set())
-        assert set(religion.significance.loc[: switch - 1, "verdict"]) <= unbiased
+        assert set(religion.significance.loc[: switch - 1, "verdict"]) <= {"fair", "inconclusive"}
         for other in tasks[1:]:
             assert by[(other, measure)].emergence_step is None, (other, measure)
             assert by[(other, measure)].significance["verdict"].iloc[-1] in ("fair", "inconclusive"), (other, measure)
