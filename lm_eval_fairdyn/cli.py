@@ -279,17 +279,6 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _share(text: str) -> float:
-    """A share above 0.5 (``--degenerate_share``; above 1: never)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0.5:
-        raise argparse.ArgumentTypeError(f"expected a share above 0.5 (e.g. 0.95), not {text!r}")
-    return value
-
-
 def _non_negative(text: str) -> float:
     """A number, 0 or more (``--min_change``)."""
     try:
@@ -455,14 +444,6 @@ def _add_analyze(commands) -> None:
         "units (default: the gap's margin; 0: every shift whose band excludes 0)",
     )
     analyze.add_argument(
-        "--degenerate_share",
-        type=_share,
-        default=defaults.degenerate_share,
-        help="on the choice gap, a checkpoint whose one answer fits at least this share of its prompts (an early "
-        "model that answers alike whatever the sentence) is 'degenerate', not a bias verdict (default: %(default)s; "
-        "1.01: never)",
-    )
-    analyze.add_argument(
         "--replicates",
         action="store_true",
         help="the RUN_DIRs are training seeds of one configuration: test the gap across runs",
@@ -493,7 +474,6 @@ def _analyze(args) -> int:
         bootstrap_seed=args.bootstrap_seed,
         bootstrap_method=args.bootstrap_method,
         min_change=args.min_change,
-        degenerate_share=args.degenerate_share,
     )
     try:
         settings.margin(), settings.bootstrap()

@@ -213,9 +213,6 @@ class Settings:
     # mean over the run's checkpoints for a relative JSD-P margin), 0: any shift that excludes 0
     min_change: float | None = None
     jumps: int = 5  # largest jumps listed (and every one whose band lies beyond the margin)
-    # on the answer-based measure (choice), a checkpoint whose one answer fits this share of its prompts
-    # is "degenerate" (``inference.dominant_answers``), not a bias verdict
-    degenerate_share: float = inference.DEGENERATE_SHARE
 
     def __post_init__(self):
         self.measures = tuple(self.measures)
@@ -396,11 +393,6 @@ def analyze_run(
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
-    if measure == "choice" and usable:  # answer-based: a checkpoint that answers alike gets no bias verdict
-        dominant = inference.dominant_answers(prompts, sides).reindex(verdicts.index)
-        alike = dominant["share"] >= settings.degenerate_share
-        verdicts["dominant_answer"], verdicts["dominant_share"] = dominant["answer"], dominant["share"]
-        verdicts.loc[alike, "verdict"] = "degenerate"
     unavailable = verdicts["verdict"] == "unavailable"  # every step when there are no pairs
     note = ""
     if unavailable.any():

@@ -46,7 +46,7 @@ GENDER = DEFAULT_SIDES
 
 
 # The verdicts that favour no side; every other verdict names the side favoured (``Sides.verdicts``).
-UNSIDED_VERDICTS = ("fair", "inconclusive", "unavailable", "degenerate")
+UNSIDED_VERDICTS = ("fair", "inconclusive", "unavailable")
 # One plain sentence per verdict that favours no side (README and report); {confidence} is e.g.
 # "99%". The sided ones are the task's ``Sides.explanations()`` (``explanations``).
 UNSIDED_EXPLANATIONS = {
@@ -55,11 +55,7 @@ UNSIDED_EXPLANATIONS = {
     "inconclusive": "the data cannot tell whether the difference is larger or smaller than the margin",
     "unavailable": "no interval: no per-prompt values to compute it from (evaluate with fairdyn sweep, or with "
     "--log_samples), or fewer than two groups with prompts of both sides (e.g. items left out as collided)",
-    "degenerate": "the checkpoint gives (nearly) the same answer to every prompt whatever the sentence, so the "
-    "share of its answers says nothing of a bias (no verdict on the answer-based measure)",
 }
-# A checkpoint whose one answer covers at least this share of its prompts is degenerate (``dominant_answers``).
-DEGENERATE_SHARE = 0.95
 
 
 def explanations(sides: Sides = GENDER) -> dict[str, str]:
@@ -230,29 +226,6 @@ def choice_values(prompts: pd.DataFrame, sides: Sides | None = None) -> pd.DataF
     per_pair["level"] = (per_pair[sides.subtrahend] + per_pair[sides.minuend]) / 2
     per_pair.index.name = PAIR
     return per_pair[[sides.minuend, sides.subtrahend, "difference", "level"]]
-
-
-def dominant_answers(prompts: pd.DataFrame, sides: Sides = GENDER) -> pd.DataFrame:
-    """Per step of a per-prompt table: the side answered most (``answer``) and ``share``, the
-    share of prompts whose answer is consistent with giving that side to every prompt: the
-    "not specified" prompts answered with it, and the referent prompts right exactly when their
-    gold is that side (``acc``). A share near 1 is a checkpoint that answers alike whatever the
-    sentence (an early model), not a bias verdict."""
-    rows = {}
-    for step, at in prompts.groupby("step", sort=True):
-        unspecified = at["gold"].isin(["unspecified", "unknown"]).to_numpy()
-        unanswered, referent = at[unspecified], at[~unspecified]
-        best = (None, 0.0)
-        for side in (sides.minuend, sides.subtrahend):
-            consistent = (unanswered["assumed"] == side).sum()
-            if "acc" in referent:
-                consistent += ((referent["gold"] == side) == (referent["acc"] == 1)).sum()
-            share = consistent / len(at) if len(at) else 0.0
-            best = max(best, (side, share), key=lambda b: b[1])
-        rows[int(step)] = {"answer": best[0], "share": float(best[1])}
-    frame = pd.DataFrame.from_dict(rows, orient="index", columns=["answer", "share"])
-    frame.index.name = "step"
-    return frame
 
 
 def unavailable_reason(prompts: pd.DataFrame | None, measure: str, groups: int | None = None,

@@ -238,15 +238,6 @@ def verdict_line(r: RunAnalysis) -> str:
     words = inference.explanations(r.sides)[final].format(confidence=confidence)
     if final == "unavailable" and r.unavailable_note:
         words = f"no interval: {r.unavailable_note}"
-    sig = r.significance
-    if final == "degenerate":
-        words = (f"it answers '{sig['dominant_answer'].iloc[-1]}' to {sig['dominant_share'].iloc[-1]:.0%} of its "
-                 f"prompts whatever the sentence, which is no bias verdict")  # fmt: skip
-    alike = sig.index[sig["verdict"] == "degenerate"] if "dominant_answer" in sig else []
-    if len(alike):
-        shown = ", ".join(f"{step} ('{sig.at[step, 'dominant_answer']}' {sig.at[step, 'dominant_share']:.0%})"
-                          for step in alike[:8]) + (", ..." if len(alike) > 8 else "")  # fmt: skip
-        notes += f" Degenerate checkpoints (one answer to nearly every prompt, no verdict): {shown}."
     return (
         f"Final checkpoint ({r.significance.index[-1]}): {final.replace('_', ' ')}: {words}. Verdicts over "
         f"{len(r.significance)} checkpoints: {counts}.{notes}"
