@@ -61,6 +61,9 @@ def run_lm_eval(argv: list[str]) -> int:
             parse_metadata(value)  # invalid JSON: one line, before lm-eval's traceback
     setup_logging()
     harness = HarnessCLI()
+    run_parser = getattr(harness, "_subparsers", None) and harness._subparsers.choices.get("run")
+    if isinstance(run_parser, argparse.ArgumentParser):  # lm-eval's flag errors as one line, as ours are
+        run_parser.error = lambda message: _Parser.error(run_parser, message)  # type: ignore[method-assign]
     saved_argv = sys.argv
     sys.argv = ["fairdyn eval", "run", *argv]
     try:
@@ -632,9 +635,20 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (a flag missing its value, a value of the wrong kind, a wrong choice)
+    as one line, exit 2, naming the help that lists the flags, instead of the usage block."""
+
+    def error(self, message: str):
+        from lm_eval_fairdyn.core.errors import UserInputError
+
+        prog = "fairdyn eval" if self.prog.startswith("lm-eval") else self.prog
+        raise UserInputError(f"{message}; `{prog} --help` lists the flags")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fairdyn`` command's parser (``eval`` is lm-eval's own, parsed by lm-eval)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fairdyn",
         description=DESCRIPTION.format(
             intro=textwrap.fill(INTRO.format(benchmarks=registry.summaries()), 94), default_task=DEFAULTS.tasks[0]

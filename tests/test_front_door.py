@@ -80,6 +80,16 @@ CASES = [
          "--max-gap", "0.1"), 2, ("no such file",)),
     Case("analyze: a misspelt flag", ("analyze", "{tmp}", "--gapp", "jsdp"), 2,
          ("unrecognized arguments --gapp jsdp", "did you mean '--gap'?", "fairdyn analyze --help")),
+    Case("eval: a flag without its value (lm-eval's parser)", (*EVAL, "--tasks"), 2,
+         ("argument --tasks/-t: expected at least one argument", "fairdyn eval --help")),
+    Case("sweep: a flag without its value", (*SWEEP, "--batch_size"), 2,
+         ("argument --batch_size: expected one argument", "fairdyn sweep --help")),
+    Case("analyze: a choice the flag lacks", ("analyze", "{tmp}", "--gap", "jsd"), 2,
+         ("argument --gap: invalid choice: 'jsd'", "fairdyn analyze --help")),
+    Case("check: a required flag left out", ("check", "{tmp}/r.json"), 2,
+         ("the following arguments are required: --baseline",)),
+    Case("sweep: neither --checkpoints nor --revisions", ("sweep", "--output_path", "{tmp}/out"), 2,
+         ("one of the arguments --checkpoints", "is required")),
     Case("a flag no command takes", ("--bogus",), 2, ("fairdyn: unrecognized argument --bogus",)),
     Case("tasks: a task folder that does not exist", ("tasks", "--include_path", "{tmp}/nowhere"), 2,
          ("--include_path", "no such folder")),
@@ -99,6 +109,7 @@ def places(tiny_checkpoints, tmp_path_factory):
 def _check(case: Case, rc: int, out: str, err: str, tmp: Path) -> None:
     assert rc == case.rc, f"{case.name}: exit {rc}\n{err[-3000:]}"
     assert "Traceback" not in err, f"{case.name}:\n{err[-3000:]}"
+    assert "usage:" not in err, f"{case.name}: argparse's usage block, not one line\n{err[-3000:]}"
     text = out if case.rc == 0 else err
     last = text.strip().splitlines()[-1]
     for part in case.expected:
