@@ -209,6 +209,7 @@ class Settings:
     n_resamples: int = 9999
     bootstrap_seed: int = 0
     bootstrap_method: str = "percentile"
+    student: bool = True  # intervals at least Student's t over the groups (inference.Bootstrap)
     # a change point's band must lie beyond +-min_change (gap units); None: the gap's margin (its
     # mean over the run's checkpoints for a relative JSD-P margin), 0: any shift that excludes 0
     min_change: float | None = None
@@ -228,7 +229,9 @@ class Settings:
         return inference.Margin.parse(getattr(self, f"margin_{measure or self.measures[0]}"))
 
     def bootstrap(self) -> inference.Bootstrap:
-        return inference.Bootstrap(self.confidence, self.n_resamples, self.bootstrap_seed, self.bootstrap_method)
+        return inference.Bootstrap(
+            self.confidence, self.n_resamples, self.bootstrap_seed, self.bootstrap_method, self.student
+        )
 
 
 @dataclass

@@ -18,8 +18,14 @@ Pure functions on pandas/numpy objects; the per-prompt tables are ``results.read
   seeds of value(female member) - value(male member); the
   gap is mean_j d_j (positive: the female prompts have the higher rank / JSD-P, i.e. the model
   favours male).
-- Interval: percentile bootstrap over pairs (``scipy.stats.bootstrap``, seeded), at
-  ``confidence`` (default 0.99).
+- Interval: percentile bootstrap over groups (``scipy.stats.bootstrap``, seeded), at
+  ``confidence`` (default 0.99), widened where needed to Student's t interval over the same
+  groups, mean +- t_{n-1} s / sqrt(n) (``Bootstrap.student``): with few groups (a benchmark of
+  12-25 templates, a user's small dataset) the bootstrap's spread is too small by
+  sqrt((n-1)/n) and its quantiles are normal ones (with 12 groups a 99% percentile interval
+  missed on one side in 1.5-2% of simulated checkpoints, nominal 0.5%; the union, 0.3-0.5%),
+  and with many groups the two agree, the bootstrap keeping the skewed side wider
+  (docs/STATISTICS.md).
 - Verdict: with margin m, ``favours_male`` if low > m, ``favours_female`` if high < -m,
   ``fair`` if -m < low and high < m, else ``inconclusive``. One level for every verdict: each
   is a one-sided test at (1 - confidence) / 2 = 0.005 (``fair``: both one-sided tests of a
@@ -130,12 +136,14 @@ DEFAULT_MARGINS = {"jsdp": Margin(0.05), "ar": Margin(0.10, relative=True), "cho
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """How intervals are computed: confidence level, resamples, generator seed, scipy method."""
+    """How intervals are computed: confidence level, resamples, generator seed, scipy method, and
+    ``student``: each interval is at least Student's t interval over the groups (see the module)."""
 
     confidence: float = 0.99
     n_resamples: int = 9999
     seed: int = 0
     method: str = "percentile"
+    student: bool = True
 
     def __post_init__(self):
         if not 0 < self.confidence < 1:
@@ -183,7 +191,10 @@ def pair_values(prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | Non
 
 def interval(samples, statistic, settings: Bootstrap = Bootstrap()) -> tuple[float, float, float]:
     """(estimate, low, high): ``statistic(*samples, axis=-1)`` and its bootstrap interval,
-    resampling the rows (sentence pairs) of all ``samples`` together (paired)."""
+    resampling the rows (groups) of all ``samples`` together (paired); with ``settings.student``
+    widened to at least ``student_interval`` of the rows' values. The statistic must be a mean
+    over rows of a value per row (every gap, change and rate here is): those values are the
+    statistic of each row alone."""
     samples = [np.asarray(s, dtype=float) for s in samples]
     n = len(samples[0])
     if n == 0:
@@ -195,7 +206,23 @@ def interval(samples, statistic, settings: Bootstrap = Bootstrap()) -> tuple[flo
         samples, statistic, paired=True, vectorized=True, confidence_level=settings.confidence,
         n_resamples=settings.n_resamples, method=settings.method, rng=np.random.default_rng(settings.seed),
     )  # fmt: skip
-    return estimate, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if settings.student:
+        rows = np.asarray(statistic(*[s[:, None] for s in samples], axis=-1), dtype=float)
+        if rows.shape != (n,) or not np.isclose(rows.mean(), estimate, rtol=1e-9, atol=1e-12):
+            raise ValueError("interval: the statistic is not a mean of one value per row; use student=False")
+        t_low, t_high = student_interval(rows, settings.confidence)
+        low, high = min(low, t_low), max(high, t_high)
+    return estimate, low, high
+
+
+def student_interval(values, confidence: float) -> tuple[float, float]:
+    """Student's t interval of the mean of ``values`` (one per group): mean -+ t_{n-1, (1 + c) / 2}
+    s / sqrt(n), s the standard deviation with n - 1 degrees of freedom."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
 
 
 def verdict(low: float, high: float, margin: float, sides: Sides = GENDER) -> str:
