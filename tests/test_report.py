@@ -140,7 +140,8 @@ def test_analyze_refuses_a_negative_min_change_and_goes_on_past_too_few_pairs(tm
     # paper's gap where no verdict can be drawn)
     assert few.returncode == 0 and "Traceback" not in few.stderr
     assert (
-        "run: 1 sentence pair(s) at every checkpoint: too few to resample (the per-prompt values of winobias_fairdyn, "
+        "run: 1 group(s) at every checkpoint: too few for an interval across checkpoints (the per-prompt values of "
+        "winobias_fairdyn, "
         "jsdp gap): no change points or jump intervals for it" in caplog.text
     )
     jsdp = json.loads((tmp_path / "out" / "analysis.json").read_text())["runs"]["run"]["winobias_fairdyn"]["jsdp"]
