@@ -15,6 +15,12 @@ values on the JSD-P scale.
 - Replicates (``inference.across_runs``): five runs sharing the sentences, no run-to-run spread.
 - ``fairdyn check`` (``inference.regression_check``): size at the bound (a growth of |gap|
   by exactly the bound, on the same side or by a sign flip), power, with 394 and 60 pairs.
+- Few groups (``few``; BBQ's 12-25 templates of a category, a user's 8): a template's value is
+  its effect (sd 0.03) plus the mean of 8 items' noise (t with 3 degrees of freedom, or a
+  skewed exponential, sd about 0.05 an item); per checkpoint, each side of the interval apart,
+  beside the percentile bootstrap alone; the choice gap of 8 ambiguous items a template with
+  template-level answer rates; across 40 checkpoints, template paths an AR(1) with phi 0.95 or
+  a random walk, a null or a jump of 6 template-level SE (of a neighbour difference) half-way.
 
     python scripts/calibration.py                # about 15 minutes on 2 cores
     python scripts/calibration.py --reps 50      # a quick look
@@ -210,18 +216,104 @@ def check(reps: int, confidence: float) -> None:
         row("check: signed change, baseline taken as 0", name, signed / reps, nominal, reps, kind)
 
 
+def few_values(rng, groups, shape=(), noise="t3"):
+    """Template values: effect + the mean of 8 items' noise (see the module)."""
+    items = (rng.standard_t(3, (groups, *shape, 8)) * 0.05 / np.sqrt(3) if noise == "t3"
+             else (rng.exponential(0.05, (groups, *shape, 8)) - 0.05))  # fmt: skip
+    return rng.normal(0, 0.03, (groups, *shape)) + items.mean(axis=-1)
+
+
+def few(reps: int, confidence: float) -> None:
+    tail = (1 - confidence) / 2
+    for groups in (8, 12, 25):
+        for noise in ("t3", "exponential", "choice"):
+            rng = np.random.default_rng([13, groups, len(noise)])
+            misses = {True: np.zeros(2), False: np.zeros(2)}
+            for i in range(reps):
+                if noise == "choice":  # per template: 8 ambiguous items answered male / female / unknown
+                    p = rng.dirichlet([2, 2, 1], groups)  # template-level rates, male and female alike on average
+                    p[:, :2] = np.where(rng.random((groups, 1)) < 0.5, p[:, :2], p[:, 1::-1])  # symmetric null
+                    answers = np.array([rng.multinomial(8, row) for row in p])
+                    d = (answers[:, 0] - answers[:, 1]) / 8
+                else:
+                    d = few_values(rng, groups, noise=noise)
+                for student in misses:
+                    settings = Bootstrap(confidence, RESAMPLES, seed=i, student=student)
+                    _, low, high = inference.interval([d], np.mean, settings)
+                    misses[student] += [low > 0, high < 0]
+            name = f"{groups} templates x 8 items, {noise}, true gap 0"
+            for student, label in ((True, "interval (bootstrap + t)"), (False, "percentile bootstrap alone")):
+                row(f"{label}: misses below", name, misses[student][0] / reps, tail, reps, "1 - coverage")
+                row(f"{label}: misses above", name, misses[student][1] / reps, tail, reps, "1 - coverage")
+    for groups in (12, 25):
+        rng = np.random.default_rng([14, groups])
+        found = {True: 0, False: 0}
+        for i in range(reps):  # power: a true gap of 3 template-level SE
+            d = few_values(rng, groups)
+            d += 3 * np.sqrt(0.03**2 + 0.05**2 / 8) / np.sqrt(groups)
+            for student in found:
+                _, low, _ = inference.interval([d], np.mean, Bootstrap(confidence, RESAMPLES, seed=i, student=student))
+                found[student] += low > 0
+        name = f"{groups} templates x 8 items, t3, true gap 3 SE"
+        row("interval (bootstrap + t) excludes 0", name, found[True] / reps, None, reps, "power")
+        row("percentile bootstrap alone excludes 0", name, found[False] / reps, None, reps, "power")
+    alpha = 1 - confidence
+    for groups in (12, 25):
+        for path in ("AR(1) phi 0.95", "random walk"):
+            for jump in (0.0, 6.0):
+                rng = np.random.default_rng([15, groups, len(path), int(jump)])
+                counts = np.zeros(4)
+                for i in range(reps):
+                    steps = rng.normal(size=(groups, 40))
+                    if path == "random walk":
+                        walk = np.cumsum(steps, axis=1) * 0.01
+                    else:
+                        walk = np.empty((groups, 40))
+                        walk[:, 0] = steps[:, 0]
+                        for t in range(1, 40):
+                            walk[:, t] = 0.95 * walk[:, t - 1] + np.sqrt(1 - 0.95**2) * steps[:, t]
+                        walk *= 0.03
+                    d = walk + few_values(rng, groups, (40,))
+                    size = jump * np.diff(d, axis=1).std(axis=0, ddof=1).mean() / np.sqrt(groups)
+                    d[:, 20:] += size
+                    frame = pd.DataFrame(d, columns=1000 * np.arange(40))
+                    s = changes.GapSeries.from_differences(frame, Bootstrap(confidence, RESAMPLES, seed=i))
+                    found = changes.change_points(s)
+                    top = changes.jumps(s).iloc[0]
+                    at = found["to_step"] == 20000
+                    counts += [not found.empty if jump == 0 else at.any(), (~at).any(),
+                               changes.jumps(s)["significant"].any() if jump == 0 else
+                               bool(top.significant and top.to_step == 20000),
+                               changes.trend(s, found)["significant"]]  # fmt: skip
+                name = f"{groups} templates, 40 checkpoints, {path}, " + ("null" if jump == 0 else "jump 6 SE half-way")
+                if jump == 0:
+                    row("change points (any)", name, counts[0] / reps, alpha, reps)
+                    row("jumps (any significant)", name, counts[2] / reps, alpha, reps)
+                    row("trend (excludes 0)", name, counts[3] / reps, alpha, reps)
+                else:
+                    row("change point between the right steps", name, counts[0] / reps, None, reps, "power")
+                    row("another change point", name, counts[1] / reps, alpha, reps)
+                    row("top jump significant, right steps", name, counts[2] / reps, None, reps, "power")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=200, help="simulated series per scenario (default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.99)
-    parser.add_argument("--only", choices=("sweeps", "verdicts", "replicates", "check"), default=None)
+    parser.add_argument("--only", choices=("sweeps", "verdicts", "replicates", "check", "few"), default=None)
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"{args.reps} simulated data sets per scenario, {RESAMPLES} bootstrap resamples each, "
           f"confidence {args.confidence:g}\n")  # fmt: skip
     print("| claim | scenario | rate of | measured | nominal [99% MC band] | |")
     print("|---|---|---|---|---|---|")
-    for name, part in (("verdicts", verdicts), ("check", check), ("replicates", replicates), ("sweeps", sweeps)):
+    for name, part in (
+        ("verdicts", verdicts),
+        ("check", check),
+        ("replicates", replicates),
+        ("sweeps", sweeps),
+        ("few", few),
+    ):
         if args.only in (None, name):
             part(args.reps, args.confidence)
     print(f"\n{time.perf_counter() - started:.0f} s")

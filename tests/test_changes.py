@@ -139,3 +139,13 @@ def test_the_trend_and_the_shift_are_the_least_squares_fits():
 def test_too_few_sentence_pairs_to_resample_are_refused():
     with pytest.raises(ValueError, match="1 group"):
         series(sweep_differences(1, checkpoints=3).iloc[:1])
+
+
+def test_fewer_groups_than_the_sign_flips_can_make_significant_are_refused():
+    """At 99% a change needs a p-value below 1%; seven groups' sign flips give at least 1/2^6:
+    refused with the reason, and eight groups (1/2^7 < 1%) are analysed."""
+    assert changes.fewest_groups(0.99) == 8 and changes.fewest_groups(0.95) == 6
+    differences = sweep_differences(1, checkpoints=5)
+    with pytest.raises(ValueError, match=r"7 groups at every checkpoint: .* 1/2\^6, .*\(it takes 8 groups\)"):
+        series(differences.iloc[:7])
+    assert len(changes.jumps(series(differences.iloc[:8]))) == 4

@@ -63,6 +63,11 @@ class GapSeries:
         n = len(values)
         if n < 2:
             raise ValueError(f"{n} group(s) at every checkpoint: too few for an interval across checkpoints")
+        needed = fewest_groups(settings.confidence)
+        if n < needed:  # the observed signs are one of 2^(n-1) patterns of the same max |t|
+            raise ValueError(f"{n} groups at every checkpoint: sign flips of so few give no change a p-value below "
+                             f"1/2^{n - 1}, so none can be significant at {settings.confidence:g} (it takes "
+                             f"{needed} groups)")  # fmt: skip
         signs = np.random.default_rng(settings.seed).integers(0, 2, size=(settings.n_resamples, n))
         return cls(differences.columns.to_numpy(dtype=int), values, (2.0 * signs - 1.0), settings)
 
@@ -82,6 +87,12 @@ class GapSeries:
     def band(self, contrasts: np.ndarray):
         """``simultaneous_band`` of these groups' ``contrasts`` (groups x K) with the shared flips."""
         return simultaneous_band(contrasts, self.flips, self.confidence)
+
+
+def fewest_groups(confidence: float) -> int:
+    """The fewest groups whose sign flips can make a change significant at ``confidence``:
+    2^(n-1) >= 1 / (1 - confidence) (8 at 0.99)."""
+    return int(np.ceil(np.log2(1 / (1 - confidence) - 1e-9))) + 1
 
 
 def simultaneous_band(contrasts: np.ndarray, flips: np.ndarray, confidence: float):
