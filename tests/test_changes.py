@@ -149,3 +149,27 @@ def test_fewer_groups_than_the_sign_flips_can_make_significant_are_refused():
     with pytest.raises(ValueError, match=r"7 groups at every checkpoint: .* 1/2\^6, .*\(it takes 8 groups\)"):
         series(differences.iloc[:7])
     assert len(changes.jumps(series(differences.iloc[:8]))) == 4
+
+
+def test_a_drift_linear_in_log_step_on_pythias_schedule_is_a_trend_not_breaks(monkeypatch):
+    """Pythia's 154 checkpoints (1, 2, 4, ... 512, then every 1000) and a gap that drifts from 0
+    to 0.05 linearly in log(step): the smooth part has log(step) beside the step, so the drift is
+    a trend whose interval covers 0.05, with no change point even at min_change 0. Fitted in the
+    step alone, the same series breaks into change points (what the log column is for)."""
+    from lm_eval_fairdyn.dynamics.schedule import pythia_steps
+
+    steps = np.array(pythia_steps())
+    name, basis = changes.smooth_basis(steps)
+    assert name == "linear in the step and in log(step)" and basis.shape == (154, 3)
+    assert changes.smooth_basis(1000 * np.arange(1, 50))[0] == "linear in the step"
+    noise = sweep_differences(9, phi=0.9).to_numpy()
+    truth = 0.05 * np.log1p(steps) / np.log1p(steps[-1])
+    gaps = series(pd.DataFrame(noise + truth, columns=steps))
+    assert changes.change_points(gaps).empty
+    found = changes.trend(gaps)
+    assert found["basis"] == name and found["significant"] and found["ci_low"] < 0.05 < found["ci_high"]
+    z = np.log1p(steps) / np.log1p(steps[-1])
+    fit = np.linalg.lstsq(np.column_stack([np.ones(154), steps / steps[-1], z]), noise.mean(axis=0) + truth, rcond=None)
+    assert found["change"] == pytest.approx(fit[0][1] + fit[0][2])
+    monkeypatch.setattr(changes, "LOG_SPACED", np.inf)
+    assert len(changes.change_points(gaps)) >= 2

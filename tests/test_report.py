@@ -286,7 +286,35 @@ def test_a_change_point_reads_in_the_gaps_own_direction():
     points = pd.DataFrame([{"from_step": 100, "to_step": 200, "before": -1.6488, "after": -1.7477, "change": 0.5362,
                             "ci_low": 0.2, "ci_high": 0.8}])  # fmt: skip
     r = SimpleNamespace(trend={}, min_change=0.0953, confidence=0.99, significance=pd.DataFrame(index=[100, 200]),
-                        change_points=points, measure="ar")  # fmt: skip
+                        change_points=points, small_steps=points.iloc[:0], measure="ar")  # fmt: skip
     line = report.change_line(r)
     assert "the gap went down from -1.6488 to -1.7477; against its trend, a shift of +0.5362" in line
     assert "a rank ratio of 10% (log 0.0953)" in line
+
+
+def test_a_step_below_the_margin_is_a_step_not_a_trend():
+    """A gap of 0 that steps to 0.02 (the margin is 0.05) between checkpoints 5 and 6 of 12, on
+    100 sentence pairs (a pair's difference has sd 0.028: the step is about 7 SE): not a change
+    point (its band does not clear the margin) but a step below the margin, found where it is,
+    and the trend fitted beside it is not significant. Without the step beside it, a line
+    through the same gaps would be read as a trend of about +0.03."""
+    from lm_eval_fairdyn.dynamics import analysis, changes, report
+
+    steps = range(0, 1200, 100)
+    prompts = pd.concat([planted_prompts(0.02 if s >= 600 else 0.0, lines=100, rng_seed=s // 100).assign(step=s)
+                         for s in steps])  # fmt: skip
+    table = pd.DataFrame([{"run": "r", "step": s, "task": "winobias_fairdyn", "metric": "jsdp_gap", "value": 0.0}
+                          for s in steps])  # fmt: skip
+    settings = analysis.Settings(performance="none", measures=("jsdp",), n_resamples=2000)
+    r = analysis.analyze_run(table, "r", settings, prompts, True, "winobias_fairdyn", "jsdp")
+    assert r.change_points.empty and r.min_change == pytest.approx(0.05)
+    (step,) = r.small_steps.itertuples()
+    assert (step.from_step, step.to_step) == (500, 600) and step.ci_low < 0.02 < step.ci_high and step.ci_low > 0
+    assert not r.trend["significant"] and r.trend["basis"] == "linear in the step"
+    assert "Steps smaller than 0.05 (their band excludes 0, not the bound): between steps 500 and 600" in (
+        report.change_line(r)
+    )
+    assert "beside the change points and steps" in report.trend_line(r)
+    alone = changes.trend(changes.GapSeries.from_pairs(analysis.inference.pairs_by_step(prompts, "jsdp"),
+                                                       settings.bootstrap()))  # fmt: skip
+    assert alone["significant"] and alone["change"] == pytest.approx(0.03, abs=0.01)

@@ -8,7 +8,7 @@ step; nothing here reads or writes files.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -264,6 +264,9 @@ class RunAnalysis:
     performance_note: str = ""  # the trade-off's metric, or why there is none (``Settings.performance_note``)
     limit_note: str = ""  # set when the task was evaluated on a part of its prompts (``--limit``)
     unavailable_note: str = ""  # why some verdict, or the change points and trend, has no interval
+    # shifts whose band excludes 0 but not +-min_change: steps smaller than the margin, shown (the
+    # trend is fitted beside them, so that a small step is not read as a trend)
+    small_steps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=changes.CHANGE_COLUMNS))
 
     @property
     def intervals_available(self) -> bool:
@@ -420,10 +423,13 @@ def analyze_run(
         every = changes.jumps(gaps, min_change)
         jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
         significant_jumps = int(every["significant"].sum())
-        shifts = changes.change_points(gaps, min_change)
-        run_trend = changes.trend(gaps, shifts)
+        found = changes.change_points(gaps, 0.0)
+        beyond = (found["ci_low"] > min_change) | (found["ci_high"] < -min_change)
+        shifts, small_steps = found[beyond].reset_index(drop=True), found[~beyond].reset_index(drop=True)
+        run_trend = changes.trend(gaps, found)
     else:
         jumps, shifts = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS)
+        small_steps = shifts
     return RunAnalysis(
         run=run,
         fairness_task=task,
@@ -432,6 +438,7 @@ def analyze_run(
         emergence_step=inference.emergence_step(sig["verdict"]),
         jumps=jumps,
         change_points=shifts,
+        small_steps=small_steps,
         trend=run_trend,
         min_change=min_change,
         significant_jumps=significant_jumps,

@@ -18,13 +18,13 @@ Nothing assumes white noise across checkpoints.
 - Jumps: Delta_t = g_{t+1} - g_t for every neighbouring pair of checkpoints, in one band over all
   T - 1 of them, so that a run with no jump at all shows a significant one with probability
   1 - confidence.
-- Change points: a shift delta in g_t = a + b x_t + delta 1[t >= tau] + e_t (x the step), scanned
-  over every boundary tau with the same band (a steady drift is the slope b, not a chain of
-  breaks); the most significant boundary is kept when its band excludes 0, or lies beyond
+- Change points: a shift delta in g_t = a + b x_t (+ c z_t) + delta 1[t >= tau] + e_t (x the
+  step, z log(step) on a log-spaced schedule: ``smooth_basis``), scanned over every boundary tau
+  with the same band (a steady drift is the smooth part, not a chain of breaks); the most significant boundary is kept when its band excludes 0, or lies beyond
   +-``min_change`` (the analysis' default: the margin, so that a change point is a shift larger
   than the margin, shown with confidence), then each side is scanned again (binary segmentation).
-- Trend: the slope b of the model with the change points found, as the change over the run,
-  with the interval of ``inference.interval`` over the groups' slopes.
+- Trend: the smooth part's change over the run beside the change points found, with the
+  interval of ``inference.interval`` over the groups' own changes.
 
 Unit of sampling: the group; the claims are about this run's checkpoints on groups like these,
 not about other training runs (``inference.across_runs``). docs/STATISTICS.md gives the
@@ -131,10 +131,26 @@ def jumps(series: GapSeries, margin: float = 0.0) -> pd.DataFrame:
     return frame.reindex(frame["change"].abs().sort_values(ascending=False, kind="stable").index).reset_index(drop=True)
 
 
-def _positions(steps: np.ndarray) -> np.ndarray:
-    """Steps scaled to [0, 1] (the trend's covariate; conditioning)."""
-    span = steps[-1] - steps[0]
-    return (steps - steps[0]) / span if span else np.zeros(len(steps))
+# A schedule whose gaps between checkpoints differ by this factor or more (Pythia's: 1, 2, 4, ...
+# 512, then every 1000) gets log(step) in its smooth part beside the step.
+LOG_SPACED = 10
+
+
+def smooth_basis(steps) -> tuple[str, np.ndarray]:
+    """The smooth part of the gap's path, as columns over the checkpoints (T x p), and its name:
+    1 and x (the step scaled to [0, 1]); for a schedule whose spacing changes by ``LOG_SPACED``
+    or more, also z = log(1 + (step - first step) / smallest gap) scaled to [0, 1], so that a
+    drift linear in log(step), as early training often is on such a schedule, is a smooth
+    trend and not a chain of breaks at the log-spaced checkpoints."""
+    steps = np.asarray(steps, dtype=float)
+    ones, span = np.ones(len(steps)), steps[-1] - steps[0]
+    x = (steps - steps[0]) / span if span else np.zeros(len(steps))
+    gaps = np.diff(steps)
+    gaps = gaps[gaps > 0]
+    if len(gaps) < 2 or gaps.max() < LOG_SPACED * gaps.min():
+        return "linear in the step", np.column_stack([ones, x])
+    z = np.log1p((steps - steps[0]) / gaps.min())
+    return "linear in the step and in log(step)", np.column_stack([ones, x, z / z[-1]])
 
 
 def _least_squares(design: np.ndarray) -> np.ndarray:
@@ -142,17 +158,18 @@ def _least_squares(design: np.ndarray) -> np.ndarray:
     return np.linalg.pinv(design)
 
 
-def _shift_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every boundary tau = 1 .. L-1 of a window of positions x, the least-squares weights
-    (columns, L x (L-1)) of the shift delta, of the fitted value just before the boundary
-    (a + b x_{tau-1}) and just after it (a + b x_tau + delta) in g = a + b x + delta 1[i >= tau]."""
-    length = len(x)
+def _shift_weights(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every boundary tau = 1 .. L-1 of a window with smooth ``basis`` (L x p), the
+    least-squares weights (columns, L x (L-1)) of the shift delta, of the fitted value just
+    before the boundary (the smooth part at tau - 1) and just after it (the smooth part at tau,
+    plus delta) in g = basis beta + delta 1[i >= tau]."""
+    length, p = basis.shape
     shift, before, after = (np.empty((length, length - 1)) for _ in range(3))
     for tau in range(1, length):
-        rows = _least_squares(np.column_stack([np.ones(length), x, np.arange(length) >= tau]))
-        shift[:, tau - 1] = rows[2]
-        before[:, tau - 1] = rows[0] + x[tau - 1] * rows[1]
-        after[:, tau - 1] = rows[0] + x[tau] * rows[1] + rows[2]
+        rows = _least_squares(np.column_stack([basis, np.arange(length) >= tau]))
+        shift[:, tau - 1] = rows[p]
+        before[:, tau - 1] = basis[tau - 1] @ rows[:p]
+        after[:, tau - 1] = basis[tau] @ rows[:p] + rows[p]
     return shift, before, after
 
 
@@ -160,18 +177,19 @@ CHANGE_COLUMNS = ["from_step", "to_step", "before", "after", "change", "ci_low",
 
 
 def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
-    """Shifts of the gap beyond its trend, found by binary segmentation (see the module): in a
-    window of three or more checkpoints, the boundary whose shift has the largest |delta| / se
-    among those whose simultaneous band over the window's boundaries lies beyond
-    +-``min_change`` (0: excludes 0); then each side again. Each row: the two steps the change
-    lies between, the fitted gap just before and after, the shift and its band, in step order."""
-    x = _positions(series.steps)
-    rows, windows = [], [(0, len(x))]
+    """Shifts of the gap beyond its smooth trend (``smooth_basis``), found by binary segmentation
+    (see the module): in a window of at least one more checkpoint than the smooth part has
+    columns, the boundary whose shift has the largest |delta| / se among those whose
+    simultaneous band over the window's boundaries lies beyond +-``min_change`` (0: excludes 0);
+    then each side again. Each row: the two steps the change lies between, the fitted gap just
+    before and after, the shift and its band, in step order."""
+    _, basis = smooth_basis(series.steps)
+    rows, windows = [], [(0, len(series.steps))]
     while windows:
         start, stop = windows.pop()
-        if stop - start < 3:
+        if stop - start <= basis.shape[1]:
             continue
-        weights = _shift_weights(x[start:stop])
+        weights = _shift_weights(basis[start:stop])
         shift, low, high, se, _ = series.band(series.values[:, start:stop] @ weights[0])
         kept = ((low > min_change) | (high < -min_change)) & (se > 0)
         if not kept.any():
@@ -187,18 +205,20 @@ def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
 
 
 def trend(series: GapSeries, changes: pd.DataFrame | None = None) -> dict:
-    """The linear trend of the gap over the run, beside the level shifts of ``changes``: the slope
-    b of g = a + b x + sum_k delta_k 1[step >= to_step_k], given as ``change`` over the run (x
-    runs from 0 at the first step to 1 at the last), with its interval over the groups' slopes
-    (``inference.interval``, at the series' settings) and whether that excludes 0;
-    ``per_1000_steps`` is the same slope per thousand training steps."""
-    x = _positions(series.steps)
-    columns = [np.ones(len(x)), x]
+    """The smooth trend of the gap over the run (``smooth_basis``, named in ``basis``), beside the
+    level shifts of ``changes``: g = basis beta + sum_k delta_k 1[step >= to_step_k], and
+    ``change``, the smooth part's fitted change from the first step to the last, with its
+    interval over the groups' own changes (``inference.interval``, at the series' settings)
+    and whether that excludes 0; ``per_1000_steps`` is that change per thousand training steps
+    on average."""
+    name, basis = smooth_basis(series.steps)
+    columns = [basis]
     for to_step in [] if changes is None else changes["to_step"]:
-        columns.append(series.steps >= to_step)
-    weights = _least_squares(np.column_stack(columns))[1]
+        columns.append((series.steps >= to_step)[:, None])
+    p = basis.shape[1]
+    weights = (basis[-1] - basis[0]) @ _least_squares(np.column_stack(columns))[:p]
     change, low, high = interval([series.values @ weights], np.mean, series.settings)
     span = float(series.steps[-1] - series.steps[0])
     return {"from_step": int(series.steps[0]), "to_step": int(series.steps[-1]), "change": change,
-            "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0),
+            "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0), "basis": name,
             "per_1000_steps": change / span * 1000 if span else np.nan}  # fmt: skip

@@ -197,6 +197,7 @@ def analyze(
             "verdicts": r.verdict_counts(),
             "final_verdict": r.significance["verdict"].iloc[-1],
             "change_points": r.change_points.to_dict(orient="records"),
+            "steps_below_min_change": r.small_steps.to_dict(orient="records"),
             "jumps": r.jumps.to_dict(orient="records"),
             "trend": r.trend,
             "limited": r.limit_note or None,

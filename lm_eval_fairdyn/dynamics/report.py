@@ -262,28 +262,33 @@ def change_line(r: RunAnalysis) -> str:
     if r.trend is None:
         return f"Change points: unavailable ({r.unavailable_note or 'no per-prompt values to resample'})."
     what = (
-        f"Change points (shifts of the gap beyond its linear trend, larger than {in_units(r, r.min_change)} with "
+        f"Change points (shifts of the gap beyond its smooth trend, larger than {in_units(r, r.min_change)} with "
         f"{100 * r.confidence:g}% bands adjusted over the run's {len(r.significance)} checkpoints)"
     )
-    if r.change_points.empty:
-        return f"{what}: none."
-    shifts = "; ".join(
-        f"between steps {c.from_step} and {c.to_step} the gap went {'up' if c.after > c.before else 'down'} from "
-        f"{c.before:+.4f} to {c.after:+.4f}; against its trend, a shift of {c.change:+.4f} "
-        f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
-        for c in r.change_points.itertuples()
-    )
-    return f"{what}: {shifts}."
+
+    def described(frame: pd.DataFrame) -> str:
+        return "; ".join(
+            f"between steps {c.from_step} and {c.to_step} the gap went {'up' if c.after > c.before else 'down'} from "
+            f"{c.before:+.4f} to {c.after:+.4f}; against its trend, a shift of {c.change:+.4f} "
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+            for c in frame.itertuples()
+        )
+
+    line = f"{what}: {described(r.change_points) if not r.change_points.empty else 'none'}."
+    if not r.small_steps.empty:
+        line += (f" Steps smaller than {in_units(r, r.min_change)} (their band excludes 0, not the bound): "
+                 f"{described(r.small_steps)}.")  # fmt: skip
+    return line
 
 
 def trend_line(r: RunAnalysis) -> str:
     if r.trend is None:
         return f"Trend: unavailable ({r.unavailable_note or 'no per-prompt values to resample'})."
     t = r.trend
-    beside = " beside the change points" if not r.change_points.empty else ""
+    beside = " beside the change points and steps" if not (r.change_points.empty and r.small_steps.empty) else ""
     verdict = "a trend" if t["significant"] else "no trend distinguishable from 0"
     return (
-        f"Trend{beside}: the gap changes by {t['change']:+.4f} from step {t['from_step']} to {t['to_step']} "
+        f"Trend ({t.get('basis', 'linear in the step')}){beside}: the gap changes by {t['change']:+.4f} from step {t['from_step']} to {t['to_step']} "
         f"({100 * r.confidence:g}% interval [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]): {verdict}."
     )
 
