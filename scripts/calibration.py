@@ -15,6 +15,8 @@ values on the JSD-P scale.
 - Replicates (``inference.across_runs``): five runs sharing the sentences, no run-to-run spread.
 - ``fairdyn check`` (``inference.regression_check``): size at the bound (a growth of |gap|
   by exactly the bound, on the same side or by a sign flip), power, with 394 and 60 pairs.
+- Schedules (``schedules``): Pythia's 154 checkpoints with a drift linear in log(step), and a
+  step smaller than the margin half-way, read as the analysis reads them.
 - Few groups (``few``; BBQ's 12-25 templates of a category, a user's 8): a template's value is
   its effect (sd 0.03) plus the mean of 8 items' noise (t with 3 degrees of freedom, or a
   skewed exponential, sd about 0.05 an item); per checkpoint, each side of the interval apart,
@@ -296,11 +298,51 @@ def few(reps: int, confidence: float) -> None:
                     row("top jump significant, right steps", name, counts[2] / reps, None, reps, "power")
 
 
+def schedules(reps: int, confidence: float) -> None:
+    """Pythia's 154 checkpoints (log-spaced to 512, then every 1000): a drift from 0 to 0.05
+    linear in log(step), and a step of 0.02 (below the 0.05 margin) half-way, as the analysis
+    reads them (``change_points`` at 0, then ``by_size`` against the margin, the trend beside)."""
+    from lm_eval_fairdyn.dynamics.schedule import pythia_steps
+
+    steps = np.array(pythia_steps())
+    alpha = 1 - confidence
+    for phi in (0.0, 0.9):
+        for kind in ("log drift", "small step"):
+            rng = np.random.default_rng([16, int(10 * phi), len(kind)])
+            counts = np.zeros(4)
+            for i in range(reps):
+                d, _ = sweep(rng, 154, phi)
+                if kind == "log drift":
+                    truth = 0.05 * np.log1p(steps) / np.log1p(steps[-1])
+                else:
+                    truth = np.where(np.arange(154) >= 77, 0.02, 0.0)
+                s = changes.GapSeries.from_differences(pd.DataFrame(d.to_numpy() + truth, columns=steps),
+                                                       Bootstrap(confidence, RESAMPLES, seed=i))  # fmt: skip
+                found = changes.change_points(s)
+                points, small = changes.by_size(found, MARGIN)
+                t = changes.trend(s, found)
+                true_change = 0.05 if kind == "log drift" else 0.0
+                counts += [not found.empty if kind == "log drift" else bool((small["to_step"] == steps[77]).any()),
+                           not points.empty, t["significant"] if kind == "small step" else t["ci_low"] > true_change
+                           or t["ci_high"] < true_change, (~(found["to_step"] == steps[77])).any()]  # fmt: skip
+            name = f"Pythia's 154 steps, {kind}, phi {phi:g}"
+            if kind == "log drift":
+                row("change points at min_change 0 (any)", name, counts[0] / reps, alpha, reps)
+                row("trend interval misses the drift", name, counts[2] / reps, alpha, reps, "1 - coverage")
+            else:
+                row("step below the margin found, right steps", name, counts[0] / reps, None, reps, "power")
+                row("change point beyond the margin (any)", name, counts[1] / reps, alpha, reps)
+                row("trend beside the step (excludes 0)", name, counts[2] / reps, alpha, reps)
+                row("another step elsewhere", name, counts[3] / reps, alpha, reps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=200, help="simulated series per scenario (default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.99)
-    parser.add_argument("--only", choices=("sweeps", "verdicts", "replicates", "check", "few"), default=None)
+    parser.add_argument(
+        "--only", choices=("sweeps", "verdicts", "replicates", "check", "few", "schedules"), default=None
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"{args.reps} simulated data sets per scenario, {RESAMPLES} bootstrap resamples each, "
@@ -313,6 +355,7 @@ def main() -> None:
         ("replicates", replicates),
         ("sweeps", sweeps),
         ("few", few),
+        ("schedules", schedules),
     ):
         if args.only in (None, name):
             part(args.reps, args.confidence)

@@ -424,8 +424,7 @@ def analyze_run(
         jumps = every[(every.index < settings.jumps) | every["beyond_margin"]].reset_index(drop=True)
         significant_jumps = int(every["significant"].sum())
         found = changes.change_points(gaps, 0.0)
-        beyond = (found["ci_low"] > min_change) | (found["ci_high"] < -min_change)
-        shifts, small_steps = found[beyond].reset_index(drop=True), found[~beyond].reset_index(drop=True)
+        shifts, small_steps = changes.by_size(found, min_change)
         run_trend = changes.trend(gaps, found)
     else:
         jumps, shifts = largest_jumps(gap, settings.jumps), pd.DataFrame(columns=changes.CHANGE_COLUMNS)

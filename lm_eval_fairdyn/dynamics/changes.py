@@ -204,6 +204,14 @@ def change_points(series: GapSeries, min_change: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS).sort_values("from_step", ignore_index=True)
 
 
+def by_size(found: pd.DataFrame, min_change: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Shifts found at ``min_change`` 0 (``change_points``), split into the change points, whose
+    band lies beyond +-``min_change``, and the steps smaller than that (their band excludes 0
+    only)."""
+    beyond = (found["ci_low"] > min_change) | (found["ci_high"] < -min_change)
+    return found[beyond].reset_index(drop=True), found[~beyond].reset_index(drop=True)
+
+
 def trend(series: GapSeries, changes: pd.DataFrame | None = None) -> dict:
     """The smooth trend of the gap over the run (``smooth_basis``, named in ``basis``), beside the
     level shifts of ``changes``: g = basis beta + sum_k delta_k 1[step >= to_step_k], and
