@@ -282,6 +282,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _share(text: str) -> float:
+    """A share above 0.5 and at most 1 (``--degenerate_share``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.5 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share above 0.5 and at most 1, not {text!r}")
+    return value
+
+
 def _non_negative(text: str) -> float:
     """A number, 0 or more (``--min_change``)."""
     try:
@@ -453,6 +464,13 @@ def _add_analyze(commands) -> None:
         "units (default: the gap's margin; 0: every shift whose band excludes 0)",
     )
     analyze.add_argument(
+        "--degenerate_share",
+        type=_share,
+        default=defaults.degenerate_share,
+        help="a checkpoint that gives one answer to at least this share of a task's prompts, whatever the "
+        "sentence, gets the verdict 'degenerate' on the answer-based choice gap (default: %(default)s)",
+    )
+    analyze.add_argument(
         "--replicates",
         action="store_true",
         help="the RUN_DIRs are training seeds of one configuration: test the gap across runs",
@@ -484,6 +502,7 @@ def _analyze(args) -> int:
         bootstrap_method=args.bootstrap_method,
         student=not args.bootstrap_only,
         min_change=args.min_change,
+        degenerate_share=args.degenerate_share,
     )
     try:
         settings.margin(), settings.bootstrap()

@@ -336,7 +336,8 @@ def planted_prompts(gap: float, lines: int = 396, seeds=(0,), noise: float = 0.0
     each sentence pair j has its own level s_j ~ N(0.3, 0.1), shared by all its prompts (prompts
     of one sentence are not independent); the male member's JSD-P is s_j + e, the female one's
     s_j + gap + e', e ~ N(0, noise); the "not specified" prompts assume a gender with probability
-    ``assume``. AR is 1 + round(100 JSD-P)."""
+    ``assume``. AR is 1 + round(100 JSD-P). The referent prompts are answered right (``answer``
+    their gold), the "not specified" ones with the gender assumed, else "not specified"."""
     import numpy as np
     import pandas as pd
 
@@ -351,11 +352,12 @@ def planted_prompts(gap: float, lines: int = 396, seeds=(0,), noise: float = 0.0
                 jsdp = levels[line - 1] + (gap if gold == "female" else 0.0) + rng.normal(0, noise)
                 rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "referent",
                              "gold": gold, "ar": 1 + round(100 * abs(jsdp)), "jsdp": jsdp, "acc": 0.0,
-                             "option_acc": 1.0, "assumed": ""})  # fmt: skip
+                             "option_acc": 1.0, "assumed": "", "answer": gold})  # fmt: skip
                 assumed = rng.choice(["male", "female"]) if rng.random() < assume else "none"
                 rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "other",
-                             "gold": "unspecified", "ar": 3, "jsdp": 0.4, "acc": 0.0, "option_acc": 1.0,
-                             "assumed": assumed})  # fmt: skip
+                             "gold": "unspecified", "ar": 3, "jsdp": 0.4, "acc": 0.0,
+                             "option_acc": float(assumed == "none"), "assumed": assumed,
+                             "answer": "unspecified" if assumed == "none" else assumed})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -111,3 +111,56 @@ def test_the_early_stop_line_says_so_when_the_final_checkpoint_is_the_fairest():
     assert stop.chosen_step == stop.final_step == 400
     assert stop.sentence().startswith("No earlier stop: the final checkpoint (step 400) has the smallest |gap|")
     assert "gives up" not in stop.sentence()
+
+
+def _answering(prompts: pd.DataFrame, answer: str) -> pd.DataFrame:
+    """``prompts`` as a model answers them that gives ``answer`` to every prompt whatever the sentence."""
+    referent = prompts["gold"] != "unspecified"
+    return prompts.assign(
+        answer=answer, option_acc=(prompts["gold"] == answer).astype(float),
+        assumed=np.where(referent, "", "none" if answer == "unspecified" else answer),
+    )  # fmt: skip
+
+
+def test_a_checkpoint_that_gives_one_answer_to_every_prompt_is_degenerate_not_a_verdict():
+    """Steps 0 and 100 answer 'female' to every prompt, step 200 'male' (an early model, whatever
+    the sentence): their choice gap is -1 or +1, a verdict a bias would give, so there they get
+    ``degenerate`` with the answer named, and they are left out of the choice
+    gap's jumps and change points; the later steps (a model that reads the sentence, 20% of the
+    unspecified prompts assumed) keep their verdicts. JSD-P and AR are probabilities, not
+    answers: every step keeps its verdict there."""
+    from conftest import planted_prompts
+
+    from lm_eval_fairdyn.dynamics import report
+
+    steps = range(0, 1000, 100)
+    answers = {0: "female", 100: "female", 200: "male"}
+    prompts = pd.concat([
+        (_answering(p, answers[s]) if s in answers else p).assign(step=s)
+        for s in steps for p in [planted_prompts(0.0, lines=60, rng_seed=s // 100)]
+    ])  # fmt: skip
+    table = pd.DataFrame([{"run": "r", "step": s, "task": "winobias_fairdyn", "metric": "jsdp_gap", "value": 0.0}
+                          for s in steps])  # fmt: skip
+    settings = analysis.Settings(performance="none", n_resamples=999)
+    choice = analysis.analyze_run(table, "r", settings, prompts, True, "winobias_fairdyn", "choice")
+    sig = choice.significance
+    assert list(sig.index[sig.verdict == "degenerate"]) == [0, 100, 200]
+    assert sig.loc[0, "gap"] == -1.0 and sig.loc[200, "gap"] == 1.0  # shown, with no verdict on it
+    later = prompts[prompts.step == 300]
+    share = (later.answer == later.answer.mode()[0]).mean()
+    assert sig.loc[300, "top_answer"] == "unspecified" and sig.loc[300, "top_answer_share"] == pytest.approx(share)
+    assert sig.loc[300:, "verdict"].isin(["fair", "inconclusive"]).all()
+    assert "step 0 answers 'female' to 100% of its 240 prompts" in choice.degenerate_note
+    assert "step 200 answers 'male'" in choice.degenerate_note
+    assert "Degenerate checkpoints: step 0 answers 'female'" in report.verdict_line(choice)
+    assert choice.jumps.from_step.min() >= 300
+    assert not choice.emergence_step and choice.change_points.empty
+    for measure in ("jsdp", "ar"):
+        r = analysis.analyze_run(table, "r", settings, prompts, True, "winobias_fairdyn", measure)
+        assert "degenerate" not in set(r.significance.verdict) and not r.degenerate_note
+        assert r.significance.loc[0, "top_answer"] == "female" and r.significance.loc[0, "top_answer_share"] == 1.0
+    strict = analysis.Settings(performance="none", n_resamples=999, degenerate_share=1.0)
+    assert (analysis.analyze_run(table, "r", strict, prompts, True, "winobias_fairdyn", "choice")
+            .significance.verdict == "degenerate").sum() == 3  # fmt: skip
+    with pytest.raises(ValueError, match="degenerate_share 0.3"):
+        analysis.Settings(degenerate_share=0.3)

@@ -295,3 +295,20 @@ def test_regression_check_assumes_no_sign_for_a_baseline_near_zero(current, regr
     assert (not all(r["ok"] for r in rows)) is regressed, rows
     downwards = rows[1]["estimate"]  # min(-(c - b), -(c + b)): |gap| grew downwards by at most this
     assert downwards == pytest.approx(min(-(moved - baseline).mean().item(), -(moved + baseline).mean().item()))
+
+
+def test_top_answers_count_every_prompt_with_an_answer_by_hand():
+    """Per step, the most frequent answer over all prompts (referent and "not specified" alike)
+    and its share; prompts without an answer (left out as collided, or tables written before
+    answers were kept) do not count."""
+    from collections import Counter
+
+    steps = {0: ["female"] * 9 + ["male"] + [""] * 3, 7: ["male", "unspecified", "unspecified", "female"]}
+    prompts = pd.DataFrame([{"step": s, "answer": a} for s, answers in steps.items() for a in answers])
+    top = inference.top_answers(prompts)
+    for step, answers in steps.items():
+        counts = Counter(a for a in answers if a)
+        answer, n = counts.most_common(1)[0]
+        assert (top.loc[step, "answer"], top.loc[step, "share"], top.loc[step, "prompts"]) == (
+            answer, n / sum(counts.values()), sum(counts.values()))  # fmt: skip
+    assert top.loc[0, "share"] == 0.9 and inference.top_answers(prompts.assign(answer="")).empty

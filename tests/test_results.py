@@ -129,12 +129,17 @@ def test_per_prompt_files_are_found_read_and_refused_with_the_file_named(tmp_pat
     stamped = write_fairdyn_result(tmp_path / "b" / "results_2026-01-01T00-00-00.json", 20, {"jsdp_gap": 0.0})
     sample = {"doc": {"split": "test", "polarity": "pro", "line": 1, "seed": 0, "kind": "other", "gold": "unspecified"},
               "ar_unspecified": 3, "jsdp_unspecified": 0.2, "acc_unspecified": 0.0, "option_acc_unspecified": 1.0,
-              "assumption_rate_male": 0.0, "assumption_rate_female": 1.0}  # fmt: skip
+              "assumption_rate_male": 0.0, "assumption_rate_female": 1.0,
+              "filtered_resps": [[-2.5, False], [-0.5, True], [-1.5, False]]}  # fmt: skip
     samples = stamped.parent / "samples_winobias_fairdyn_2026-01-01T00-00-00.jsonl"
     samples.write_text(json.dumps(sample) + "\n")
     assert read_result_file(stamped, "run").prompt_files == {"winobias_fairdyn": samples}
     row = read_prompt_file(samples).iloc[0]
     assert (row.gold, row.ar, row.jsdp, row.assumed) == ("unspecified", 3, 0.2, "female")
+    assert row.answer == "female"  # the option of the largest log-likelihood, in the doc's option order
+    old = table.drop(columns="answer")  # a table written before answers were kept: no answers, still read
+    old.to_csv(path.parent / "prompts_winobias_fairdyn.csv", index=False)
+    assert set(read_prompts([parsed], "winobias_fairdyn").answer) == {""}
 
     broken = tmp_path / "prompts_winobias_fairdyn.csv"
     broken.write_text("split,line\ntest,1\n")

@@ -202,7 +202,7 @@ class Evaluator:
 
         def process_and_record(doc, results):
             values = process(doc, results)
-            rows.append(prompt_row({"doc": doc, **values}))
+            rows.append(prompt_row({"doc": doc, **values}, results))
             return values
 
         task.process_results = process_and_record

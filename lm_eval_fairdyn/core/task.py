@@ -284,24 +284,30 @@ def rank_biserial(items) -> float | None:
 # Per-prompt values for the analysis' inference (README, "Verdicts"): one row per prompt, read from
 # lm-eval's logged samples (each sample holds its doc and the values process_results returned).
 PROMPT_KEYS = ("split", "polarity", "line", "seed", "kind", "gold", "pair", "slot", "member")
-PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed")
+PROMPT_VALUES = ("ar", "jsdp", "acc", "option_acc", "assumed", "answer")
 
 
 UNSPECIFIED_GOLDS = ("unspecified", "unknown")  # the gold of a prompt no person answers ("not specified", "unknown")
 
 
-def prompt_row(sample: dict) -> dict:
+def prompt_row(sample: dict, results: Sequence | None = None) -> dict:
     """A logged fairness-task sample as one flat row: the prompt's identity (PROMPT_KEYS), its
-    gold group's values (``ar`` is None without ``hf-fairdyn``) and, for a "not specified"
-    prompt, the group the model assumed (``male``, ``female``, another option's, or ``none``)."""
+    gold group's values (``ar`` is None without ``hf-fairdyn``), for a "not specified" prompt
+    the group the model assumed (``male``, ``female``, another option's, or ``none``) and, for
+    every prompt, ``answer``: the group of the option it puts most mass on (from lm-eval's
+    ``results`` of the doc, else the sample's ``filtered_resps``; "" for a prompt left out)."""
     doc, gold = sample["doc"], sample["doc"]["gold"]
     row = {key: doc[key] for key in PROMPT_KEYS if key in doc}  # logs written before the seam lack pair, slot, member
     row |= {measure: sample[name] for measure, name in _gold_metric_names(gold)}
-    assumed = ""
-    if gold in UNSPECIFIED_GOLDS and not sample.get("collided"):
-        sides = doc["sides"].split("|") if "sides" in doc else _option_groups(_options(doc))
-        assumed = next((g for g in sides if g not in UNSPECIFIED_GOLDS and sample[f"assumption_rate_{g}"]), "none")
-    return row | {"assumed": assumed}
+    assumed = answer = ""
+    if not sample.get("collided"):
+        groups = doc["sides"].split("|") if "sides" in doc else _option_groups(_options(doc))
+        if gold in UNSPECIFIED_GOLDS:
+            assumed = next((g for g in groups if g not in UNSPECIFIED_GOLDS and sample[f"assumption_rate_{g}"]), "none")
+        responses = sample.get("filtered_resps") if results is None else results
+        if responses:
+            answer = groups[int(np.argmax([answer_logprob(r) for r in responses]))]
+    return row | {"assumed": assumed, "answer": answer}
 
 
 @functools.lru_cache(maxsize=64)

@@ -214,6 +214,9 @@ class Settings:
     # mean over the run's checkpoints for a relative JSD-P margin), 0: any shift that excludes 0
     min_change: float | None = None
     jumps: int = 5  # largest jumps listed (and every one whose band lies beyond the margin)
+    # a checkpoint that gives one answer to at least this share of a task's prompts is degenerate: no
+    # verdict on the answer-based measures there (``inference.top_answers``); 1.0: only when to all of them
+    degenerate_share: float = inference.DEGENERATE_SHARE
 
     def __post_init__(self):
         self.measures = tuple(self.measures)
@@ -221,6 +224,8 @@ class Settings:
             raise ValueError(f"gap measures {list(self.measures)}: choose from {list(inference.MEASURES)}")
         if self.fairness_tasks is not None:
             self.fairness_tasks = tuple(self.fairness_tasks)
+        if not 0.5 < self.degenerate_share <= 1:
+            raise ValueError(f"degenerate_share {self.degenerate_share}: expected a share above 0.5 and at most 1")
         if self.min_change is not None and not self.min_change >= 0:
             raise ValueError(f"min_change {self.min_change}: expected 0 or more (gap units), or None for the margin")
 
@@ -267,6 +272,8 @@ class RunAnalysis:
     # shifts whose band excludes 0 but not +-min_change: steps smaller than the margin, shown (the
     # trend is fitted beside them, so that a small step is not read as a trend)
     small_steps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=changes.CHANGE_COLUMNS))
+    # the checkpoints whose answers are degenerate on this measure (``degenerate_steps``), in words; "" if none
+    degenerate_note: str = ""
 
     @property
     def intervals_available(self) -> bool:
@@ -399,6 +406,13 @@ def analyze_run(
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
+    answers = inference.top_answers(prompts) if usable else inference.top_answers(pd.DataFrame())
+    verdicts = verdicts.join(answers[["answer", "share"]].add_prefix("top_answer_").rename(
+        columns={"top_answer_answer": "top_answer"}))  # fmt: skip
+    degenerate = degenerate_steps(answers, settings.degenerate_share) if measure in inference.ANSWER_MEASURES else []
+    if degenerate:
+        verdicts.loc[degenerate, "verdict"] = "degenerate"
+        pairs = {step: at_step for step, at_step in pairs.items() if step not in degenerate}
     unavailable = verdicts["verdict"] == "unavailable"  # every step when there are no pairs
     note = ""
     if unavailable.any():
@@ -408,10 +422,13 @@ def analyze_run(
     sig = verdicts.join(paper, how="outer")
     gap = sig["gap"].where(sig["verdict"] != "unavailable", sig["paper_gap"])
     sig["gap"] = gap
+    gap = gap.where(sig["verdict"] != "degenerate")  # no early stop, Pareto point or jump on a degenerate answer
     performance = _performance(table, run, settings.performance)
     min_change = significant_jumps = run_trend = None
     gaps = None
-    if pairs:
+    if len(pairs) == 1:  # every checkpoint but one degenerate
+        note = note or "only one checkpoint with an interval; dynamics need two or more"
+    elif pairs:
         try:
             gaps = changes.GapSeries.from_pairs(pairs, settings.bootstrap())
         except ValueError as err:  # too few groups for intervals across checkpoints: the other axes go on
@@ -451,6 +468,22 @@ def analyze_run(
         limits=info.limits,
         performance_note=settings.performance_note,
         unavailable_note=note,
+        degenerate_note=degenerate_sentence(answers.loc[degenerate], settings.degenerate_share) if degenerate else "",
+    )
+
+
+def degenerate_steps(answers: pd.DataFrame, share: float) -> list[int]:
+    """The steps of ``inference.top_answers`` whose most frequent answer has at least ``share``."""
+    return [int(step) for step in answers.index[answers["share"] >= share]]
+
+
+def degenerate_sentence(answers: pd.DataFrame, share: float) -> str:
+    """The degenerate checkpoints in words, e.g. "step 0 answers 'female' to 100% of prompts"."""
+    described = [f"step {step} answers '{inference.answer_words(a.answer)}' to {100 * a.share:.0f}% of its "
+                 f"{int(a.prompts)} prompts" for step, a in answers.iterrows()]  # fmt: skip
+    return (
+        f"{'; '.join(described)}: whatever the sentence, at least {100 * share:g}% of one answer, so no verdict "
+        f"on the answer-based gap there, and those checkpoints are left out of its change points and jumps"
     )
 
 

@@ -23,7 +23,7 @@ VERDICT_COLORS = {"favours_male": "tab:red", "favours_female": "tab:purple", "fa
                   "against_stereotype": "tab:blue", "fair": "tab:green"}  # fmt: skip
 # the sided verdicts of a user's own sides (``favours_<side>``), coloured by their name
 OTHER_COLORS = ("tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:gray")
-UNSHADED = ("inconclusive", "unavailable")
+UNSHADED = ("inconclusive", "unavailable", "degenerate")
 
 
 def verdict_color(verdict: str) -> str:
@@ -136,11 +136,11 @@ def plot_tradeoff(result: RunAnalysis, settings: Settings, path: Path) -> None:
 
 def plot_axes(axes: pd.DataFrame, path: Path) -> None:
     """One run's verdicts, axes x checkpoints (``pipeline._axes_table``): one row per fairness task,
-    one cell per checkpoint, coloured by its verdict (grey: inconclusive, white: unavailable)."""
+    one cell per checkpoint, coloured by its verdict (grey: inconclusive, white: unavailable, black: degenerate)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colors = {**VERDICT_COLORS, "inconclusive": "lightgrey", "unavailable": "white"}
+    colors = {**VERDICT_COLORS, "inconclusive": "lightgrey", "unavailable": "white", "degenerate": "black"}
     colors |= {v: verdict_color(v) for v in sorted(set(axes["verdict"]) - set(colors))}
     names = list(colors)
     grid = axes.pivot_table(index="task", columns="step", values="verdict", aggfunc="first")

@@ -235,6 +235,8 @@ def verdict_line(r: RunAnalysis) -> str:
     counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
     confidence = f"{100 * r.confidence:g}%"
     notes = f" {r.limit_note}." if r.limit_note else ""
+    if r.degenerate_note:
+        notes += f" Degenerate checkpoints: {r.degenerate_note}."
     words = inference.explanations(r.sides)[final].format(confidence=confidence)
     if final == "unavailable" and r.unavailable_note:
         words = f"no interval: {r.unavailable_note}"

@@ -196,6 +196,8 @@ def read_prompt_file(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ResultsError(f"{path}: not a per-prompt file of a fairness task ({err!r})") from err
     table = inference.with_pairs(table)
+    if "answer" not in table:  # written before every prompt's answer was kept: no check of degenerate answers
+        table["answer"] = ""
     missing = [c for c in columns if c not in table]
     if missing:
         raise ResultsError(f"{path}: per-prompt columns {missing} missing; evaluate again with fairdyn sweep")
