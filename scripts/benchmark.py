@@ -6,6 +6,7 @@
     python scripts/benchmark.py sweep --batch_size 64 --tasks winobias_fairdyn --prefetch_modes 1 2
     python scripts/benchmark.py demo
     python scripts/benchmark.py tokenizer
+    python scripts/benchmark.py bbq --prompts 120 --batch_size 32
 
 overhead: hf-fairdyn against stock hf on the same winobias_fairdyn prompts and batch size,
           alternating runs in one process; median ratio of wall times.
@@ -17,6 +18,10 @@ sweep:    `fairdyn sweep` over the demo suite's 17 checkpoints (winobias_fairdyn
           a LocalHub with a bandwidth limit, with and without prefetch (overlap).
 demo:     wall time of `fairdyn demo` with an empty cache (trains the suite), then again (reuses the
           suite and the finished checkpoint results).
+bbq:      seconds per context token of a BBQ prompt against a WinoBias prompt, on the demo suite's
+          last checkpoint (--model smollm2: the real SmolLM2-135M), with hf-fairdyn's default path
+          and with share_context=True (one pass per context, the answers' later tokens on top
+          of its key-value cache); the shared path's ranks are asserted equal to the default's.
 tokenizer: seconds per training step of the suite's GPT-NeoX with the 50,277-token Pythia tokenizer
           against the 4,096-token trained one (the reason the suite trains its own).
 
@@ -39,6 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FAIRDYN_WINOBIAS_DIR", str(REPO.parent / "shared" / "winobias"))
+os.environ.setdefault("FAIRDYN_BBQ_DIR", str(REPO.parent / "shared" / "bbq"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -262,6 +268,48 @@ def demo(args) -> dict:
     return {"first_run_s": runs[0], "cached_rerun_s": runs[1]}
 
 
+def bbq_instances(n_prompts: int):
+    """The first ``n_prompts`` BBQ prompts of the first shared category (seed 0), each template's
+    first 8 items as the demo takes them, with their answers (FAIRDYN_BBQ_DIR)."""
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_fairdyn.benchmarks.bbq import data as bbq
+    from lm_eval_fairdyn.benchmarks.bbq.hooks import bbq_doc_to_choice, load_bbq_dataset
+
+    category = bbq.available_categories(None, download=False)[0][0]
+    docs = load_bbq_dataset(category, seeds=[0], bbq_per_template=8)["test"].to_list()[:n_prompts]
+    pairs = [(d["prompt"], " " + w) for d in docs for w in bbq_doc_to_choice(d)]
+    return [Instance("loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+
+
+def bbq_cost(args) -> dict:
+    from lm_eval_fairdyn.offline.embedded import smollm2_folder
+
+    folder = smollm2_folder() if args.model == "smollm2" else checkpoint_folders(demo_suite())[-1]
+    sets = {"winobias": winobias_instances(args.prompts), "bbq": bbq_instances(args.prompts)}
+    out = {"model": str(folder), "prompts": args.prompts, "batch_size": args.batch_size}
+    answers = {}
+    for path, kwargs in (("default", {}), ("share_context", {"share_context": True})):
+        lm = load("hf-fairdyn", folder, args.batch_size, **kwargs)
+        lm.loglikelihood(sets["winobias"][:30], disable_tqdm=True)  # warm-up
+        for name, requests in sets.items():
+            contexts = {r.args[0] for r in requests}
+            tokens = sum(len(lm.tok_encode(c)) for c in contexts)
+            start = time.perf_counter()
+            answers[path, name] = lm.loglikelihood(requests, disable_tqdm=True)
+            seconds = time.perf_counter() - start
+            out[f"{path}/{name}"] = {"seconds": seconds, "prompts_per_second": len(contexts) / seconds,
+                                     "context_tokens_per_prompt": tokens / len(contexts),
+                                     "ms_per_context_token": 1000 * seconds / tokens,
+                                     "answers_of_several_tokens": sum(a.n_tokens > 1 for a in answers[path, name])}  # fmt: skip
+        out[f"{path}/bbq_per_token_over_winobias"] = (
+            out[f"{path}/bbq"]["ms_per_context_token"] / out[f"{path}/winobias"]["ms_per_context_token"]
+        )
+    for name in sets:
+        assert [a.rank for a in answers["share_context", name]] == [a.rank for a in answers["default", name]], name
+    return out
+
+
 def tokenizer(args) -> dict:
     import torch
 
@@ -288,7 +336,8 @@ def tokenizer(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("overhead", "passes", "sweep", "demo", "tokenizer", "loop"))
+    parser.add_argument("what", choices=("overhead", "passes", "sweep", "demo", "tokenizer", "loop", "bbq"))
+    parser.add_argument("--model", choices=("suite", "smollm2"), default="suite", help="bbq: the model")
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
@@ -301,7 +350,14 @@ def main() -> None:
     if args.what == "loop":
         Path(args.json).write_text(json.dumps(minimal_loop(args)))
         return
-    modes = {"overhead": overhead, "passes": passes, "sweep": sweep_cost, "demo": demo, "tokenizer": tokenizer}
+    modes = {
+        "overhead": overhead,
+        "passes": passes,
+        "sweep": sweep_cost,
+        "demo": demo,
+        "tokenizer": tokenizer,
+        "bbq": bbq_cost,
+    }
     result = modes[args.what](args)
     result.update(what=args.what, torch_threads=__import__("torch").get_num_threads(), cpu_count=os.cpu_count())
     print(json.dumps(result, indent=2))

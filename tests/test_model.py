@@ -1,5 +1,6 @@
 """hf-fairdyn against stock hf and against a brute-force computation from the full softmax."""
 
+import functools
 import pickle
 
 import numpy as np
@@ -23,6 +24,14 @@ def winobias_requests(winobias_dir, n_prompts):
         range(n_prompts)
     )
     return docs, [(d["prompt"], " " + word) for d in docs for word in answer_continuations()]
+
+
+def first_bbq_category(bbq_dir) -> str:
+    """The first BBQ category whose file the folder holds (the real files, or the project's own)."""
+    from lm_eval_fairdyn.benchmarks.bbq import data as bbq
+
+    return next(c for c in bbq.CATEGORIES if (bbq_dir / "data" / f"{c}.jsonl").is_file()
+                or (bbq_dir / f"{c}.jsonl").is_file())  # fmt: skip
 
 
 def instances(pairs):
@@ -351,8 +360,7 @@ def test_bbq_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, bbq_di
     from lm_eval_fairdyn.benchmarks.bbq import data as bbq
 
     ranked = neox_pair[1]
-    category = next(c for c in bbq.CATEGORIES if (bbq_dir / "data" / f"{c}.jsonl").is_file()
-                    or (bbq_dir / f"{c}.jsonl").is_file())  # fmt: skip
+    category = first_bbq_category(bbq_dir)
     rows = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
     docs = [d for side in bbq.SIDES for d in [r for r in rows if r["gold"] == side][:3]]
     choices = [bbq_hooks.bbq_doc_to_choice(d) for d in docs]
@@ -377,3 +385,54 @@ def test_bbq_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, bbq_di
                 assert values[f"jsdp_{item_sides[gold]}_part_{other}"] == pytest.approx(truth[k], rel=1e-9, abs=1e-15)
         checked += 1
     assert checked >= 6
+
+
+def test_share_context_answers_as_stock_hf_does_from_one_pass_over_each_context(neox_dir, bbq_dir, winobias_dir):
+    """``share_context=True`` on BBQ prompts (answers of one to several tokens under the Pythia
+    tokenizer), WinoBias prompts (one-token answers: lm-eval's path) and two multi-token
+    continuations of one context: every rank equal to the default path's, every greedy flag and
+    (to float32 rounding: the passes are batched differently) every log-likelihood equal to stock
+    hf's, while each shared context goes through the model once instead of once per answer."""
+
+    category = first_bbq_category(bbq_dir)
+    docs = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()[:12]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    pairs += winobias_requests(winobias_dir, 3)[1]
+    pairs += [("In the beginning was the", " Word, and the Word"), ("In the beginning was the", " world began"),
+              ("The cat sat on", " the mat and")]  # fmt: skip
+    stock = HFLM(pretrained=str(neox_dir), batch_size=8, device="cpu").loglikelihood(instances(pairs))
+    exact = HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu").loglikelihood(instances(pairs))
+    shared_lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu", share_context="True")
+    lengths = []
+    forward = shared_lm.model.forward
+    shared_lm.model.forward = functools.wraps(forward)(lambda ids, *a, **k: lengths.append(tuple(ids.shape))
+                                                       or forward(ids, *a, **k))  # fmt: skip
+    shared = shared_lm.loglikelihood(instances(pairs))
+    assert [a.rank for a in shared] == [a.rank for a in exact]
+    assert [a.n_tokens for a in shared] == [a.n_tokens for a in exact] and max(a.n_tokens for a in shared) > 2
+    assert [a[1] for a in shared] == [a[1] for a in stock]
+    assert [a[0] for a in shared] == pytest.approx([a[0] for a in stock], rel=1e-5, abs=1e-5)
+    assert [a.first_logprob for a in shared] == pytest.approx([a.first_logprob for a in exact], rel=1e-5, abs=1e-5)
+    # the contexts' pass: every shared context once (12 BBQ prompts + one), in batches of 8
+    contexts = {p[0] for p in pairs[: 3 * len(docs)]} | {"In the beginning was the"}
+    long_rows = sum(rows for rows, width in lengths if width > 4)
+    shared_requests = 3 * len(docs) + 2
+    assert long_rows == len(contexts) + 3 + 1 < shared_requests + 3 + 1  # + WinoBias' 3 and the cat's own pass
+    with pytest.raises(ValueError, match="share_context='maybe'"):
+        HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu", share_context="maybe")
+
+
+@pytest.mark.slow
+def test_share_context_on_real_smollm2_gives_the_default_paths_ranks(smollm2_dir, bbq_dir):
+    """The same on the real SmolLM2-135M (a Llama: its own cache and rotary positions), on BBQ
+    prompts whose names it splits into several tokens."""
+    docs = bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()[:6]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    stock = HFLM(pretrained=str(smollm2_dir), batch_size=6, device="cpu").loglikelihood(instances(pairs))
+    exact = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=6, device="cpu").loglikelihood(instances(pairs))
+    shared = HFLMWithRank(pretrained=str(smollm2_dir), batch_size=6, device="cpu",
+                          share_context=True).loglikelihood(instances(pairs))  # fmt: skip
+    assert max(a.n_tokens for a in exact) > 1
+    assert [a.rank for a in shared] == [a.rank for a in exact]
+    assert [a[1] for a in shared] == [a[1] for a in stock]
+    assert [a[0] for a in shared] == pytest.approx([a[0] for a in stock], rel=1e-5, abs=1e-5)

@@ -25,12 +25,22 @@ predict continuation tokens. Each row's float32 log-softmax gives stock ``hf``'s
 rows in float64 give the ranks. Requests that share one forward pass (lm-eval's
 one-token-continuation cache) share one row, exactly as their log-likelihoods do. The batches are
 planned once per list of requests and kept for the next identical call (the next checkpoint of
-a sweep); docs/PERFORMANCE.md (section 3, "The time outside the forward passes") has what this
+a sweep); docs/PERFORMANCE.md (section 3, "What a sweep checkpoint costs beyond its forward passes") has what this
 saves, docs/UPSTREAM.md the proposal for lm-eval.
+
+``share_context=True`` (a model argument, off by default): requests that share a context and
+have answers of several tokens (BBQ's names under a small tokenizer), which lm-eval's grouping
+sends through one full pass each, are scored from one pass over their context, its key-value
+cache expanded to every answer and the answers' later tokens run on top of it in one more pass
+(``_SharedContextBatch``). Every row is the model's at the same position after the same tokens,
+so ranks and log-likelihoods equal the full passes' up to the batched arithmetic that any two
+batchings of the same model already differ by (docs/MODEL.md). One-token answers and requests
+that need left truncation keep lm-eval's path.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -118,9 +128,37 @@ class _Batch:
         return len(self.token) == len(self.requests)
 
 
+@dataclass
+class _SharedContextBatch:
+    """Distinct contexts of a ``share_context`` call and every request that continues them: one
+    pass over the contexts (right-padded with 0, as lm-eval pads), then one pass of each request's
+    continuation but its last token on top of the first pass's key-value cache, selected per
+    request (its context's padding masked out, positions continuing the context's).
+
+    Per request r with context c (length L_c) and continuation t_1..t_n, the row predicting t_1 is
+    the context pass's at L_c - 1 and the row predicting t_j (j > 1) the second pass's at j - 2."""
+
+    contexts: torch.Tensor  # [contexts, longest] right-padded with 0
+    last: torch.Tensor  # per context: the position of its last token
+    context_of: torch.Tensor  # per request: its context's row
+    later: torch.Tensor  # [requests with n > 1, longest n - 1] their t_1..t_{n-1}, right-padded
+    mask: torch.Tensor  # [requests with n > 1, longest context + longest n - 1] what each may attend to
+    positions: torch.Tensor  # [requests with n > 1, longest n - 1] their positions
+    continuations: list  # per request: its continuation's tokens
+    requests: list  # per request: (its index in the call, its request strings, its number of tokens)
+
+
 @register_model("hf-fairdyn")
 class HFLMWithRank(HFLM):
     """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's exact vocabulary rank."""
+
+    def __init__(self, *args, share_context: bool | str = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(share_context, str):
+            if share_context.lower() not in ("true", "false"):
+                raise ValueError(f"hf-fairdyn: share_context={share_context!r}: expected True or False")
+            share_context = share_context.lower() == "true"
+        self.share_context = bool(share_context)
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
         """lm-eval's encoding, computed once per string for this model's tokenizer: a sweep that
@@ -169,7 +207,7 @@ class HFLMWithRank(HFLM):
                 "hf-fairdyn scores decoder-only (causal) models; this is a seq2seq model: use `--model hf` "
                 "(Average Rank is then unavailable)"
             )
-        batches = list(self._batches(requests, override_bs))
+        batches = self._plan(requests, override_bs)
         if override_bs is None and all(req is not None for req, _, _ in requests):  # not loglikelihood_rolling's
             self._kept_plan = (self._plan_key([req for req, _, _ in requests]), batches)
         return self._answer(batches, len(requests), disable_tqdm)
@@ -177,7 +215,67 @@ class HFLMWithRank(HFLM):
     def _plan_key(self, strings: list) -> tuple:
         """What decides a call's batches: its requests' strings (their tokens follow from the strings
         for this model object, whose tokenizer never changes) and the batching settings."""
-        return tuple(strings), self.batch_size, self.logits_cache, self.max_length
+        return tuple(strings), self.batch_size, self.logits_cache, self.max_length, self.share_context
+
+    def _plan(self, requests, override_bs) -> list:
+        """The call's batches: lm-eval's (``_batches``), and with ``share_context`` the requests
+        whose context is shared and whose continuation has several tokens in shared-context batches
+        (``_shared_batches``), each request answered at its index in the call."""
+        if not self.share_context:
+            return list(self._batches(requests, override_bs))
+        by_context: dict[tuple, list[int]] = {}
+        for i, (request, context, continuation) in enumerate(requests):  # not loglikelihood_rolling's windows
+            if (
+                request is not None
+                and context
+                and continuation
+                and len(context) + len(continuation) <= self.max_length + 1
+            ):
+                by_context.setdefault(tuple(context), []).append(i)
+        shared = {c: members for c, members in by_context.items()
+                  if len(members) > 1 and any(len(requests[i][2]) > 1 for i in members)}  # fmt: skip
+        chosen = {i for members in shared.values() for i in members}
+        rest = [i for i in range(len(requests)) if i not in chosen]
+        batches = list(self._batches([requests[i] for i in rest], override_bs)) if rest else []
+        for batch in batches:  # their indices in the whole call
+            batch.requests = [(rest[index], member, n) for index, member, n in batch.requests]
+        return batches + self._shared_batches(requests, shared, override_bs)
+
+    def _shared_batches(self, requests, shared: dict[tuple, list[int]], override_bs) -> list[_SharedContextBatch]:
+        """``_SharedContextBatch``es of up to the batch size of contexts each, longest first."""
+        size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 0) or len(shared) or 1
+        ordered = sorted(shared.items(), key=lambda item: (-len(item[0]), item[0]))
+        batches = []
+        for start in range(0, len(ordered), size):
+            chunk = ordered[start : start + size]
+            longest = max(len(c) for c, _ in chunk)
+            contexts = torch.zeros(len(chunk), longest, dtype=torch.long)
+            context_of, members, continuations, later_rows = [], [], [], []
+            for b, (context, indices) in enumerate(chunk):
+                contexts[b, : len(context)] = torch.tensor(context, dtype=torch.long)
+                for i in indices:
+                    request, _, continuation = requests[i]
+                    context_of.append(b)
+                    members.append((i, request, len(continuation)))
+                    continuations.append(list(continuation))
+                    if len(continuation) > 1:
+                        later_rows.append((b, continuation[:-1]))
+            extra = max((len(t) for _, t in later_rows), default=0)
+            later = torch.zeros(len(later_rows), extra, dtype=torch.long)
+            mask = torch.zeros(len(later_rows), longest + extra, dtype=torch.long)
+            positions = torch.zeros(len(later_rows), extra, dtype=torch.long)
+            for r, (b, tokens) in enumerate(later_rows):
+                n_context = len(chunk[b][0])
+                later[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                mask[r, :n_context] = 1
+                mask[r, longest : longest + len(tokens)] = 1
+                positions[r] = n_context + torch.arange(extra)
+            batches.append(_SharedContextBatch(
+                contexts=contexts.to(self.device), last=self._index([len(c) - 1 for c, _ in chunk]),
+                context_of=self._index(context_of), later=later.to(self.device), mask=mask.to(self.device),
+                positions=positions.to(self.device), continuations=continuations, requests=members,
+            ))  # fmt: skip
+        return batches
 
     def _answer(self, batches: list[_Batch], n_requests: int, disable_tqdm: bool) -> list:
         """Run the planned batches; the answers in request order, each reported to the cache hook."""
@@ -197,8 +295,10 @@ class HFLMWithRank(HFLM):
                 progress.update(len(batch.requests))
         return answers
 
-    def _score(self, batch: _Batch):
+    def _score(self, batch: _Batch | _SharedContextBatch):
         """Per request of a batch: (its entry, loglikelihood, is_greedy, rank, first log p, first token)."""
+        if isinstance(batch, _SharedContextBatch):
+            return self._score_shared(batch)
         logits = self._model_call(batch.inputs)
         offset = logits.shape[1] - batch.inputs.shape[1]  # virtual tokens (prompt tuning) come first
         rows = logits[batch.batch_index, batch.position + offset]
@@ -215,6 +315,42 @@ class HFLMWithRank(HFLM):
             greedy = [bool(token_is_greedy[start:end].all()) for start, end in spans]
         return zip(batch.requests, loglikelihoods, greedy, ranks.tolist(), first_logprobs.tolist(),
                    batch.first_token.tolist(), strict=True)  # fmt: skip
+
+    def _score_shared(self, batch: _SharedContextBatch):
+        """``_score`` of a shared-context batch: the rows of both passes (``_SharedContextBatch``),
+        each request's tokens scored as lm-eval scores them (float log-softmax, sum, all greedy)."""
+        started = time.perf_counter()
+        with torch.no_grad():
+            first = self.model(batch.contexts, use_cache=bool(len(batch.later)))
+            logits = first.logits
+            if logits.shape[1] != batch.contexts.shape[1]:
+                raise ValueError("hf-fairdyn: share_context cannot score a model that adds virtual tokens")
+            first_rows = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
+            later_rows = None
+            if len(batch.later):
+                cache = getattr(first, "cache", None) or first.past_key_values
+                with_later = [k for k, c in enumerate(batch.continuations) if len(c) > 1]
+                cache.batch_select_indices(batch.context_of[with_later])
+                name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+                later_rows = self.model(batch.later, attention_mask=batch.mask, position_ids=batch.positions,
+                                        **{name: cache}).logits  # fmt: skip
+        self.seconds["forward"] += time.perf_counter() - started
+        first_tokens = self._index([c[0] for c in batch.continuations])
+        ranks, first_logprobs = ranks_and_logprobs(first_rows, batch.context_of, first_tokens)
+        first_logsoftmax = F.log_softmax(first_rows, dim=-1, dtype=self.softmax_dtype)
+        results, r = [], 0
+        for k, continuation in enumerate(batch.continuations):
+            rows = first_logsoftmax[batch.context_of[k]][None]
+            if len(continuation) > 1:
+                later = F.log_softmax(later_rows[r, : len(continuation) - 1], dim=-1, dtype=self.softmax_dtype)
+                rows = torch.cat([rows, later])
+                r += 1
+            tokens = self._index(continuation)
+            loglikelihood = float(rows[torch.arange(len(continuation)), tokens].sum())
+            greedy = bool((rows.argmax(dim=-1) == tokens).all())
+            results.append((batch.requests[k], loglikelihood, greedy, int(ranks[k]), float(first_logprobs[k]),
+                            continuation[0]))  # fmt: skip
+        return results
 
     def _batches(self, requests, override_bs):
         """lm-eval's batching of ``HFLM._loglikelihood_tokens`` (causal): requests sorted by

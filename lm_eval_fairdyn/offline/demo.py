@@ -182,6 +182,7 @@ def run_demo(
     checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
     settings = EvalSettings(
         tasks=(*fairness, PERFORMANCE_TASK),
+        model_args="share_context=True",  # BBQ's names of several tokens: one pass per prompt (docs/MODEL.md)
         batch_size=batch_size,
         limit=limit,
         metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())}
