@@ -202,8 +202,8 @@ def _add_sweep(commands) -> None:
         help="evaluate a sequence of checkpoints",
         description="Evaluate tasks on each checkpoint: one lm-eval results JSON (and samples) per checkpoint "
         "folder in --output_path, with a manifest. Finished checkpoints are skipped on rerun; an interrupted "
-        "one is redone. --shard i/n splits the list across jobs sharing the output folder (e.g. a SLURM array "
-        "with --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",
+        "one is redone. Any number of jobs may share the output folder (a SLURM array, a job resubmitted "
+        "alone): each claims the next checkpoint no live job holds. --status OUT says where a sweep is.",
     )
     source = sweep.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoints", metavar="GLOB", help="local checkpoint folders (step read from the name)")
@@ -242,7 +242,10 @@ def _add_sweep(commands) -> None:
         metavar="PATH",
         help="lm-eval's request cache, one database per checkpoint (keyed by its weights)",
     )
-    sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i")
+    sweep.add_argument("--shard", default=None, help="i/n: run only every n-th checkpoint starting at i (not "
+                       "needed to share a folder: jobs claim checkpoints, any number of them)")  # fmt: skip
+    sweep.add_argument("--status", metavar="OUT", help="say which checkpoints of the sweep folder OUT are done, "
+                       "running (by which job, since when), failed (why) and left, and exit")  # fmt: skip
     sweep.add_argument("--prefetch", type=_count, default=1, metavar="K",
                        help="hub checkpoints: download up to K ahead of the one being evaluated (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--cleanup", action="store_true",
@@ -371,9 +374,25 @@ def _sweep(args) -> int:
         finished = sweep.run_sweep(
             mine, args.output_path, settings, prefetch=args.prefetch, cleanup=args.cleanup, retries=args.retries
         )
-    except fetch.DownloadFailed as err:
-        raise SystemExit(f"fairdyn sweep: {err}") from err
+    except sweep.SweepFailed as err:
+        print(f"fairdyn sweep: {err}", file=sys.stderr)
+        return 1
     print(f"{len(finished)} of {len(mine)} checkpoint(s) finished in {args.output_path}")
+    return 0
+
+
+def sweep_status(argv: list[str]) -> int:
+    """``fairdyn sweep --status OUT``: what the folder's checkpoints are at, one line each."""
+    from lm_eval_fairdyn.core.errors import UserInputError
+    from lm_eval_fairdyn.dynamics.sweep import status_lines
+
+    parser = _Parser(prog="fairdyn sweep --status", description="what a sweep folder's checkpoints are at")
+    parser.add_argument("--status", required=True, metavar="OUT", help="the sweep folder")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UserInputError(f"--status OUT takes no other flag (got {' '.join(unknown)})")
+    for line in status_lines(Path(args.status)):
+        print(line)
     return 0
 
 
@@ -781,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
             return run_lm_eval(argv[1:])
+        if argv[:1] == ["sweep"] and any(a == "--status" or a.startswith("--status=") for a in argv[1:]):
+            return sweep_status(argv[1:])
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise UserInputError(_unknown_flags(parser, args.command, unknown))

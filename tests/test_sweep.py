@@ -483,3 +483,68 @@ def test_a_later_checkpoint_gets_the_few_shot_contexts_of_a_fresh_run(tiny_check
                              torch_random_seed=7, fewshot_random_seed=8)  # fmt: skip
     assert contexts(mine) == contexts(theirs) and contexts(mine)[0].count("is number") == 2
     assert contexts(mine) != contexts(swept[1]) and mine["config"]["fewshot_seed"] == 8
+
+
+LOCKS_FAIL = """import errno, fcntl
+
+
+def _no_locks(*args, **kwargs):
+    raise OSError(errno.ENOSYS, "Function not implemented (a Lustre mount without -o flock)")
+
+
+fcntl.flock = fcntl.lockf = _no_locks
+"""
+
+
+@pytest.mark.slow
+def test_jobs_share_a_folder_where_locks_fail_and_each_checkpoint_is_evaluated_once(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """Three identical jobs (no --shard) started at once on one folder, in processes where every
+    file lock fails as on Lustre without flock: they end with the uninterrupted sweep's results
+    and each checkpoint evaluated once over all of them (one line each in timings.jsonl)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LOCKS_FAIL)
+    paths = [str(site), os.environ.get("PYTHONPATH", "")]
+    env = dict(environment(winobias_dir), PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    probe = subprocess.run([sys.executable, "-c", "import fcntl; fcntl.flock(0, fcntl.LOCK_EX)"], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert probe.returncode != 0 and "Function not implemented" in probe.stderr  # locks do fail there
+    out = tmp_path / "shared"
+    run_concurrently([sweep_command(tiny_checkpoints, out) for _ in range(3)], env)
+    assert snapshot(out) == snapshot(uninterrupted)
+    assert sorted(t["label"] for t in sweep.read_timings(out)) == ["step0", "step10", "step20"]
+
+
+@pytest.mark.slow
+def test_a_corrupt_weights_file_fails_its_checkpoint_alone_and_the_rerun_finishes(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """step10's safetensors file truncated: the sweep names the file in one line, evaluates the
+    other checkpoints, exits 1 and records the failure (--status says why); with the file whole
+    again the same command evaluates step10 alone and the folder equals an uninterrupted sweep's."""
+    folders = tmp_path / "checkpoints"
+    shutil.copytree(tiny_checkpoints, folders)
+    weights = folders / "step10" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 3])
+    out = tmp_path / "out"
+    proc = subprocess.run(sweep_command(folders, out), env=environment(winobias_dir), capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fairdyn sweep: 1 of 3 checkpoint(s) failed: step10: ") and str(weights) in last
+    assert "not a whole safetensors file" in last and "Traceback" not in proc.stderr
+    assert (out / "step0" / "checkpoint.json").is_file() and (out / "step20" / "checkpoint.json").is_file()
+    assert not (out / "step10").exists()
+    status = run_cli("sweep", "--status", out)
+    assert [line.split()[:2] for line in status.stdout.splitlines()[:3]] == [["step0", "done"], ["step10", "failed"],
+                                                                             ["step20", "done"]]  # fmt: skip
+    assert str(weights) in status.stdout and "3 checkpoint(s): 2 done, 1 failed" in status.stdout
+    weights.write_bytes(whole)
+    rerun = subprocess.run(sweep_command(folders, out), env=environment(winobias_dir), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [t["label"] for t in sweep.read_timings(out)] == ["step0", "step20", "step10"]
+    assert_same_prompts(out, uninterrupted, {label: label for label in ("step0", "step10", "step20")})
+    assert "3 checkpoint(s): 3 done" in run_cli("sweep", "--status", out).stdout
+    assert not any((out / ".failed").iterdir())

@@ -55,6 +55,7 @@ class Fetched:
     commit: str | None = None
     download_s: float = 0.0
     wait_s: float = 0.0
+    error: str = ""  # why it could not be downloaded (``DownloadFailed``); "" when it was
 
 
 def hub_branches(repo: str) -> list[str]:
@@ -146,7 +147,8 @@ def delete_revision(repo: str, commit: str) -> None:
 
 
 class CheckpointFetcher:
-    """Checkpoints in order, each with its :class:`Fetched`; hub ones downloaded ahead.
+    """Checkpoints in order, each with its :class:`Fetched` (with ``error`` set where it could
+    not be downloaded); hub ones downloaded ahead.
 
     ``items``: (repo, revision) per checkpoint, or None for a local checkpoint. Iterate, and
     call :meth:`release` once a checkpoint's results are written.
@@ -170,7 +172,10 @@ class CheckpointFetcher:
             for index, item in enumerate(self.items):
                 self._queue_ahead(index)
                 started = time.perf_counter()
-                fetched = self._futures.pop(index).result() if item is not None else Fetched()
+                try:
+                    fetched = self._futures.pop(index).result() if item is not None else Fetched()
+                except DownloadFailed as err:  # that checkpoint fails, the sweep goes on
+                    fetched = Fetched(error=str(err))
                 fetched.wait_s = time.perf_counter() - started
                 yield fetched
             finished = True

@@ -21,9 +21,13 @@ Output folder layout::
 
 A checkpoint's folder appears in one atomic rename once everything in it is written, so a
 folder that exists is complete; work in progress lives in ``OUT/.partial/`` and is redone
-after an interruption. Shards (``--shard i/n``) take every n-th checkpoint and may run at the
-same time on other machines sharing OUT: their outputs merge by sharing the folder, and they
-update the manifest under a file lock.
+after an interruption. Any number of jobs may sweep one folder at once (a SLURM array, a job
+resubmitted alone, a second sweep started on it by mistake): each claims a checkpoint before it
+evaluates it (:mod:`lm_eval_fairdyn.dynamics.claims`: atomic creation, no file locks) and skips
+those another live job holds, so every checkpoint gets one result. A checkpoint that fails (a
+corrupt weights file, a download that keeps failing) is recorded in ``OUT/.failed/`` with the
+reason and the sweep goes on; ``fairdyn sweep --status OUT`` says what is done, running (by
+which job, since when), failed (why) and left. ``--shard i/n`` takes every n-th checkpoint.
 
 Duplicate checkpoints: the fingerprint (``fingerprint.weights_fingerprint``) of each evaluated
 checkpoint is recorded, and a checkpoint whose weights are bit-identical to another's is
@@ -33,13 +37,13 @@ the final weights under early branch names); ``fairdyn analyze`` marks them in t
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import glob
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +54,8 @@ from lm_eval_fairdyn.core import harness
 from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.files import atomic_write_json, replace_folder
 from lm_eval_fairdyn.core.harness import EvalSettings
-from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
+from lm_eval_fairdyn.dynamics import claims
+from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher, DownloadFailed
 from lm_eval_fairdyn.dynamics.results import step_from_text
 
 TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its seconds went
@@ -130,24 +135,12 @@ def shard(checkpoints: list[Checkpoint], spec: str | None) -> list[Checkpoint]:
     return checkpoints[i::n]
 
 
-@contextlib.contextmanager
-def _manifest_lock(out: Path):
-    """Exclusive lock on OUT/.manifest.lock (shards may update the manifest at the same time)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): shards must not share a folder there
-        yield
-        return
-    with (out / ".manifest.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class SweepSettingsError(UserInputError, ValueError):
     """An output folder that holds another sweep's finished results."""
+
+
+class SweepFailed(RuntimeError):
+    """Some checkpoints failed (each recorded in OUT/.failed/ with its reason); the others finished."""
 
 
 def _changed(old: dict, new: dict) -> str:
@@ -162,45 +155,58 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
     settings = settings.recorded()
-    with _manifest_lock(out):
-        known = {}
-        if path.is_file():
-            existing = json.loads(path.read_text())
-            # a manifest written before a setting existed holds that setting at its default
-            existing["settings"] = {**EvalSettings().recorded(), **existing["settings"]}
-            finished = [c["label"] for c in existing["checkpoints"] if (out / c["label"] / "checkpoint.json").is_file()]
-            if existing["settings"] != settings and not finished:
-                existing = {"checkpoints": []}
-            elif existing["settings"] != settings:
-                raise SweepSettingsError(
-                    f"{path} holds {len(finished)} finished checkpoint(s) of a sweep with other settings "
-                    f"({_changed(existing['settings'], settings)}); use a new --output_path, or rerun with its settings"
-                )
-            known = {c["label"]: c for c in existing["checkpoints"]}
-        for checkpoint in checkpoints:  # keeps fingerprints recorded earlier
-            known[checkpoint.label] = {**known.get(checkpoint.label, {}), **asdict(checkpoint)}
-        entries = sorted(known.values(), key=lambda c: (c["step"], c["label"]))
-        atomic_write_json(path, {"settings": settings, "checkpoints": entries})
+    entries = {c.label: asdict(c) for c in checkpoints}
+    if _create_exclusively(path, {"settings": settings, "checkpoints": _ordered(entries)}):
+        return
+    existing = json.loads(path.read_text())
+    # a manifest written before a setting existed holds that setting at its default
+    existing["settings"] = {**EvalSettings().recorded(), **existing["settings"]}
+    finished = [c["label"] for c in existing["checkpoints"] if (out / c["label"] / "checkpoint.json").is_file()]
+    if existing["settings"] != settings and finished:
+        raise SweepSettingsError(
+            f"{path} holds {len(finished)} finished checkpoint(s) of a sweep with other settings "
+            f"({_changed(existing['settings'], settings)}); use a new --output_path, or rerun with its settings"
+        )
+    known = {} if existing["settings"] != settings else {c["label"]: c for c in existing["checkpoints"]}
+    if existing["settings"] != settings or set(entries) - set(known):
+        # Another sweep's settings but nothing finished (its start failed: taken over), or more
+        # checkpoints. Jobs that start together write the same list; a job that adds checkpoints
+        # while another adds others may lose the other's, which only the list (--status) shows:
+        # results are what a folder holds, and each job evaluates the checkpoints it was given.
+        atomic_write_json(path, {"settings": settings, "checkpoints": _ordered({**known, **entries})})
 
 
-def record_fingerprint(out: Path, label: str, fingerprint: str) -> list[str]:
-    """Store a finished checkpoint's weights fingerprint in the manifest (written only when it
-    was not there yet); return the labels of the other checkpoints recorded with the same weights."""
-    path = out / "manifest.json"
-    with _manifest_lock(out):
-        manifest = json.loads(path.read_text())
-        entries = [
-            e for e in manifest["checkpoints"] if e["label"] == label and e.get("weights_fingerprint") != fingerprint
-        ]
-        for entry in entries:
-            entry["weights_fingerprint"] = fingerprint
-        if entries:
-            atomic_write_json(path, manifest)
-    return [
-        c["label"]
-        for c in manifest["checkpoints"]
-        if c["label"] != label and c.get("weights_fingerprint") == fingerprint
-    ]
+def _ordered(entries: dict[str, dict]) -> list[dict]:
+    return sorted(entries.values(), key=lambda c: (c["step"], c["label"]))
+
+
+def _create_exclusively(path: Path, data: dict) -> bool:
+    """Write ``path`` whole unless it exists (a hard link of a file written beside it: atomic
+    without locks on local disks, NFS and Lustre); False when it existed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    atomic_write_json(tmp, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def same_weights(out: Path, label: str, fingerprint: str) -> list[str]:
+    """The other finished checkpoints of the folder whose weights fingerprint (in their
+    checkpoint.json, written by whichever job evaluated them) equals ``fingerprint``."""
+    same = []
+    for marker in sorted(out.glob("*/checkpoint.json")):
+        if marker.parent.name == label:
+            continue
+        try:
+            if json.loads(marker.read_text()).get("weights_fingerprint") == fingerprint:
+                same.append(marker.parent.name)
+        except (OSError, ValueError):
+            continue
+    return same
 
 
 def run_sweep(
@@ -218,34 +224,55 @@ def run_sweep(
     write_manifest(out, checkpoints, settings)  # a folder holding another sweep's settings is refused here
     partial_root = out / ".partial"
     partial_root.mkdir(exist_ok=True)
-    done, todo = [], []
-    for checkpoint in checkpoints:
-        final = out / checkpoint.label
-        if (final / "checkpoint.json").is_file():  # finished; its fingerprint may predate the manifest's
-            fingerprint = json.loads((final / "checkpoint.json").read_text()).get("weights_fingerprint")
-            if fingerprint is not None:
-                record_fingerprint(out, checkpoint.label, fingerprint)
-            done.append(final)
-        else:
-            todo.append(checkpoint)
+    finished = {c.label for c in checkpoints if (out / c.label / "checkpoint.json").is_file()}
+    done = [out / c.label for c in checkpoints if c.label in finished]
+    todo = [c for c in checkpoints if c.label not in finished]
     evaluator = harness.Evaluator(settings)
     fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries)
     if todo:
         fetcher.start()  # the first downloads run while lm-eval's tasks are loaded
         evaluator.tasks()
     progress = tqdm(zip(todo, fetcher, strict=True), total=len(todo), desc="checkpoints", unit="ckpt")
+    failures, held = {}, []
     try:
         for index, (checkpoint, fetched) in enumerate(progress):
             progress.set_postfix_str(checkpoint.label)
-            done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
+            final = out / checkpoint.label
+            if (final / "checkpoint.json").is_file():  # another job finished it meanwhile
+                done.append(final)
+                continue
+            claim = claims.try_claim(out, checkpoint.label)
+            if claim is None:  # another live job evaluates it
+                held.append(checkpoint.label)
+                continue
+            try:
+                if fetched.error:
+                    raise DownloadFailed(fetched.error)
+                done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
+                claims.clear_failure(out, checkpoint.label)
+            except Exception as err:  # this checkpoint failed: recorded, the others go on
+                failures[checkpoint.label] = _failure_reason(err, fetched.folder or _local_folder(checkpoint))
+                claims.record_failure(out, checkpoint.label, failures[checkpoint.label])
+                tqdm.write(f"fairdyn sweep: {checkpoint.label} failed ({failures[checkpoint.label]}); going on with "
+                           "the next checkpoint", file=sys.stderr)  # fmt: skip
+            finally:
+                claim.release()
             fetcher.release(index, fetched)
-            if index == 0:
+            if len(done) + len(failures) == len(finished) + 1:  # the first checkpoint this job evaluated
                 # What the first checkpoint set up (tasks, docs, encodings, the batch plan) lives for the
                 # whole sweep: Python's full collections stop scanning it (each took ~0.3 s, every other
                 # checkpoint, on the demo suite); unfrozen when the sweep ends.
                 gc.freeze()
     finally:
         gc.unfreeze()
+    if held:
+        logger.warning("%d checkpoint(s) are being evaluated by other jobs: %s", len(held), ", ".join(held))
+    if failures:
+        raise SweepFailed(
+            f"{len(failures)} of {len(todo)} checkpoint(s) failed: "
+            + "; ".join(f"{label}: {reason}" for label, reason in failures.items())
+            + f". The others are kept; `fairdyn sweep --status {out}` lists them, and the same command retries these"
+        )
     return done
 
 
@@ -269,10 +296,72 @@ def _evaluate_one(checkpoint, fetched, evaluator, out: Path, partial_root: Path,
     with (out / TIMINGS).open("a") as handle:
         handle.write(json.dumps(timing) + "\n")
     if fingerprint is not None:
-        same = record_fingerprint(out, checkpoint.label, fingerprint)
+        same = same_weights(out, checkpoint.label, fingerprint)
         if same:
             logger.warning(
                 "%s holds the same weights as %s (fingerprint %s): their results are one model's; "
                 "fairdyn analyze marks them", checkpoint.label, ", ".join(same), fingerprint[:16],
             )  # fmt: skip
     return final
+
+
+def _local_folder(checkpoint: Checkpoint) -> Path | None:
+    for arg in checkpoint.model_args.split(","):
+        key, _, value = arg.partition("=")
+        if key == "pretrained" and Path(value).is_dir():
+            return Path(value)
+    return None
+
+
+def _failure_reason(err: Exception, folder: Path | None) -> str:
+    """Why a checkpoint failed, in one line: the weights file that cannot be read when that is
+    the cause (a truncated or corrupt safetensors file), else the error."""
+    reason = f"{type(err).__name__}: {err}"
+    if folder is None:
+        return reason
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                for name in weights.keys():
+                    weights.get_slice(name)
+        except Exception as bad:  # noqa: BLE001 (whatever safetensors raises names the broken file)
+            return f"{path}: not a whole safetensors file ({bad}); copy or download it again"
+    return reason
+
+
+def status_lines(out: Path) -> list[str]:
+    """``fairdyn sweep --status``: per checkpoint of the folder's manifest whether it is done,
+    running (by which job, since when, last heard from), held by a dead job (taken over by the
+    next one), failed (why) or left, then the counts."""
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        raise UserInputError(f"{out}: no sweep folder (no manifest.json); give the --output_path of a fairdyn sweep")
+    entries = json.loads(manifest.read_text())["checkpoints"]
+    counts: dict[str, int] = {}
+    lines, now = [], time.time()
+    for entry in entries:
+        label = entry["label"]
+        claim = claims.read_claim(out, label)
+        failure = claims.read_failure(out, label)
+        if (out / label / "checkpoint.json").is_file():
+            state, words = "done", ""
+        elif claim is not None and not claim.dead:
+            state = "running"
+            words = (
+                f"by {claim.job} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(claim.since))}, "
+                f"last heard from {now - claim.touched:.0f} s ago"
+            )
+        elif claim is not None:
+            state = "stalled"
+            words = f"claimed by {claim.job}, silent for {now - claim.touched:.0f} s: the next job takes it over"
+        elif failure is not None:
+            state, words = "failed", failure["reason"]
+        else:
+            state, words = "left", ""
+        counts[state] = counts.get(state, 0) + 1
+        lines.append(f"{label:<16} {state:<8} {words}".rstrip())
+    order = ("done", "running", "stalled", "failed", "left")
+    lines.append(f"{len(entries)} checkpoint(s): " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts))
+    return lines

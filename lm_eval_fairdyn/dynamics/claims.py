@@ -1,0 +1,177 @@
+"""Which job evaluates which checkpoint of a shared sweep folder, without file locks.
+
+Many jobs may sweep one folder at once (a SLURM array, a task resubmitted alone, a second sweep
+started on it by mistake). Before it evaluates a checkpoint, a job claims it:
+
+- **claim**: create ``OUT/.claims/<label>.json`` (who, where, since) exclusively: the job writes
+  the claim under a name of its own and hard-links it to the claim's name, which fails when the
+  name exists. ``link`` is atomic on local file systems, NFS and Lustre alike, where ``flock`` may
+  be missing (Lustre without ``-o flock`` answers ENOSYS) or depend on a lock daemon (NFS).
+- **heartbeat**: while it works the job touches its claim every ``heartbeat_s`` seconds.
+- **release**: once the checkpoint's folder is in place (one rename: a folder that exists is
+  complete) the claim is removed; a checkpoint that failed gets ``OUT/.failed/<label>.json``
+  (why) and its claim is removed too.
+- **takeover**: a claim not touched for ``stale_s`` seconds, or whose process is gone on this
+  host, is a dead job's. The next job renames it to a name of its own (of several jobs, one
+  rename succeeds) and claims anew.
+
+So any number of jobs, started in any order or again after a failure, end with one result per
+checkpoint: a checkpoint is evaluated again only when its job died (its partial work is redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLAIMS = ".claims"
+FAILED = ".failed"
+HEARTBEAT_S = 30.0
+STALE_S = 300.0  # ten heartbeats missed: the job is dead (or its machine stopped)
+
+
+def job_name() -> str:
+    """This job in words: its SLURM job (and array task) when there is one, else host and process."""
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    if job:
+        return f"slurm job {os.environ.get('SLURM_ARRAY_JOB_ID', job)}{f'_{task}' if task else ''} ({where})"
+    return where
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+@dataclass
+class ClaimState:
+    """A claim as found on disk: who holds it, since when, when it was last touched, whether dead."""
+
+    label: str
+    job: str
+    host: str
+    pid: int
+    since: float
+    touched: float
+    dead: bool
+
+
+def read_claim(out: Path, label: str, stale_s: float = STALE_S) -> ClaimState | None:
+    path = Path(out) / CLAIMS / f"{label}.json"
+    try:
+        data = json.loads(path.read_text())
+        touched = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written (an empty or partial file): alive
+        return ClaimState(label, "?", "?", 0, time.time(), time.time(), False)
+    dead = time.time() - touched > stale_s
+    if data.get("host") == socket.gethostname() and not _process_alive(int(data.get("pid", 0))):
+        dead = True
+    return ClaimState(label, data.get("job", "?"), data.get("host", "?"), int(data.get("pid", 0)),
+                      float(data.get("since", touched)), touched, dead)  # fmt: skip
+
+
+class Claim:
+    """This job's claim on one checkpoint (``try_claim``), kept alive by a heartbeat thread until
+    ``release``."""
+
+    def __init__(self, path: Path, heartbeat_s: float):
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
+                                        name=f"fairdyn-claim-{path.stem}")  # fmt: skip
+        self._thread.start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                os.utime(self.path)
+            except OSError:  # taken over (we were thought dead): the evaluation goes on, its result is equal
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> Claim | None:
+    """This job's claim on ``label``, or None when another job holds it (or is taking a dead
+    job's claim over). A dead job's claim is taken over by the one job that creates its takeover
+    mark (``<label>.takeover.<inode>.<mtime>``, exclusively, so that two jobs cannot both remove
+    it), which then removes that very claim and claims anew."""
+    folder = Path(out) / CLAIMS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}.json"
+    mine = folder / f".{label}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
+    mine.write_text(json.dumps({"job": job_name(), "host": socket.gethostname(), "pid": os.getpid(),
+                                "since": time.time()}))  # fmt: skip
+    try:
+        try:
+            os.link(mine, path)
+            return Claim(path, heartbeat_s)
+        except FileExistsError:
+            pass
+        try:
+            held = path.stat()
+        except FileNotFoundError:  # released meanwhile: the next pass over the checkpoints claims it
+            return None
+        state = read_claim(out, label, stale_s)
+        if state is None or not state.dead:
+            return None
+        mark = folder / f"{label}.takeover.{held.st_ino}.{held.st_mtime_ns}"
+        try:
+            os.link(mine, mark)
+        except FileExistsError:  # another job takes this claim over
+            return None
+        try:
+            if path.stat().st_ino == held.st_ino:
+                path.unlink()
+            os.link(mine, path)
+        except (FileNotFoundError, FileExistsError):
+            return None
+        finally:
+            # Done with: a job that marks the same dead claim later finds another file at the path
+            # (this job's claim, a new inode, since both existed at once) and leaves it alone.
+            mark.unlink(missing_ok=True)
+        return Claim(path, heartbeat_s)
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def record_failure(out: str | Path, label: str, reason: str) -> Path:
+    """OUT/.failed/<label>.json: why the checkpoint failed, by which job, when."""
+    folder = Path(out) / FAILED
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}.json"
+    tmp = folder / f".{label}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"label": label, "reason": reason, "job": job_name(), "when": time.time()}))
+    tmp.replace(path)
+    return path
+
+
+def clear_failure(out: str | Path, label: str) -> None:
+    (Path(out) / FAILED / f"{label}.json").unlink(missing_ok=True)
+
+
+def read_failure(out: str | Path, label: str) -> dict | None:
+    try:
+        return json.loads((Path(out) / FAILED / f"{label}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None

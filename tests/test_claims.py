@@ -1,0 +1,119 @@
+"""Jobs sharing a sweep folder: exclusive claims without locks, dead jobs' claims taken over once."""
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+
+from conftest import run_cli
+
+from lm_eval_fairdyn.dynamics import claims
+
+
+def write_claim(out, label, host, pid, age_s=0.0):
+    """A claim as another job wrote it, last touched ``age_s`` seconds ago."""
+    path = out / claims.CLAIMS / f"{label}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"job": f"{host}:{pid}", "host": host, "pid": pid, "since": time.time() - age_s}))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+def finished_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+    first = claims.try_claim(tmp_path, "step0")
+    assert first is not None and claims.try_claim(tmp_path, "step0") is None
+    held = claims.read_claim(tmp_path, "step0")
+    assert held.pid == os.getpid() and not held.dead
+    first.release()
+    assert claims.read_claim(tmp_path, "step0") is None
+    second = claims.try_claim(tmp_path, "step0")
+    assert second is not None
+    second.release()
+    assert sorted(p.name for p in (tmp_path / claims.CLAIMS).iterdir()) == []  # nothing left behind
+
+
+def test_a_dead_jobs_claim_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    """Dead: its process is gone on this host, or it has not been touched for stale_s seconds
+    (another host). Alive: a process of this host that runs, or another host's recent claim."""
+    import socket
+
+    host = socket.gethostname()
+    write_claim(tmp_path, "gone", host, finished_pid())
+    write_claim(tmp_path, "silent", "elsewhere", 12345, age_s=1000)
+    write_claim(tmp_path, "recent", "elsewhere", 12345, age_s=10)
+    write_claim(tmp_path, "running", host, os.getppid())
+    for label in ("gone", "silent"):
+        claim = claims.try_claim(tmp_path, label, stale_s=300)
+        assert claim is not None, label
+        assert claims.read_claim(tmp_path, label).pid == os.getpid()
+        claim.release()
+    assert claims.try_claim(tmp_path, "recent", stale_s=300) is None
+    assert claims.try_claim(tmp_path, "running", stale_s=300) is None
+
+
+def test_of_many_jobs_taking_one_dead_claim_over_exactly_one_wins(tmp_path):
+    for attempt in range(5):
+        label = f"step{attempt}"
+        write_claim(tmp_path, label, "elsewhere", 1, age_s=1000)
+        barrier, won = threading.Barrier(8), []
+
+        def take(label=label, barrier=barrier, won=won):
+            barrier.wait()
+            claim = claims.try_claim(tmp_path, label, stale_s=300, heartbeat_s=60)
+            if claim is not None:
+                won.append(claim)
+
+        threads = [threading.Thread(target=take) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, (attempt, len(won))
+        won[0].release()
+
+
+def test_the_heartbeat_keeps_a_claim_alive(tmp_path):
+    claim = claims.try_claim(tmp_path, "step0", heartbeat_s=0.05)
+    os.utime(claim.path, (time.time() - 1000, time.time() - 1000))
+    assert claims.read_claim(tmp_path, "step0", stale_s=300).dead
+    deadline = time.time() + 10
+    while claims.read_claim(tmp_path, "step0", stale_s=300).dead and time.time() < deadline:
+        time.sleep(0.05)
+    assert not claims.read_claim(tmp_path, "step0", stale_s=300).dead
+    claim.release()
+
+
+def test_status_says_what_each_checkpoint_is_at(tmp_path):
+    out = tmp_path / "sweep"
+    labels = ["step0", "step10", "step20", "step30", "step40"]
+    out.mkdir()
+    entries = [{"label": label, "step": int(label[4:]), "model_args": ""} for label in labels]
+    (out / "manifest.json").write_text(json.dumps({"settings": {}, "checkpoints": entries}))
+    (out / "step0").mkdir()
+    (out / "step0" / "checkpoint.json").write_text("{}")
+    running = claims.try_claim(out, "step10")
+    write_claim(out, "step20", "elsewhere", 7, age_s=1000)
+    claims.record_failure(out, "step30", "SafetensorError: step30/model.safetensors is not a whole safetensors file")
+    proc = run_cli("sweep", "--status", out)
+    running.release()
+    assert proc.returncode == 0, proc.stderr
+    lines = [" ".join(line.split()) for line in proc.stdout.splitlines()]
+    assert lines[0] == "step0 done"
+    assert lines[1].startswith(f"step10 running by {claims.job_name()} since ") and "last heard from" in lines[1]
+    assert re.fullmatch(
+        r"step20 stalled claimed by elsewhere:7, silent for 100\d s: the next job takes it over", lines[2]
+    )
+    assert lines[3] == "step30 failed SafetensorError: step30/model.safetensors is not a whole safetensors file"
+    assert lines[4] == "step40 left"
+    assert lines[5] == "5 checkpoint(s): 1 done, 1 running, 1 stalled, 1 failed, 1 left"
+    missing = run_cli("sweep", "--status", tmp_path / "nothing")
+    assert missing.returncode == 2 and "no sweep folder (no manifest.json)" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
