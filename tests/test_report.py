@@ -318,3 +318,29 @@ def test_a_step_below_the_margin_is_a_step_not_a_trend():
     alone = changes.trend(changes.GapSeries.from_pairs(analysis.inference.pairs_by_step(prompts, "jsdp"),
                                                        settings.bootstrap()))  # fmt: skip
     assert alone["significant"] and alone["change"] == pytest.approx(0.03, abs=0.01)
+
+
+def test_neighbouring_changes_the_same_way_are_read_as_one_change_of_uncertain_location():
+    """After a true jump, binary segmentation often reports a second change point a checkpoint or
+    two away (docs/STATISTICS.md: 8-22% of runs with 12-25 templates): the report says to read
+    such neighbours, in the same direction, as one change; changes apart, or opposite, are not."""
+    from types import SimpleNamespace
+
+    from lm_eval_fairdyn.dynamics import report
+
+    steps = list(range(0, 1000, 100))
+
+    def line(rows):
+        points = pd.DataFrame([{"from_step": a, "to_step": a + 100, "before": 0.0, "after": c, "change": c,
+                                "ci_low": c - 0.01, "ci_high": c + 0.01} for a, c in rows])  # fmt: skip
+        r = SimpleNamespace(trend={}, min_change=0.05, confidence=0.99, significance=pd.DataFrame(index=steps),
+                            change_points=points, small_steps=points.iloc[:0], measure="jsdp")  # fmt: skip
+        return report.change_line(r)
+
+    assert "the changes between steps 400 and 600 go the same way within two checkpoints" in line(
+        [(400, 0.08), (500, 0.06)]
+    )
+    assert "between steps 300 and 600 go the same way" in line([(300, 0.08), (500, 0.06)])
+    assert "go the same way" not in line([(200, 0.08), (600, 0.06)])  # four checkpoints apart
+    assert "go the same way" not in line([(400, 0.08), (500, -0.06)])  # back: two changes
+    assert report.neighbouring_changes(pd.DataFrame(columns=["from_step", "to_step", "change"]), steps) == []

@@ -277,10 +277,34 @@ def change_line(r: RunAnalysis) -> str:
         )
 
     line = f"{what}: {described(r.change_points) if not r.change_points.empty else 'none'}."
+    near = neighbouring_changes(r.change_points, list(r.significance.index))
+    if near:
+        line += (" " + "; ".join(f"the changes between steps {a} and {b} go the same way within two checkpoints"
+                                 for a, b in near)
+                 + ": read them as one change whose location is uncertain by a checkpoint or two (after a true "
+                 "jump binary segmentation often adds such a neighbour; docs/STATISTICS.md).")  # fmt: skip
     if not r.small_steps.empty:
         line += (f" Steps smaller than {in_units(r, r.min_change)} (their band excludes 0, not the bound): "
                  f"{described(r.small_steps)}.")  # fmt: skip
     return line
+
+
+def neighbouring_changes(points: pd.DataFrame, steps: list) -> list[tuple[int, int]]:
+    """(first from_step, last to_step) of each run of change points in the same direction whose
+    boundaries lie within two checkpoints of each other."""
+    index = {int(step): i for i, step in enumerate(steps)}
+    runs, current = [], []
+    for c in points.sort_values("from_step").itertuples():
+        if current and (np.sign(c.change) == np.sign(current[-1].change)
+                        and index.get(int(c.from_step), 0) - index.get(int(current[-1].from_step), 0) <= 2):  # fmt: skip
+            current.append(c)
+            continue
+        if len(current) > 1:
+            runs.append((int(current[0].from_step), int(current[-1].to_step)))
+        current = [c]
+    if len(current) > 1:
+        runs.append((int(current[0].from_step), int(current[-1].to_step)))
+    return runs
 
 
 def trend_line(r: RunAnalysis) -> str:
