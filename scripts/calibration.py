@@ -5,7 +5,7 @@ counts how often a claim is wrong (false-alarm rate, or 1 - coverage) or right w
 be (power). Sentence pairs are the unit, as in the analysis: 394 pairs (the WinoBias test split),
 values on the JSD-P scale.
 
-- Sweeps (jumps, change points, trend; ``changes``): d_jt = truth_t + s_j + e_jt, the sentence
+- Sweeps and drifts (jumps, change points, trend; ``changes``): d_jt = truth_t + s_j + e_jt, the sentence
   effect s_j ~ N(0, 0.05) shared by every checkpoint, e_jt an AR(1) over checkpoints with
   coefficient phi (0: white noise; 0.5, 0.9: neighbouring checkpoints nearly the same model) and
   sd 0.05; 12, 40 and 154 checkpoints; truth 0, a drift 0 -> 0.05, or a jump half-way.
@@ -88,21 +88,6 @@ def sweeps(reps: int, confidence: float) -> None:
             row("change points (any)", name, counts[0] / reps, alpha, reps)
             row("jumps (any significant)", name, counts[1] / reps, alpha, reps)
             row("trend (excludes 0)", name, counts[2] / reps, alpha, reps)
-    for phi in (0.0, 0.9):
-        rng = np.random.default_rng([7, int(10 * phi)])
-        breaks = covered = trends = 0
-        for i in range(reps):
-            d, truth = sweep(rng, 154, phi, drift=0.05)
-            s = changes.GapSeries.from_differences(d, Bootstrap(confidence, RESAMPLES, seed=i))
-            found = changes.change_points(s)
-            t = changes.trend(s, found)
-            breaks += not found.empty
-            trends += t["significant"]
-            covered += t["ci_low"] <= truth[-1] - truth[0] <= t["ci_high"]
-        name = f"drift 0 -> 0.05, phi {phi:g}, 154 checkpoints"
-        row("change points (any)", name, breaks / reps, alpha, reps)
-        row("trend found", name, trends / reps, None, reps, "power")
-        row("trend interval misses the drift", name, 1 - covered / reps, alpha, reps, "1 - coverage")
     # min_change 0: the test alone (band excludes 0); 0.05: the analysis' default (the JSD-P margin)
     for phi in (0.0, 0.9):
         for size, min_change in ((0.005, 0.0), (0.01, 0.0), (0.02, 0.0), (0.06, MARGIN), (0.075, MARGIN)):
@@ -121,6 +106,27 @@ def sweeps(reps: int, confidence: float) -> None:
             row("change point between the right steps", name, right / reps, None, reps, "power")
             row("another change point", name, extra / reps, alpha, reps)
             row("top jump beyond min_change, right steps", name, jump_right / reps, None, reps, "power")
+
+
+def drifts(reps: int, confidence: float) -> None:
+    """A linear drift from 0 to 0.05 over 154 checkpoints: no breaks, and the trend's coverage
+    (its own section, so that the coverage can be measured on more runs: ``--only drifts``)."""
+    alpha = 1 - confidence
+    for phi in (0.0, 0.9):
+        rng = np.random.default_rng([7, int(10 * phi)])
+        breaks = covered = trends = 0
+        for i in range(reps):
+            d, truth = sweep(rng, 154, phi, drift=0.05)
+            s = changes.GapSeries.from_differences(d, Bootstrap(confidence, RESAMPLES, seed=i))
+            found = changes.change_points(s)
+            t = changes.trend(s, found)
+            breaks += not found.empty
+            trends += t["significant"]
+            covered += t["ci_low"] <= truth[-1] - truth[0] <= t["ci_high"]
+        name = f"drift 0 -> 0.05, phi {phi:g}, 154 checkpoints"
+        row("change points (any)", name, breaks / reps, alpha, reps)
+        row("trend found", name, trends / reps, None, reps, "power")
+        row("trend interval misses the drift", name, 1 - covered / reps, alpha, reps, "1 - coverage")
 
 
 def verdicts(reps: int, confidence: float) -> None:
@@ -341,7 +347,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=200, help="simulated series per scenario (default: %(default)s)")
     parser.add_argument("--confidence", type=float, default=0.99)
     parser.add_argument(
-        "--only", choices=("sweeps", "verdicts", "replicates", "check", "few", "schedules"), default=None
+        "--only", choices=("sweeps", "drifts", "verdicts", "replicates", "check", "few", "schedules"), default=None
     )
     args = parser.parse_args()
     started = time.perf_counter()
@@ -354,6 +360,7 @@ def main() -> None:
         ("check", check),
         ("replicates", replicates),
         ("sweeps", sweeps),
+        ("drifts", drifts),
         ("few", few),
         ("schedules", schedules),
     ):
