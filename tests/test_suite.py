@@ -274,6 +274,7 @@ def test_a_bias_planted_on_one_bbq_axis_emerges_there_and_on_no_other(suite_root
     neither other axis emerges (no verdict favours a side from some step to the end)."""
     from lm_eval_fairdyn.dynamics import sweep
     from lm_eval_fairdyn.dynamics.analysis import Settings
+    from lm_eval_fairdyn.dynamics.inference import ANSWER_MEASURES
     from lm_eval_fairdyn.dynamics.pipeline import analyze
     from lm_eval_fairdyn.offline.suite import PLANTED_AXIS_SUITE
 
@@ -293,7 +294,8 @@ def test_a_bias_planted_on_one_bbq_axis_emerges_there_and_on_no_other(suite_root
         religion = by[("bbq_fairdyn_religion", measure)]
         assert religion.emergence_step is not None and religion.emergence_step <= after, measure
         assert religion.significance["verdict"].iloc[-1] == "favours_stereotype"
-        assert set(religion.significance.loc[: switch - 1, "verdict"]) <= {"fair", "inconclusive"}
+        unsided = {"fair", "inconclusive"} | ({"degenerate"} if measure in ANSWER_MEASURES else set())
+        assert set(religion.significance.loc[: switch - 1, "verdict"]) <= unsided, measure
         for other in tasks[1:]:
             assert by[(other, measure)].emergence_step is None, (other, measure)
             assert by[(other, measure)].significance["verdict"].iloc[-1] in ("fair", "inconclusive"), (other, measure)
