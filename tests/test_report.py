@@ -344,3 +344,17 @@ def test_neighbouring_changes_the_same_way_are_read_as_one_change_of_uncertain_l
     assert "go the same way" not in line([(200, 0.08), (600, 0.06)])  # four checkpoints apart
     assert "go the same way" not in line([(400, 0.08), (500, -0.06)])  # back: two changes
     assert report.neighbouring_changes(pd.DataFrame(columns=["from_step", "to_step", "change"]), steps) == []
+
+
+def test_a_sweep_read_before_it_is_finished_is_said_to_be_partial(tmp_path):
+    from lm_eval_fairdyn.dynamics.pipeline import partial_note
+
+    entries = [{"label": f"step{s}", "step": s} for s in (0, 10, 20)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": {}, "checkpoints": entries}))
+    for label in ("step0", "step20"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "checkpoint.json").write_text("{}")
+    assert partial_note(tmp_path).startswith("A partial sweep: 2 of 3 checkpoints were finished when it was read")
+    (tmp_path / "step10").mkdir()
+    (tmp_path / "step10" / "checkpoint.json").write_text("{}")
+    assert partial_note(tmp_path) == "" and partial_note(tmp_path / "not a sweep") == ""

@@ -268,6 +268,7 @@ class RunAnalysis:
     limits: str = ""  # what a fair verdict on the task does not say
     performance_note: str = ""  # the trade-off's metric, or why there is none (``Settings.performance_note``)
     limit_note: str = ""  # set when the task was evaluated on a part of its prompts (``--limit``)
+    partial_note: str = ""  # set when the run is a sweep some of whose checkpoints were not finished yet
     unavailable_note: str = ""  # why some verdict, or the change points and trend, has no interval
     # shifts whose band excludes 0 but not +-min_change: steps smaller than the margin, shown (the
     # trend is fitted beside them, so that a small step is not read as a trend)

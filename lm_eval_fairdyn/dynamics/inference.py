@@ -61,8 +61,9 @@ UNSIDED_EXPLANATIONS = {
     "inconclusive": "the data cannot tell whether the difference is larger or smaller than the margin",
     "unavailable": "no interval: no per-prompt values to compute it from (evaluate with fairdyn sweep, or with "
     "--log_samples), or fewer than two groups with prompts of both sides (e.g. items left out as collided)",
-    "degenerate": "the checkpoint gives (nearly) one answer to every prompt whatever the sentence, so a gap "
-    "between the answers it gives is no bias verdict (the gaps of probabilities, JSD-P and AR, keep theirs)",
+    "degenerate": "the checkpoint gives (nearly) one answer to every prompt whatever the sentence, so the "
+    "answer-based gap measures that one answer, not how the model treats the two sides' prompts: read the gaps of "
+    "probabilities (JSD-P, AR), which keep their verdicts",
 }
 
 

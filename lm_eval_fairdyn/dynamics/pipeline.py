@@ -6,6 +6,8 @@ figures ``plots``, rendering ``report``."""
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from lm_eval_fairdyn.dynamics.results import (
     tidy,
     weights_fingerprints,
 )
+
+logger = logging.getLogger("lm_eval_fairdyn")
 
 
 def task_info(files, task: str) -> registry.TaskInfo:
@@ -60,6 +64,21 @@ def limit_note(files, task: str) -> str:
     evaluated, total = limited[0]
     return (f"Evaluated with --limit: {evaluated:,} of {total:,} prompts at (some) checkpoints, a quick look, "
             "not the benchmark's result")  # fmt: skip
+
+
+def partial_note(run_dir: str | Path) -> str:
+    """A sentence when ``run_dir`` is a fairdyn sweep whose manifest lists checkpoints that have
+    no finished folder yet (jobs still running, failed or not started): a partial sweep."""
+    manifest = Path(run_dir) / "manifest.json"
+    try:
+        labels = [c["label"] for c in json.loads(manifest.read_text())["checkpoints"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    finished = [label for label in labels if (Path(run_dir) / label / "checkpoint.json").is_file()]
+    if len(finished) == len(labels):
+        return ""
+    return (f"A partial sweep: {len(finished)} of {len(labels)} checkpoints were finished when it was read "
+            f"(`fairdyn sweep --status {run_dir}`); analyse it again when the sweep is done")  # fmt: skip
 
 
 def with_performance(settings: Settings, table, files) -> Settings:
@@ -97,9 +116,12 @@ def analyze(
     analyses, one per run, task and measure."""
     settings = settings or Settings()
     out = check_writable(out_dir)  # before anything is read or written
-    files, names = [], set()
+    files, names, partial = [], set(), {}
     for run_dir in run_dirs:
         name = Path(run_dir).resolve().name
+        partial[name] = partial_note(run_dir)
+        if partial[name]:
+            logger.warning("%s: %s", name, partial[name])
         if name in names:
             raise ResultsError(f"two runs are named {name!r}; give the run folders distinct names")
         names.add(name)
@@ -132,6 +154,7 @@ def analyze(
                                          infos[task])  # fmt: skip
                 r.they = they
                 r.limit_note = limit_note(run_files, task)
+                r.partial_note = partial[run]
                 results.append(r)
         primary[run] = next(r for r in results if (r.run, r.fairness_task, r.measure) == (run, stop_task,
                                                                                        settings.measures[0]))  # fmt: skip
@@ -201,6 +224,7 @@ def analyze(
             "jumps": r.jumps.to_dict(orient="records"),
             "trend": r.trend,
             "limited": r.limit_note or None,
+            "partial": r.partial_note or None,
             "min_change": r.min_change,
             "significant_jumps": r.significant_jumps,
             "early_stop": None if r.early_stop is None else asdict(r.early_stop),

@@ -234,7 +234,7 @@ def verdict_line(r: RunAnalysis) -> str:
     final = r.significance["verdict"].iloc[-1]
     counts = ", ".join(f"{v.replace('_', ' ')} {n}" for v, n in r.verdict_counts().items())
     confidence = f"{100 * r.confidence:g}%"
-    notes = f" {r.limit_note}." if r.limit_note else ""
+    notes = "".join(f" {note}." for note in (r.partial_note, r.limit_note) if note)
     if r.degenerate_note:
         notes += f" Degenerate checkpoints: {r.degenerate_note}."
     words = inference.explanations(r.sides)[final].format(confidence=confidence)
