@@ -548,3 +548,30 @@ def test_a_corrupt_weights_file_fails_its_checkpoint_alone_and_the_rerun_finishe
     assert_same_prompts(out, uninterrupted, {label: label for label in ("step0", "step10", "step20")})
     assert "3 checkpoint(s): 3 done" in run_cli("sweep", "--status", out).stdout
     assert not any((out / ".failed").iterdir())
+
+
+@pytest.mark.slow
+def test_a_download_of_the_right_size_but_wrong_bytes_is_caught_by_its_sha256_and_fetched_again(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """The hub's first answer for step10's weights has every byte but one right (its size checks
+    out): the sha256 the hub publishes for the LFS file catches it, the bad blob leaves the cache,
+    the retry downloads it whole, and the results equal the local sweep's."""
+    import hashlib
+
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    root = hub_root(tmp_path, tiny_checkpoints, {"step0": "step0", "step10": "step10"})
+    with LocalHub(root) as hub:
+        hub.fail("EleutherAI/tiny/step10/model.safetensors", times=1, kind="corrupt")
+        out = tmp_path / "verified"
+        proc = subprocess.run(hub_sweep(out, "--revisions", "step0,step10"),
+                              env=hub_environment(winobias_dir, hub, tmp_path / "hf"), capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert hub.downloads("*/step10/model.safetensors") == 2
+    assert "model.safetensors has sha256" in proc.stderr and "downloaded again" in proc.stderr
+    assert_same_prompts(out, uninterrupted, {"step0": "step0", "step10": "step10"})
+    whole = hashlib.sha256((tiny_checkpoints / "step10" / "model.safetensors").read_bytes()).hexdigest()
+    blobs = tmp_path / "hf" / "hub" / "models--EleutherAI--tiny" / "blobs"
+    assert whole in {p.name for p in blobs.iterdir()}
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in blobs.iterdir() if len(p.name) == 64)

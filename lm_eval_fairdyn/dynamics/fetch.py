@@ -20,6 +20,7 @@ Offline (``HF_HUB_OFFLINE=1``), a revision already downloaded is taken from the 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import queue
 import threading
@@ -94,9 +95,11 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
         try:
             info = api.model_info(repo, revision=revision, files_metadata=True)
             sizes = {s.rfilename: s.size for s in info.siblings or []}
+            sha256s = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if getattr(s, "lfs", None)}
             patterns = download_patterns(list(sizes))
             folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=patterns))
-            check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)})
+            check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)},
+                           {n: h for n, h in sha256s.items() if _matches(n, patterns)})  # fmt: skip
             if revision != info.sha:  # the cache's refs/<branch>, as a download by branch name writes it
                 ref = folder.parent.parent / "refs" / revision
                 ref.parent.mkdir(parents=True, exist_ok=True)
@@ -125,14 +128,28 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def check_complete(folder: Path, sizes: dict[str, int | None]) -> None:
-    """Every listed file is in the snapshot folder with its listed size, or IncompleteCheckpoint."""
+def check_complete(folder: Path, sizes: dict[str, int | None], sha256s: dict[str, str] | None = None) -> None:
+    """Every listed file is in the snapshot folder with its listed size and, for the hub's LFS
+    files (the weights), the sha256 the hub publishes, or IncompleteCheckpoint; a file of the
+    wrong content is removed from the cache first, so that the retry downloads it again."""
     for name, size in sorted(sizes.items()):
         path = folder / name
         if not path.is_file():
             raise IncompleteCheckpoint(f"{folder}: {name} is missing")
         if size is not None and path.stat().st_size != size:
             raise IncompleteCheckpoint(f"{folder}: {name} has {path.stat().st_size} bytes, the hub lists {size}")
+    for name, expected in sorted((sha256s or {}).items()):
+        path = folder / name
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            blob = path.resolve()
+            path.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            raise IncompleteCheckpoint(f"{folder}: {name} has sha256 {digest.hexdigest()[:16]}..., the hub lists "
+                                       f"{expected[:16]}... (removed from the cache; downloaded again)")  # fmt: skip
 
 
 def delete_revision(repo: str, commit: str) -> None:

@@ -67,8 +67,8 @@ class LocalHub:
 
     def fail(self, pattern: str, times: int = 1, kind: str = "truncate") -> None:
         """Break the next ``times`` GETs of files whose ``org/name/revision/path`` matches the glob."""
-        if kind not in ("truncate", "error"):
-            raise ValueError(f"unknown failure kind {kind!r}: use 'truncate' or 'error'")
+        if kind not in ("truncate", "error", "corrupt"):
+            raise ValueError(f"unknown failure kind {kind!r}: use 'truncate', 'error' or 'corrupt'")
         with self._lock:
             self._failures.append([pattern, times, kind])
 
@@ -224,16 +224,18 @@ def _handler(hub: LocalHub):
             self.end_headers()
             if head:
                 return
-            limit = end + 1 if failure is None else start + (end + 1 - start) // 2
+            limit = end + 1 if failure in (None, "corrupt") else start + (end + 1 - start) // 2
             with target.open("rb") as handle:
                 handle.seek(start)
                 position = start
                 while position < limit:
                     data = handle.read(min(CHUNK, limit - position))
+                    if failure == "corrupt" and position == start:  # every byte sent, the first one wrong
+                        data = bytes([data[0] ^ 0xFF]) + data[1:]
                     hub.pace(len(data))
                     self.wfile.write(data)
                     position += len(data)
-            if failure is not None:  # the promised length was not sent: drop the connection
+            if failure == "truncate":  # the promised length was not sent: drop the connection
                 self.close_connection = True
                 self.wfile.flush()
                 self.connection.shutdown(2)
