@@ -357,7 +357,7 @@ def planted_prompts(gap: float, lines: int = 396, seeds=(0,), noise: float = 0.0
                 rows.append({"split": "test", "polarity": polarity, "line": line, "seed": seed, "kind": "other",
                              "gold": "unspecified", "ar": 3, "jsdp": 0.4, "acc": 0.0,
                              "option_acc": float(assumed == "none"), "assumed": assumed,
-                             "answer": "unspecified" if assumed == "none" else assumed})  # fmt: skip
+                             "answer": "not specified" if assumed == "none" else assumed})  # fmt: skip
     return pd.DataFrame(rows)
 
 

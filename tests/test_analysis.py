@@ -148,7 +148,7 @@ def test_a_checkpoint_that_gives_one_answer_to_every_prompt_is_degenerate_not_a_
     assert sig.loc[0, "gap"] == -1.0 and sig.loc[200, "gap"] == 1.0  # shown, with no verdict on it
     later = prompts[prompts.step == 300]
     share = (later.answer == later.answer.mode()[0]).mean()
-    assert sig.loc[300, "top_answer"] == "unspecified" and sig.loc[300, "top_answer_share"] == pytest.approx(share)
+    assert sig.loc[300, "top_answer"] == "not specified" and sig.loc[300, "top_answer_share"] == pytest.approx(share)
     assert sig.loc[300:, "verdict"].isin(["fair", "inconclusive"]).all()
     assert "step 0 answers 'female' to 100% of its 240 prompts" in choice.degenerate_note
     assert "step 200 answers 'male'" in choice.degenerate_note

@@ -303,7 +303,7 @@ def test_top_answers_count_every_prompt_with_an_answer_by_hand():
     answers were kept) do not count."""
     from collections import Counter
 
-    steps = {0: ["female"] * 9 + ["male"] + [""] * 3, 7: ["male", "unspecified", "unspecified", "female"]}
+    steps = {0: ["female"] * 9 + ["male"] + [""] * 3, 7: ["male", "not specified", "not specified", "female"]}
     prompts = pd.DataFrame([{"step": s, "answer": a} for s, answers in steps.items() for a in answers])
     top = inference.top_answers(prompts)
     for step, answers in steps.items():

@@ -294,8 +294,9 @@ def prompt_row(sample: dict, results: Sequence | None = None) -> dict:
     """A logged fairness-task sample as one flat row: the prompt's identity (PROMPT_KEYS), its
     gold group's values (``ar`` is None without ``hf-fairdyn``), for a "not specified" prompt
     the group the model assumed (``male``, ``female``, another option's, or ``none``) and, for
-    every prompt, ``answer``: the group of the option it puts most mass on (from lm-eval's
-    ``results`` of the doc, else the sample's ``filtered_resps``; "" for a prompt left out)."""
+    every prompt, ``answer``: the words of the option it puts most mass on (``not specified``;
+    a BBQ item's name), from lm-eval's ``results`` of the doc, else the sample's
+    ``filtered_resps``; "" for a prompt left out."""
     doc, gold = sample["doc"], sample["doc"]["gold"]
     row = {key: doc[key] for key in PROMPT_KEYS if key in doc}  # logs written before the seam lack pair, slot, member
     row |= {measure: sample[name] for measure, name in _gold_metric_names(gold)}
@@ -305,8 +306,9 @@ def prompt_row(sample: dict, results: Sequence | None = None) -> dict:
         if gold in UNSPECIFIED_GOLDS:
             assumed = next((g for g in groups if g not in UNSPECIFIED_GOLDS and sample[f"assumption_rate_{g}"]), "none")
         responses = sample.get("filtered_resps") if results is None else results
-        if responses:
-            answer = groups[int(np.argmax([answer_logprob(r) for r in responses]))]
+        if responses:  # the option's words: a group defined by the item (BBQ's stereotyped person) is no answer word
+            words = doc["choices"].split("|") if "choices" in doc else _options(doc)
+            answer = words[int(np.argmax([answer_logprob(r) for r in responses]))]
     return row | {"assumed": assumed, "answer": answer}
 
 

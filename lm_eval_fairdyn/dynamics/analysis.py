@@ -480,7 +480,7 @@ def degenerate_steps(answers: pd.DataFrame, share: float) -> list[int]:
 
 def degenerate_sentence(answers: pd.DataFrame, share: float) -> str:
     """The degenerate checkpoints in words, e.g. "step 0 answers 'female' to 100% of prompts"."""
-    described = [f"step {step} answers '{inference.answer_words(a.answer)}' to {100 * a.share:.0f}% of its "
+    described = [f"step {step} answers '{a.answer}' to {100 * a.share:.0f}% of its "
                  f"{int(a.prompts)} prompts" for step, a in answers.iterrows()]  # fmt: skip
     return (
         f"{'; '.join(described)}: whatever the sentence, at least {100 * share:g}% of one answer, so no verdict "

@@ -267,10 +267,12 @@ DEGENERATE_SHARE = 0.95
 
 
 def top_answers(prompts: pd.DataFrame) -> pd.DataFrame:
-    """Per step of one run's per-prompt table: ``answer``, the option group the model answered
+    """Per step of one run's per-prompt table: ``answer``, the option words the model answered
     most often over all the task's prompts (referent and not-specified alike, every option
-    order), ``share``, the share of prompts answered with it, and ``prompts``, how many have an
-    answer. Empty when the table keeps no answers (written before they were kept)."""
+    order), ``share``, the share of prompts answered with them, and ``prompts``, how many have
+    an answer. Words, not groups: a model that always names BBQ's stereotyped person reads the
+    sentence to find them (a bias), one that always says "female" does not. Empty when the
+    table keeps no answers (written before they were kept)."""
     answered = prompts[prompts["answer"].astype(str) != ""] if "answer" in prompts else prompts.iloc[:0]
     if answered.empty:
         return pd.DataFrame(columns=["answer", "share", "prompts"], index=pd.Index([], name="step"))
@@ -281,11 +283,6 @@ def top_answers(prompts: pd.DataFrame) -> pd.DataFrame:
     frame.index = frame.index.astype(int)
     frame.index.name = "step"
     return frame
-
-
-def answer_words(answer: str) -> str:
-    """An answer group as the output names it (WinoBias' ``unspecified`` option is "not specified")."""
-    return "not specified" if answer == "unspecified" else answer
 
 
 def unavailable_reason(prompts: pd.DataFrame | None, measure: str, groups: int | None = None,
