@@ -1,4 +1,5 @@
-"""Jobs sharing a sweep folder: exclusive claims without locks, dead jobs' claims taken over once."""
+"""Jobs sharing a sweep folder and the faults around it: exclusive claims without locks, dead jobs' claims taken
+over once, a timings line cut short, a cleanup that deletes one snapshot alone."""
 
 import json
 import os
@@ -117,3 +118,41 @@ def test_status_says_what_each_checkpoint_is_at(tmp_path):
     missing = run_cli("sweep", "--status", tmp_path / "nothing")
     assert missing.returncode == 2 and "no sweep folder (no manifest.json)" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_timings_line_cut_short_by_a_kill_is_left_out(tmp_path):
+    from lm_eval_fairdyn.dynamics import sweep
+
+    (tmp_path / sweep.TIMINGS).write_text('{"label": "step0", "evaluate_s": 1.5}\n{"label": "step10", "eval')
+    assert sweep.read_timings(tmp_path) == [{"label": "step0", "evaluate_s": 1.5}]
+
+
+def test_cleanup_deletes_one_snapshot_and_only_the_blobs_no_other_snapshot_links_to(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from lm_eval_fairdyn.dynamics.fetch import delete_revision
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+
+    def snapshot(repo, commit, files: dict[str, str], ref=None):
+        folder = tmp_path / f"models--{repo.replace('/', '--')}"
+        for name, blob in files.items():
+            (folder / "blobs").mkdir(parents=True, exist_ok=True)
+            (folder / "blobs" / blob).write_text(blob)
+            link = folder / "snapshots" / commit / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(folder / "blobs" / blob)
+        if ref:
+            (folder / "refs").mkdir(exist_ok=True)
+            (folder / "refs" / ref).write_text(commit)
+        return folder
+
+    tiny = snapshot("org/tiny", "aaa", {"model.safetensors": "w0", "tokenizer.json": "tok"}, ref="step0")
+    snapshot("org/tiny", "bbb", {"model.safetensors": "w1", "tokenizer.json": "tok"}, ref="step10")
+    other = snapshot("org/other", "aaa", {"model.safetensors": "x0"})
+    delete_revision("org/tiny", "aaa")
+    assert sorted(p.name for p in (tiny / "snapshots").iterdir()) == ["bbb"]
+    assert sorted(p.name for p in (tiny / "blobs").iterdir()) == ["tok", "w1"]  # the shared tokenizer stays
+    assert sorted(p.name for p in (tiny / "refs").iterdir()) == ["step10"]
+    assert (other / "snapshots" / "aaa" / "model.safetensors").read_text() == "x0"  # another model: untouched
+    delete_revision("org/tiny", "zzz")  # not cached: nothing to do

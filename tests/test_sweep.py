@@ -575,3 +575,30 @@ def test_a_download_of_the_right_size_but_wrong_bytes_is_caught_by_its_sha256_an
     blobs = tmp_path / "hf" / "hub" / "models--EleutherAI--tiny" / "blobs"
     assert whole in {p.name for p in blobs.iterdir()}
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in blobs.iterdir() if len(p.name) == 64)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_results_are_written_loses_nothing_and_the_rerun_finishes(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """Every file the sweep writes is limited to 4 KB (RLIMIT_FSIZE: writes past it fail with
+    EFBIG, as on a full disk): no checkpoint folder appears half written, each failure is said in
+    one line and recorded, the exit is 1; without the limit the same command finishes them and
+    the results equal an uninterrupted sweep's."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "full"
+    proc = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True,
+                          text=True, preexec_fn=small_files)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "File too large" in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+    assert not any((out / label).exists() for label in ("step0", "step10", "step20"))
+    assert sorted(p.name for p in (out / ".failed").iterdir()) == ["step0.json", "step10.json", "step20.json"]
+    rerun = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir), capture_output=True,
+                           text=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_prompts(out, uninterrupted, {label: label for label in ("step0", "step10", "step20")})
+    assert not any((out / ".failed").iterdir())

@@ -4,7 +4,7 @@
 (``--pretrained ORG/NAME --revisions ...``) is downloaded by one background thread with
 ``huggingface_hub.snapshot_download`` into the hub cache, at most ``prefetch`` checkpoints ahead
 of the one being evaluated, so that checkpoint k+1 downloads while k is evaluated. With
-``cleanup``, a checkpoint's files are deleted from the cache (``scan_cache_dir().delete_revisions``)
+``cleanup``, a checkpoint's files are deleted from the cache (``delete_revision``: that snapshot alone)
 once its results are written; the deletion runs on the download thread, after the download in
 flight, so that no download and deletion touch the cache at once and at most ``prefetch + 1``
 checkpoints are on disk at any time.
@@ -23,6 +23,7 @@ import fnmatch
 import hashlib
 import logging
 import queue
+import shutil
 import threading
 import time
 from concurrent.futures import Future
@@ -153,14 +154,24 @@ def check_complete(folder: Path, sizes: dict[str, int | None], sha256s: dict[str
 
 
 def delete_revision(repo: str, commit: str) -> None:
-    """Delete a revision's snapshot and the blobs no other cached revision uses."""
-    from huggingface_hub import scan_cache_dir
+    """Delete one revision's snapshot from the hub cache, and the blobs that no other snapshot of
+    the repository links to; nothing else of the cache is read (a shared cache can hold many
+    models: no scan of it after every checkpoint)."""
+    from huggingface_hub import constants
 
-    cache = scan_cache_dir()
-    for cached in cache.repos:
-        if cached.repo_id == repo and any(r.commit_hash == commit for r in cached.revisions):
-            cache.delete_revisions(commit).execute()
-            return
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    if not snapshot.is_dir():
+        return
+    mine = {p.resolve() for p in snapshot.rglob("*") if p.is_symlink()}
+    others = {p.resolve() for other in (folder / "snapshots").iterdir() if other.name != commit
+              for p in other.rglob("*") if p.is_symlink()}  # fmt: skip
+    shutil.rmtree(snapshot)
+    for blob in mine - others:
+        blob.unlink(missing_ok=True)
+    for ref in (folder / "refs").glob("*") if (folder / "refs").is_dir() else []:
+        if ref.is_file() and ref.read_text().strip() == commit:
+            ref.unlink()
 
 
 class CheckpointFetcher:

@@ -62,8 +62,15 @@ TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its second
 
 
 def read_timings(out: str | Path) -> list[dict]:
-    """A sweep folder's ``timings.jsonl``: one dict per evaluated checkpoint, in order."""
-    return [json.loads(line) for line in (Path(out) / TIMINGS).read_text().splitlines()]
+    """A sweep folder's ``timings.jsonl``: one dict per evaluated checkpoint, in order. A line cut
+    short (a job killed while appending it) is left out: its checkpoint's results are whole."""
+    timings = []
+    for line in (Path(out) / TIMINGS).read_text().splitlines():
+        try:
+            timings.append(json.loads(line))
+        except ValueError:
+            continue
+    return timings
 
 
 logger = logging.getLogger("lm_eval_fairdyn")
