@@ -156,3 +156,20 @@ def test_cleanup_deletes_one_snapshot_and_only_the_blobs_no_other_snapshot_links
     assert sorted(p.name for p in (tiny / "refs").iterdir()) == ["step10"]
     assert (other / "snapshots" / "aaa" / "model.safetensors").read_text() == "x0"  # another model: untouched
     delete_revision("org/tiny", "zzz")  # not cached: nothing to do
+
+
+def test_a_job_thought_dead_leaves_the_claim_that_took_over_its_own(tmp_path):
+    """A job suspended longer than stale_s: another job takes its claim over; when the first
+    resumes and finishes, its release must not remove the new owner's claim."""
+    slow = claims.try_claim(tmp_path, "step0", heartbeat_s=60)
+    os.utime(slow.path, (time.time() - 1000, time.time() - 1000))
+    # another host's view: the claim is silent for longer than stale_s
+    data = json.loads(slow.path.read_text())
+    slow.path.write_text(json.dumps({**data, "host": "elsewhere"}))
+    os.utime(slow.path, (time.time() - 1000, time.time() - 1000))
+    new = claims.try_claim(tmp_path, "step0", stale_s=300)
+    assert new is not None
+    slow.release()
+    assert claims.read_claim(tmp_path, "step0") is not None  # the new owner's claim is still there
+    new.release()
+    assert claims.read_claim(tmp_path, "step0") is None

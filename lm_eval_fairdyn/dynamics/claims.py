@@ -90,25 +90,29 @@ class Claim:
 
     def __init__(self, path: Path, heartbeat_s: float):
         self.path = path
+        self._inode = path.stat().st_ino  # a claim taken over meanwhile is another file: not ours to touch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
                                         name=f"fairdyn-claim-{path.stem}")  # fmt: skip
         self._thread.start()
 
+    def _ours(self) -> bool:
+        try:
+            return self.path.stat().st_ino == self._inode
+        except FileNotFoundError:
+            return False
+
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
-            try:
-                os.utime(self.path)
-            except OSError:  # taken over (we were thought dead): the evaluation goes on, its result is equal
+            if not self._ours():  # taken over (this job was thought dead): its evaluation goes on, equal
                 return
+            os.utime(self.path)
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        if self._ours():
+            self.path.unlink(missing_ok=True)
 
 
 def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> Claim | None:
