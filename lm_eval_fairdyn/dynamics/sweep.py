@@ -257,6 +257,8 @@ def run_sweep(
                     raise DownloadFailed(fetched.error)
                 done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
                 claims.clear_failure(out, checkpoint.label)
+            except UserInputError:  # the input is wrong for every checkpoint (e.g. an option set): said once
+                raise
             except Exception as err:  # this checkpoint failed: recorded, the others go on
                 failures[checkpoint.label] = _failure_reason(err, fetched.folder or _local_folder(checkpoint))
                 claims.record_failure(out, checkpoint.label, failures[checkpoint.label])
