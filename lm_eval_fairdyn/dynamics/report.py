@@ -307,6 +307,10 @@ def neighbouring_changes(points: pd.DataFrame, steps: list) -> list[tuple[int, i
     return runs
 
 
+# What the calibration measured of the trend's 99% interval (docs/STATISTICS.md, "A drift is a trend").
+TREND_CAVEAT = "; where neighbouring checkpoints are strongly correlated its coverage was measured at about 98%"
+
+
 def trend_line(r: RunAnalysis) -> str:
     if r.trend is None:
         return f"Trend: unavailable ({r.unavailable_note or 'no per-prompt values to resample'})."
@@ -315,7 +319,8 @@ def trend_line(r: RunAnalysis) -> str:
     verdict = "a trend" if t["significant"] else "no trend distinguishable from 0"
     return (
         f"Trend ({t.get('basis', 'linear in the step')}){beside}: the gap changes by {t['change']:+.4f} from step {t['from_step']} to {t['to_step']} "
-        f"({100 * r.confidence:g}% interval [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]): {verdict}."
+        f"({100 * r.confidence:g}% interval [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]{TREND_CAVEAT if r.confidence == 0.99 else ''}"
+        f"): {verdict}."
     )
 
 
