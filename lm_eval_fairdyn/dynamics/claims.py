@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval_fairdyn.core.files import atomic_write_json, create_exclusively
+
 CLAIMS = ".claims"
 FAILED = ".failed"
 HEARTBEAT_S = 30.0
@@ -88,9 +90,11 @@ class Claim:
     """This job's claim on one checkpoint (``try_claim``), kept alive by a heartbeat thread until
     ``release``."""
 
-    def __init__(self, path: Path, heartbeat_s: float):
+    def __init__(self, path: Path, heartbeat_s: float, text: str):
         self.path = path
-        self._inode = path.stat().st_ino  # a claim taken over meanwhile is another file: not ours to touch
+        # who wrote it, where and since when (to the microsecond): a claim taken over meanwhile holds
+        # another job's text and is not ours to touch (an inode can be reused once a claim is removed)
+        self._text = text
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
                                         name=f"fairdyn-claim-{path.stem}")  # fmt: skip
@@ -98,8 +102,8 @@ class Claim:
 
     def _ours(self) -> bool:
         try:
-            return self.path.stat().st_ino == self._inode
-        except FileNotFoundError:
+            return self.path.read_text() == self._text
+        except OSError:
             return False
 
     def _beat(self, every: float) -> None:
@@ -123,51 +127,40 @@ def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s
     folder = Path(out) / CLAIMS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{label}.json"
-    mine = folder / f".{label}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
-    mine.write_text(json.dumps({"job": job_name(), "host": socket.gethostname(), "pid": os.getpid(),
-                                "since": time.time()}))  # fmt: skip
+    mine = json.dumps({"job": job_name(), "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    if create_exclusively(path, mine):
+        return Claim(path, heartbeat_s, mine)
     try:
-        try:
-            os.link(mine, path)
-            return Claim(path, heartbeat_s)
-        except FileExistsError:
-            pass
-        try:
-            held = path.stat()
-        except FileNotFoundError:  # released meanwhile: the next pass over the checkpoints claims it
+        held = path.stat()
+    except FileNotFoundError:  # released meanwhile: the next pass over the checkpoints claims it
+        return None
+    state = read_claim(out, label, stale_s)
+    if state is None or not state.dead:
+        return None
+    mark = folder / f"{label}.takeover.{held.st_ino}.{held.st_mtime_ns}"
+    if not create_exclusively(mark, mine):  # another job takes this claim over
+        return None
+    try:
+        now = path.stat()
+        if (now.st_ino, now.st_mtime_ns) == (held.st_ino, held.st_mtime_ns):  # still the dead claim judged
+            path.unlink()
+        if not create_exclusively(path, mine):
             return None
-        state = read_claim(out, label, stale_s)
-        if state is None or not state.dead:
-            return None
-        mark = folder / f"{label}.takeover.{held.st_ino}.{held.st_mtime_ns}"
-        try:
-            os.link(mine, mark)
-        except FileExistsError:  # another job takes this claim over
-            return None
-        try:
-            if path.stat().st_ino == held.st_ino:
-                path.unlink()
-            os.link(mine, path)
-        except (FileNotFoundError, FileExistsError):
-            return None
-        finally:
-            # Done with: a job that marks the same dead claim later finds another file at the path
-            # (this job's claim, a new inode, since both existed at once) and leaves it alone.
-            mark.unlink(missing_ok=True)
-        return Claim(path, heartbeat_s)
+    except FileNotFoundError:
+        return None
     finally:
-        mine.unlink(missing_ok=True)
+        # Done with: a job that judged the same dead claim and marks it later finds this job's claim
+        # at the path, written since (another mtime, whatever its inode), and leaves it alone.
+        mark.unlink(missing_ok=True)
+    return Claim(path, heartbeat_s, mine)
 
 
 def record_failure(out: str | Path, label: str, reason: str) -> Path:
     """OUT/.failed/<label>.json: why the checkpoint failed, by which job, when."""
     folder = Path(out) / FAILED
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{label}.json"
-    tmp = folder / f".{label}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"label": label, "reason": reason, "job": job_name(), "when": time.time()}))
-    tmp.replace(path)
-    return path
+    return atomic_write_json(folder / f"{label}.json",
+                             {"label": label, "reason": reason, "job": job_name(), "when": time.time()})  # fmt: skip
 
 
 def clear_failure(out: str | Path, label: str) -> None:

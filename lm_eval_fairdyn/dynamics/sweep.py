@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from lm_eval_fairdyn.core import harness
 from lm_eval_fairdyn.core.errors import UserInputError
-from lm_eval_fairdyn.core.files import atomic_write_json, replace_folder
+from lm_eval_fairdyn.core.files import atomic_write_json, create_exclusively, json_text, replace_folder
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.dynamics import claims
 from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher, DownloadFailed
@@ -163,7 +163,7 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
     path = out / "manifest.json"
     settings = settings.recorded()
     entries = {c.label: asdict(c) for c in checkpoints}
-    if _create_exclusively(path, {"settings": settings, "checkpoints": _ordered(entries)}):
+    if create_exclusively(path, json_text({"settings": settings, "checkpoints": _ordered(entries)})):
         return
     existing = json.loads(path.read_text())
     # a manifest written before a setting existed holds that setting at its default
@@ -185,20 +185,6 @@ def write_manifest(out: Path, checkpoints: list[Checkpoint], settings: EvalSetti
 
 def _ordered(entries: dict[str, dict]) -> list[dict]:
     return sorted(entries.values(), key=lambda c: (c["step"], c["label"]))
-
-
-def _create_exclusively(path: Path, data: dict) -> bool:
-    """Write ``path`` whole unless it exists (a hard link of a file written beside it: atomic
-    without locks on local disks, NFS and Lustre); False when it existed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    atomic_write_json(tmp, data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def same_weights(out: Path, label: str, fingerprint: str) -> list[str]:
@@ -240,7 +226,7 @@ def run_sweep(
         fetcher.start()  # the first downloads run while lm-eval's tasks are loaded
         evaluator.tasks()
     progress = tqdm(zip(todo, fetcher, strict=True), total=len(todo), desc="checkpoints", unit="ckpt")
-    failures, held = {}, []
+    failures, held, frozen = {}, [], False
     try:
         for index, (checkpoint, fetched) in enumerate(progress):
             progress.set_postfix_str(checkpoint.label)
@@ -267,11 +253,12 @@ def run_sweep(
             finally:
                 claim.release()
             fetcher.release(index, fetched)
-            if len(done) + len(failures) == len(finished) + 1:  # the first checkpoint this job evaluated
-                # What the first checkpoint set up (tasks, docs, encodings, the batch plan) lives for the
-                # whole sweep: Python's full collections stop scanning it (each took ~0.3 s, every other
-                # checkpoint, on the demo suite); unfrozen when the sweep ends.
+            if not frozen:
+                # What the first checkpoint this job evaluated set up (tasks, docs, encodings, the batch
+                # plan) lives for the whole sweep: Python's full collections stop scanning it (each took
+                # ~0.3 s, every other checkpoint, on the demo suite); unfrozen when the sweep ends.
                 gc.freeze()
+                frozen = True
     finally:
         gc.unfreeze()
     if held:
@@ -315,11 +302,10 @@ def _evaluate_one(checkpoint, fetched, evaluator, out: Path, partial_root: Path,
 
 
 def _local_folder(checkpoint: Checkpoint) -> Path | None:
-    for arg in checkpoint.model_args.split(","):
-        key, _, value = arg.partition("=")
-        if key == "pretrained" and Path(value).is_dir():
-            return Path(value)
-    return None
+    from lm_eval.utils import simple_parse_args_string
+
+    folder = simple_parse_args_string(checkpoint.model_args).get("pretrained")
+    return Path(folder) if folder and Path(str(folder)).is_dir() else None
 
 
 def _failure_reason(err: Exception, folder: Path | None) -> str:
