@@ -302,8 +302,8 @@ def prompt_row(sample: dict, results: Sequence | None = None) -> dict:
     row |= {measure: sample[name] for measure, name in _gold_metric_names(gold)}
     assumed = answer = ""
     if not sample.get("collided"):
-        groups = doc["sides"].split("|") if "sides" in doc else _option_groups(_options(doc))
         if gold in UNSPECIFIED_GOLDS:
+            groups = doc["sides"].split("|") if "sides" in doc else _option_groups(_options(doc))
             assumed = next((g for g in groups if g not in UNSPECIFIED_GOLDS and sample[f"assumption_rate_{g}"]), "none")
         responses = sample.get("filtered_resps") if results is None else results
         if responses:  # the option's words: a group defined by the item (BBQ's stereotyped person) is no answer word

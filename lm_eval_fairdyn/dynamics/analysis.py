@@ -407,9 +407,9 @@ def analyze_run(
     if not any(len(at_step) for at_step in pairs.values()):
         pairs = {}  # no group has both sides at any step (e.g. every item of a side left out): unavailable
     verdicts = verdict_table(pairs, steps, settings, measure, sides)
-    answers = inference.top_answers(prompts) if usable else inference.top_answers(pd.DataFrame())
-    verdicts = verdicts.join(answers[["answer", "share"]].add_prefix("top_answer_").rename(
-        columns={"top_answer_answer": "top_answer"}))  # fmt: skip
+    answers = inference.top_answers(prompts if usable else pd.DataFrame())
+    verdicts = verdicts.join(answers[["answer", "share"]].rename(columns={"answer": "top_answer",
+                                                                        "share": "top_answer_share"}))  # fmt: skip
     degenerate = degenerate_steps(answers, settings.degenerate_share) if measure in inference.ANSWER_MEASURES else []
     if degenerate:
         verdicts.loc[degenerate, "verdict"] = "degenerate"

@@ -293,18 +293,18 @@ def neighbouring_changes(points: pd.DataFrame, steps: list) -> list[tuple[int, i
     """(first from_step, last to_step) of each run of change points in the same direction whose
     boundaries lie within two checkpoints of each other."""
     index = {int(step): i for i, step in enumerate(steps)}
-    runs, current = [], []
+    groups: list[list] = []
     for c in points.sort_values("from_step").itertuples():
-        if current and (np.sign(c.change) == np.sign(current[-1].change)
-                        and index.get(int(c.from_step), 0) - index.get(int(current[-1].from_step), 0) <= 2):  # fmt: skip
-            current.append(c)
-            continue
-        if len(current) > 1:
-            runs.append((int(current[0].from_step), int(current[-1].to_step)))
-        current = [c]
-    if len(current) > 1:
-        runs.append((int(current[0].from_step), int(current[-1].to_step)))
-    return runs
+        last = groups[-1][-1] if groups else None
+        if (
+            last is not None
+            and np.sign(c.change) == np.sign(last.change)
+            and (index[int(c.from_step)] - index[int(last.from_step)] <= 2)
+        ):
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return [(int(g[0].from_step), int(g[-1].to_step)) for g in groups if len(g) > 1]
 
 
 # What the calibration measured of the trend's 99% interval (docs/STATISTICS.md, "A drift is a trend").
