@@ -270,8 +270,9 @@ def top_answers(prompts: pd.DataFrame) -> pd.DataFrame:
     """Per step of one run's per-prompt table: ``answer``, the option words the model answered
     most often over all the task's prompts (referent and not-specified alike, every option
     order), ``share``, the share of prompts answered with them, and ``prompts``, how many have
-    an answer. Words, not groups: a model that always names BBQ's stereotyped person reads the
-    sentence to find them (a bias), one that always says "female" does not. Empty when the
+    an answer. Words, not groups: a model that always names the stereotyped person of an item
+    (whose name changes from item to item) reads the sentence to find them (a bias), one that
+    always says "female" does not. Empty when the
     table keeps no answers (written before they were kept)."""
     answered = prompts[prompts["answer"].astype(str) != ""] if "answer" in prompts else prompts.iloc[:0]
     if answered.empty:
