@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -113,4 +114,10 @@ def check_writable(path: str | os.PathLike, what: str = "--output_path") -> Path
     folder = probe if probe.is_dir() else probe.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserInputError(f"{what} {path}: {folder} is not writable; choose a path you can write to")
+    try:  # permissions can allow what the file system refuses (root on /proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserInputError(f"{what} {path}: nothing can be written in {folder} ({err.strerror}); "
+                             "choose a path you can write to") from err  # fmt: skip
     return path
