@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -261,10 +264,13 @@ def test_a_finished_suite_is_reused_and_an_interrupted_one_rebuilt(tmp_path):
     assert build_suite(TINY, tmp_path, progress=False) == folder
     assert (folder / "suite.json").stat().st_mtime_ns == stamp
     other = replace(TINY, seed=1)
-    leftover = suite_folder(other, tmp_path).with_name(suite_folder(other, tmp_path).name + ".partial")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    name = f"{suite_folder(other, tmp_path).name}.partial-{socket.gethostname()}-{int(dead.stdout)}"
+    leftover = suite_folder(other, tmp_path).with_name(name)  # what a build killed halfway leaves
     (leftover / "step0").mkdir(parents=True)
     rebuilt = build_suite(other, tmp_path, progress=False)
     assert (rebuilt / "suite.json").is_file() and not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, rebuilt.name])
 
 
 def test_a_bias_planted_on_one_bbq_axis_emerges_there_and_on_no_other(suite_root, tmp_path):

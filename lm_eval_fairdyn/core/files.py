@@ -8,9 +8,11 @@ and an interrupted writer leaves only a temporary name behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -60,4 +62,44 @@ def replace_folder(partial: str | Path, final: str | Path) -> Path:
     if final.exists():
         shutil.rmtree(final)
     partial.replace(final)
+    return final
+
+
+def partial_folder(final: str | Path) -> Path:
+    """A fresh folder of this process' own beside ``final`` to build it in (``publish_folder``):
+    ``<name>.partial-<host>-<pid>``. Those a dead process of this host left are removed."""
+    final = Path(final)
+    host = socket.gethostname()
+    for left in final.parent.glob(f"{glob.escape(final.name)}.partial-{glob.escape(host)}-*"):
+        pid = left.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    partial = final.with_name(f"{final.name}.partial-{host}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that id runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def publish_folder(partial: str | Path, final: str | Path) -> Path:
+    """Move a completed cache folder into place unless another process placed one first: the
+    first complete copy wins and is never removed under a reader (``rename`` onto a folder that
+    exists and holds files fails); ours is then discarded."""
+    partial, final = Path(partial), Path(final)
+    try:
+        partial.rename(final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     return final

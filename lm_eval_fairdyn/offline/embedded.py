@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
-from lm_eval_fairdyn.core.files import replace_folder
+from lm_eval_fairdyn.core.files import partial_folder, publish_folder
 from lm_eval_fairdyn.core.sources import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,9 +58,7 @@ def smollm2_folder(target: str | Path | None = None) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_folder(target)  # this process' own: test workers may convert at once
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    replace_folder(partial, target)
-    return target
+    return publish_folder(partial, target)

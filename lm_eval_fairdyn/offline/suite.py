@@ -14,7 +14,7 @@ about 10 times slower (1.56 s against 0.16 s for 16 x 128 tokens), which does no
 minutes. The trained vocabulary keeps " male", " female" and " not" as single tokens, which
 :func:`train_tokenizer` checks.
 
-A suite is built in ``<folder>.partial`` and renamed when complete; ``suite.json`` (written last)
+A suite is built in ``<folder>.partial-<pid>`` and renamed when complete; ``suite.json`` (written last)
 records the configuration, so :func:`build_suite` reuses a finished suite with the same
 configuration and rebuilds an interrupted one.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_fairdyn.core.files import replace_folder
+from lm_eval_fairdyn.core.files import partial_folder, publish_folder
 from lm_eval_fairdyn.core.sources import cache_dir
 from lm_eval_fairdyn.dynamics.schedule import pythia_shaped_steps
 from lm_eval_fairdyn.offline import corpus
@@ -285,9 +285,9 @@ def build_suite(
     folder = suite_folder(config, root)
     if is_complete(folder):
         return folder
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    if folder.exists():  # an incomplete suite (a suite is renamed into place whole)
+        shutil.rmtree(folder)
+    partial = partial_folder(folder)  # this process' own: two processes may build the same suite
 
     tokenizer, text_ids = prepared_text(
         config.vocab_size, config.tokenizer_seed, (config.bias.before, config.bias.after), config.bbq_share
@@ -336,5 +336,4 @@ def build_suite(
         "monitor": monitor,
     }
     (partial / "suite.json").write_text(json.dumps(info, indent=2, default=str))
-    replace_folder(partial, folder)
-    return folder
+    return publish_folder(partial, folder)
