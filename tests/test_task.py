@@ -86,14 +86,20 @@ def _synthetic(n, seed):
     return docs, results
 
 
-def _aggregate(docs, results):
-    per_doc = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
+def _aggregate(docs, results, together=False):
+    if together:  # as the harness does once lm-eval has filtered the answers
+        task.score_together(zip(docs, results, strict=True))
+    try:
+        per_doc = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
+    finally:
+        task.forget_scores()
     return {m.name: getattr(task, m.aggregation)([v[m.name] for v in per_doc]) for m in winobias_hooks.METRICS}
 
 
-def test_aggregates_equal_independent_computation():
+@pytest.mark.parametrize("together", [False, True], ids=["each prompt alone", "scored together"])
+def test_aggregates_equal_independent_computation(together):
     docs, results = _synthetic(400, seed=0)
-    got = _aggregate(docs, results)
+    got = _aggregate(docs, results, together)
     label = np.array([d["label"] for d in docs])
     polarity = np.array([d["polarity"] for d in docs])
     p = np.exp(np.array([[a[0] for a in r] for r in results]))
@@ -123,6 +129,36 @@ def test_aggregates_equal_independent_computation():
             assert got[f"{base}_gap{suffix}"] == pytest.approx(f.mean() - m.mean())
             assert got[f"{base}_gap_pvalue{suffix}"] == pytest.approx(test.pvalue)
             assert got[f"{base}_gap_effect{suffix}"] == pytest.approx(2 * test.statistic / (len(f) * len(m)) - 1)
+
+
+def test_prompts_scored_together_get_the_values_each_gets_alone(monkeypatch):
+    docs, results = _synthetic(300, seed=1)
+    stock = [[(a[0], a[1]) for a in r] for r in results[:50]]  # stock hf's answers: no rank
+    docs, results = docs + docs[:50], results + stock
+    alone = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
+    scored_alone = []
+    score_prompt = task.metrics.score_prompt
+    monkeypatch.setattr(task.metrics, "score_prompt", lambda *a, **k: scored_alone.append(1) or score_prompt(*a, **k))
+    task.score_together(zip(docs, results, strict=True))
+    try:
+        together = [task.process_results(d, r) for d, r in zip(docs, results, strict=True)]
+        assert not scored_alone  # every prompt read its row
+        copies = [[RankedLoglikelihood(*a.__reduce__()[1]) for a in r] for r in results[:300]]
+        assert [task.process_results(d, r) for d, r in zip(docs, copies, strict=False)] == alone[:300]
+        assert len(scored_alone) == 300  # answers that were not scored together are scored alone
+    finally:
+        task.forget_scores()
+    for a, b in zip(alone, together, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            x, y = (a[name], b[name]) if not isinstance(a[name], list) else (a[name][1], b[name][1])
+            if isinstance(a[name], list):  # a (gold group, value) pair of a gap
+                assert a[name][0] == b[name][0]
+            if x is None:
+                assert y is None
+            else:  # the same formulas on the same numbers, elementwise: float64 rounding at most
+                assert y == pytest.approx(x, rel=1e-14, abs=0)
+    assert all(a["ar_" + name] is None for a in alone[300:] for name in ("male", "female") if "ar_" + name in a)
 
 
 def test_stock_hf_answers_leave_average_rank_unavailable(caplog):
@@ -168,3 +204,24 @@ def test_the_fairdyn_tag_names_each_gender_benchmarks_main_task(winobias_dir, wi
     metadata = {"winobias_dir": str(winobias_dir), "winogender_dir": str(winogender_dir)}
     loaded = task_manager((), metadata, ["fairdyn"]).load(["fairdyn"])["tasks"]
     assert sorted(loaded) == ["winobias_fairdyn", "winobias_fairdyn_type1", "winogender_fairdyn"]
+
+
+def test_options_that_share_a_first_token_are_refused_also_when_scored_together():
+    docs, results = _synthetic(4, seed=2)
+    tokens = [(5, 6, 7), (5, 6, 5), (8, 9, 10), (None, None, None)]  # the second prompt's options 0 and 2 clash
+    results = [
+        [RankedLoglikelihood(a[0], a[1], a.rank, a.first_logprob, 1, t, f"tok{t}") for a, t in zip(r, ts, strict=True)]
+        for r, ts in zip(results, tokens, strict=True)
+    ]
+    for together in (False, True):
+        if together:
+            task.score_together(zip(docs, results, strict=True))
+        try:
+            for k, (doc, answers) in enumerate(zip(docs, results, strict=True)):
+                if k == 1:
+                    with pytest.raises(task.OptionSetError, match="'male' and 'unspecified'|begin with the same token"):
+                        task.process_results(doc, answers)
+                else:
+                    assert task.process_results(doc, answers)
+        finally:
+            task.forget_scores()

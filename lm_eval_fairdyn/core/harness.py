@@ -9,6 +9,7 @@ model and keyed request cache.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import functools
 import json
 import random
@@ -22,7 +23,7 @@ import numpy as np
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core import inputs, registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
-from lm_eval_fairdyn.core.task import check_metric_list
+from lm_eval_fairdyn.core.task import check_metric_list, forget_scores
 
 # lm-eval's simple_evaluate seeds numpy, torch and few-shot sampling with 1234 (Python's random with 0).
 DEFAULT_SEED = 1234
@@ -186,6 +187,8 @@ class Evaluator:
                 _docs_as_lists(task)
                 _reuse_requests(task)
                 check_metric_list(task)
+                _score_together_once_filtered(task)
+                _config_dumped_once(task)
                 if self.settings.prompt_tables:
                     self._record_prompt_rows(task)
         return self._tasks
@@ -287,15 +290,18 @@ class Evaluator:
         random.seed(python_seed)
         np.random.seed(numpy_seed)
         set_torch_seed(torch_seed)
-        results = lm_eval.evaluator.evaluate(
-            lm=evaluated,
-            task_dict=tasks,
-            limit=settings.limit,
-            bootstrap_iters=settings.bootstrap_iters,
-            log_samples=settings.log_samples,
-            system_instruction=settings.system_instruction,
-            apply_chat_template=settings.apply_chat_template,
-        )
+        try:
+            results = lm_eval.evaluator.evaluate(
+                lm=evaluated,
+                task_dict=tasks,
+                limit=settings.limit,
+                bootstrap_iters=settings.bootstrap_iters,
+                log_samples=settings.log_samples,
+                system_instruction=settings.system_instruction,
+                apply_chat_template=settings.apply_chat_template,
+            )
+        finally:
+            forget_scores()
         fingerprint = fingerprinting.result() if fingerprinting is not None else None  # before the weights change
         after = getattr(lm, "seconds", {})
         for name in ("tokenize", "forward"):
@@ -336,6 +342,40 @@ def _docs_as_lists(task) -> None:
     for split in {task.config.test_split, task.config.validation_split} - {None}:
         if isinstance(dataset.get(split), datasets.Dataset):
             dataset[split] = dataset[split].to_list()
+
+
+def _score_together_once_filtered(task) -> None:
+    """Make a task whose per-prompt values come from the plugin's scoring (``core.task``) score all
+    its prompts in one vectorised pass once lm-eval has filtered its answers
+    (``core.task.score_together``); lm-eval's per-doc ``process_results`` then reads each
+    prompt's row. Grouped as lm-eval groups them: a doc's instances in request order."""
+    from lm_eval_fairdyn.core.task import score_together
+
+    hook = getattr(task.config, "process_results", None)
+    if task.OUTPUT_TYPE != "multiple_choice" or not getattr(hook, "__module__", "").startswith("lm_eval_fairdyn."):
+        return
+    apply_filters = task.apply_filters
+
+    def filter_then_score():
+        apply_filters()
+        by_doc: dict[int, list] = {}
+        for instance in task.instances:
+            by_doc.setdefault(instance.doc_id, []).append(instance)
+        for key in task.instances[0].filtered_resps if task.instances else ():
+            score_together(
+                (members[0].doc, [m.filtered_resps[key] for m in sorted(members, key=lambda m: m.idx)])
+                for members in by_doc.values()
+            )
+
+    task.apply_filters = filter_then_score
+
+
+def _config_dumped_once(task) -> None:
+    """lm-eval writes each task's configuration into every results dict (``dump_config``: the
+    source of every function in it, through ``inspect.getsource``); the loaded tasks' configuration
+    does not change between checkpoints, so it is dumped once and copied."""
+    dumped = task.dump_config()
+    task.dump_config = lambda: copy.deepcopy(dumped)
 
 
 def _reuse_requests(task) -> None:

@@ -89,6 +89,36 @@ def fairness_increase(gap_chosen: float, gap_reference: float) -> float:
     return float((abs(gap_reference) - abs(gap_chosen)) / abs(gap_reference))
 
 
+def score_prompts(option_logprobs, gold, gold_rank=None, gold_is_greedy=None) -> dict:
+    """Everything the method (README, "What is measured") measures on n prompts of K options.
+
+    option_logprobs: (n, K) log p_k of each option's answer token; gold: (n,) gold option
+    indices; gold_rank: (n,) vocabulary ranks of the gold tokens, NaN (or the whole argument
+    None) where unknown; gold_is_greedy: (n,) the harness' is_greedy flags of the gold answers.
+
+        probs     = exp(option_logprobs)                      (n, K)
+        parts     = jsdp_parts(probs, gold)                   (n, K)
+        predicted = argmax_k p_k                              (n,)
+        option_acc = [predicted == gold]
+        acc       = [rank == 1] where the rank is known, else is_greedy (argmax == gold token,
+                    identical up to exact ties), else NaN
+    """
+    probs = np.exp(np.atleast_2d(np.asarray(option_logprobs, dtype=float)))
+    gold = np.atleast_1d(np.asarray(gold, dtype=int))
+    n = len(gold)
+    rank = np.full(n, np.nan) if gold_rank is None else np.asarray(gold_rank, dtype=float).reshape(n)
+    greedy = np.full(n, np.nan) if gold_is_greedy is None else np.asarray(gold_is_greedy, dtype=float).reshape(n)
+    predicted = probs.argmax(axis=1)
+    return {
+        "probs": probs,
+        "parts": jsdp_parts(probs, gold),
+        "rank": rank,
+        "acc": np.where(np.isnan(rank), greedy, (rank == 1).astype(float)),
+        "option_acc": (predicted == gold).astype(float),
+        "predicted": predicted,
+    }
+
+
 def score_prompt(
     option_logprobs: Sequence[float],
     gold: int,
@@ -96,26 +126,22 @@ def score_prompt(
     gold_rank: int | None = None,
     gold_is_greedy: bool | None = None,
 ) -> dict:
-    """Everything the method (README, "What is measured") measures on one prompt.
+    """``score_prompts`` of one prompt: probs and parts (K,), the gold rank as given, and
+    accuracy, option accuracy and the predicted option as Python numbers (accuracy None when
+    neither a rank nor is_greedy is known)."""
+    rank = np.nan if gold_rank is None else gold_rank
+    greedy = np.nan if gold_is_greedy is None else gold_is_greedy
+    return one_score(score_prompts([option_logprobs], [gold], [rank], [greedy]), 0)
 
-    option_logprobs: log p_k of each option's answer token. gold_rank: vocabulary rank of the
-    gold token if known. Accuracy is rank == 1; without a rank, the harness' is_greedy flag
-    (argmax == gold token, identical up to exact ties) is used.
-    """
-    probs = np.exp(np.asarray(option_logprobs, dtype=float))
-    parts = jsdp_parts(probs[None, :], [gold])[0]
-    predicted = int(np.argmax(probs))
-    if gold_rank is not None:
-        accuracy = float(gold_rank == 1)
-    elif gold_is_greedy is not None:
-        accuracy = float(gold_is_greedy)
-    else:
-        accuracy = None
+
+def one_score(scores: dict, i: int) -> dict:
+    """Prompt i of ``score_prompts``' arrays, as ``score_prompt`` returns it."""
+    rank, acc = scores["rank"][i], scores["acc"][i]
     return {
-        "probs": probs,
-        "parts": parts,
-        "rank": gold_rank,
-        "acc": accuracy,
-        "option_acc": float(predicted == gold),
-        "predicted": predicted,
+        "probs": scores["probs"][i],
+        "parts": scores["parts"][i],
+        "rank": None if np.isnan(rank) else int(rank),
+        "acc": None if np.isnan(acc) else float(acc),
+        "option_acc": float(scores["option_acc"][i]),
+        "predicted": int(scores["predicted"][i]),
     }

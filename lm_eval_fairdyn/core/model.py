@@ -92,15 +92,18 @@ def ranks_and_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per request i: rank and log-probability of ``tokens[i]`` in logits row ``rows[row[i]]``.
 
-        rank_i    = 1 + #{v : z_v > z_t}        z = rows[row[i]] in float64, t = tokens[i]
-        logprob_i = z_t - logsumexp(z)
+        rank_i    = 1 + #{v : z_v > z_t}        z = rows[row[i]], t = tokens[i]
+        logprob_i = z_t - logsumexp(z)          in float64
 
-    Requests that share a row (the options of one prompt) share its float64 copy and logsumexp.
+    The count runs on the logits as the model produced them: their float64 copy is exact and
+    keeps the order, so it is the float64 count. Requests that share a row (the options of one
+    prompt) share its float64 logsumexp.
     """
-    z = rows.detach().to(torch.float64)
-    logsumexp = torch.logsumexp(z, dim=-1)
-    z_token = z[row, tokens]
-    return 1 + (z[row] > z_token[:, None]).sum(dim=-1), z_token - logsumexp[row]
+    rows = rows.detach()
+    z_token = rows[row, tokens]
+    ranks = 1 + torch.gt(rows.index_select(0, row), z_token[:, None]).sum(dim=-1)
+    logsumexp = torch.logsumexp(rows.to(torch.float64), dim=-1)
+    return ranks, z_token.to(torch.float64) - logsumexp[row]
 
 
 @dataclass
@@ -301,7 +304,10 @@ class HFLMWithRank(HFLM):
             return self._score_shared(batch)
         logits = self._model_call(batch.inputs)
         offset = logits.shape[1] - batch.inputs.shape[1]  # virtual tokens (prompt tuning) come first
-        rows = logits[batch.batch_index, batch.position + offset]
+        positions = logits.shape[1]  # the scored rows, read as one index_select of the flattened logits
+        rows = logits.reshape(-1, logits.shape[-1]).index_select(
+            0, batch.batch_index * positions + batch.position + offset
+        )
         logprobs = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
         token_logprobs = logprobs[batch.token_row, batch.token]
         token_is_greedy = logprobs.argmax(dim=-1)[batch.greedy_row] == batch.token

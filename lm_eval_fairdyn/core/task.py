@@ -94,9 +94,8 @@ def first_tokens_collide(results) -> tuple[int, int] | None:
     return None
 
 
-def check_first_tokens(doc, results) -> None:
-    """Stop when two options share the token that scores them (``hf-fairdyn`` reports it)."""
-    clash = first_tokens_collide(results)
+def check_first_tokens(doc, results, clash: tuple[int, int] | None) -> None:
+    """Stop when two options share the token that scores them (``clash``, ``first_tokens_collide``)."""
     if clash is not None:
         (j, i), options = clash, _options(doc)
         raise OptionSetError(
@@ -142,6 +141,53 @@ class Scored:
         }
 
 
+# Prompts scored together (score_together): id of the first answer -> (the answers, (the arrays,
+# row), the first two options that begin with the same token or None)
+_together: dict[int, tuple[list, tuple[dict, int], tuple[int, int] | None]] = {}
+
+
+def score_together(prompts) -> None:
+    """Score many prompts at once: ``prompts`` are (doc, lm-eval's answers) pairs; one
+    ``metrics.score_prompts`` per option count. ``score_choices`` of these very answer objects
+    then reads its row instead of scoring the prompt alone (the same formulas, elementwise);
+    ``forget_scores`` drops them. The harness calls it once a task's answers are filtered."""
+    by_count: dict[int, list[tuple[int, list]]] = {}
+    for doc, results in prompts:
+        if results:
+            by_count.setdefault(len(results), []).append((int(doc["label"]), list(results)))
+    for group in by_count.values():
+        golds = [gold for gold, _ in group]
+        ranks = [getattr(results[gold], "rank", None) for gold, results in group]
+        scores = metrics.score_prompts(
+            [[answer_logprob(a) for a in results] for _, results in group],
+            golds,
+            [np.nan if rank is None else rank for rank in ranks],
+            [bool(results[gold][1]) for gold, results in group],
+        )
+        tokens = np.array([[getattr(a, "first_token", None) for a in results] for _, results in group], dtype=float)
+        same = tokens[:, :, None] == tokens[:, None, :]  # NaN (no token reported) equals nothing
+        clashing = (same.sum(axis=(1, 2)) > tokens.shape[1]).tolist()  # more than the diagonal
+        for row, (_, results) in enumerate(group):
+            clash = first_tokens_collide(results) if clashing[row] else None
+            _together[id(results[0])] = (results, (scores, row), clash)
+
+
+def forget_scores() -> None:
+    _together.clear()
+
+
+def _scored_together(results) -> tuple[tuple[dict, int], tuple[int, int] | None] | None:
+    """(score_prompts' arrays and row, first-token clash) of answers scored together, else None."""
+    entry = _together.get(id(results[0]))
+    if (
+        entry is None
+        or len(entry[0]) != len(results)
+        or any(a is not b for a, b in zip(entry[0], results, strict=True))
+    ):
+        return None
+    return entry[1], entry[2]
+
+
 def score_choices(
     doc, results, groups: Sequence[str], method: str = "paper", collisions: str = "raise"
 ) -> Scored | None:
@@ -151,9 +197,11 @@ def score_choices(
     ``collisions``: what two options that begin with the same token do: ``"raise"`` (the option
     set is the task's, so the task cannot be run with this tokenizer) or ``"exclude"`` (the
     options are the item's, e.g. BBQ's names: the prompt is left out, None)."""
+    together = _scored_together(results)
+    clash = first_tokens_collide(results) if together is None else together[1]
     if collisions == "raise":
-        check_first_tokens(doc, results)
-    elif first_tokens_collide(results) is not None:
+        check_first_tokens(doc, results, clash)
+    elif clash is not None:
         return None
     gold = int(doc["label"])
     rank = getattr(results[gold], "rank", None)
@@ -163,9 +211,12 @@ def score_choices(
             "Average Rank (ar_*) needs the gold token's vocabulary rank, which only `--model hf-fairdyn` through "
             "`fairdyn eval` provides; ar_* are reported as unavailable (null). All other metrics are computed.",
         )
-    score = metrics.score_prompt(
-        [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
-    )
+    if together is not None:
+        score = metrics.one_score(*together[0])
+    else:
+        score = metrics.score_prompt(
+            [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
+        )
     parts = score["parts"]
     if method == "reconstruction":
         parts = metrics.jsdp_parts_renormalised(score["probs"][None, :], [gold])[0]
