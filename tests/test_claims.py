@@ -125,6 +125,11 @@ def test_a_timings_line_cut_short_by_a_kill_is_left_out(tmp_path):
 
     (tmp_path / sweep.TIMINGS).write_text('{"label": "step0", "evaluate_s": 1.5}\n{"label": "step10", "eval')
     assert sweep.read_timings(tmp_path) == [{"label": "step0", "evaluate_s": 1.5}]
+    sweep.append_line(tmp_path / sweep.TIMINGS, '{"label": "step20"}')  # the next job's line is whole
+    assert sweep.read_timings(tmp_path) == [{"label": "step0", "evaluate_s": 1.5}, {"label": "step20"}]
+    sweep.append_line(tmp_path / "new.jsonl", "{}")
+    sweep.append_line(tmp_path / "new.jsonl", "[]")
+    assert (tmp_path / "new.jsonl").read_text() == "{}\n[]\n"
 
 
 def test_cleanup_deletes_one_snapshot_and_only_the_blobs_no_other_snapshot_links_to(tmp_path, monkeypatch):

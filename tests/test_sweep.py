@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -605,3 +606,110 @@ def test_a_full_disk_while_results_are_written_loses_nothing_and_the_rerun_finis
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_prompts(out, uninterrupted, {label: label for label in ("step0", "step10", "step20")})
     assert not any((out / ".failed").iterdir())
+
+
+# A sitecustomize that SIGKILLs the sweep in the middle of one kind of write (KILL_AT, "kind:name"):
+# "write": half the bytes of the temporary file that becomes NAME, then killed; "link": killed
+# right after a hard link to a file in the folder NAME is made (a claim held by a dead job);
+# "place": killed just before a finished checkpoint folder is renamed into place; "append":
+# half a line appended to NAME, then killed.
+KILL_DURING_WRITE = """import os, pathlib, signal
+
+kind, name = os.environ["KILL_AT"].split(":")
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if kind == "write":
+    def write(self, data, _write=pathlib.Path.write_bytes):
+        if self.name.startswith("." + name + "."):
+            _write(self, data[: len(data) // 2])
+            die()
+        return _write(self, data)
+
+    def write_text(self, text, encoding=None, errors=None, newline=None):
+        return write(self, text.encode(encoding or "utf-8"))
+
+    pathlib.Path.write_bytes, pathlib.Path.write_text = write, write_text
+elif kind == "link":
+    def link(src, dst, _link=os.link, **kwargs):
+        _link(src, dst, **kwargs)
+        if pathlib.Path(dst).parent.name == name:
+            die()
+
+    os.link = link
+elif kind == "place":
+    def replace(self, target, _replace=pathlib.Path.replace):
+        if self.parent.name == name:
+            die()
+        return _replace(self, target)
+
+    pathlib.Path.replace = replace
+elif kind == "append":
+    class HalfLine:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def write(self, text):
+            self.handle.write(text[: len(text) // 2])
+            self.handle.flush()
+            die()
+
+    def open_(self, mode="r", *args, _open=pathlib.Path.open, **kwargs):
+        handle = _open(self, mode, *args, **kwargs)
+        return HalfLine(handle) if self.name == name and "a" in mode else handle
+
+    pathlib.Path.open = open_
+"""
+
+TEMPORARY = re.compile(r"^\..+\.\d+(\.\d+)?\.(tmp|new)$")  # files.py's names of a writer's temporary files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill_at",
+    ["write:manifest.json", "link:.claims", "write:results.json", "write:prompts_winobias_fairdyn_1seed.csv",
+     "write:checkpoint.json", "place:.partial", "append:timings.jsonl"],
+    ids=["manifest", "claim", "results", "prompt table", "marker", "folder into place", "timings line"],
+)  # fmt: skip
+def test_a_sweep_killed_during_each_kind_of_write_loses_nothing_and_the_rerun_is_right(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path, kill_at
+):
+    """SIGKILL in the middle of each kind of write a sweep makes (the first of its kind): what was
+    finished before stays, no reader sees half a file, and the same command then completes the
+    folder to what an uninterrupted sweep writes; only temporary names of the dead writer remain."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(KILL_DURING_WRITE)
+    paths = [str(site), os.environ.get("PYTHONPATH", "")]
+    killing = dict(environment(winobias_dir), PYTHONPATH=os.pathsep.join(p for p in paths if p), KILL_AT=kill_at)
+    out = tmp_path / "out"
+    killed = subprocess.run(sweep_command(tiny_checkpoints, out), env=killing, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    if (out / "manifest.json").exists():
+        status = run_cli("sweep", "--status", out)
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-2000:]
+        states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[:-1]}
+        assert sorted(states) == ["step0", "step10", "step20"]
+        for label, state in states.items():  # the dead job holds nothing: its claim is stalled
+            assert state == "done" if (out / label / "checkpoint.json").is_file() else state in ("stalled", "left")
+    rerun = subprocess.run(sweep_command(tiny_checkpoints, out), env=environment(winobias_dir),
+                           capture_output=True, text=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    leftovers = {p.name for p in out.rglob("*") if p.is_file()} - {
+        p.name for p in uninterrupted.rglob("*") if p.is_file()
+    }
+    assert all(TEMPORARY.match(name) for name in leftovers), leftovers
+    done = {k: v for k, v in snapshot(out).items() if not TEMPORARY.match(Path(k).name)}
+    assert done == snapshot(uninterrupted)
+    timed = ["step10", "step20"] if kill_at.startswith("append") else ["step0", "step10", "step20"]
+    assert sorted(t["label"] for t in sweep.read_timings(out)) == timed  # step0's cut line alone is lost
+    assert "3 checkpoint(s): 3 done" in run_cli("sweep", "--status", out).stdout

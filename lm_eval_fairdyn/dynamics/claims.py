@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm_eval_fairdyn.core.files import atomic_write_json, create_exclusively
+from lm_eval_fairdyn.core.files import atomic_write_json, create_exclusively, process_alive
 
 CLAIMS = ".claims"
 FAILED = ".failed"
@@ -45,16 +45,6 @@ def job_name() -> str:
     if job:
         return f"slurm job {os.environ.get('SLURM_ARRAY_JOB_ID', job)}{f'_{task}' if task else ''} ({where})"
     return where
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
 
 
 @dataclass
@@ -80,7 +70,7 @@ def read_claim(out: Path, label: str, stale_s: float = STALE_S) -> ClaimState | 
     except (OSError, ValueError):  # being written (an empty or partial file): alive
         return ClaimState(label, "?", "?", 0, time.time(), time.time(), False)
     dead = time.time() - touched > stale_s
-    if data.get("host") == socket.gethostname() and not _process_alive(int(data.get("pid", 0))):
+    if data.get("host") == socket.gethostname() and not process_alive(int(data.get("pid", 0))):
         dead = True
     return ClaimState(label, data.get("job", "?"), data.get("host", "?"), int(data.get("pid", 0)),
                       float(data.get("since", touched)), touched, dead)  # fmt: skip
@@ -153,6 +143,16 @@ def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s
         # at the path, written since (another mtime, whatever its inode), and leaves it alone.
         mark.unlink(missing_ok=True)
     return Claim(path, heartbeat_s, mine)
+
+
+def clear_dead_claim(out: str | Path, label: str) -> None:
+    """A finished checkpoint's claim left by a job killed after it placed the folder: taken over
+    (``try_claim``, so that no two jobs remove it) and released."""
+    state = read_claim(Path(out), label)
+    if state is not None and state.dead:
+        claim = try_claim(out, label)
+        if claim is not None:
+            claim.release()
 
 
 def record_failure(out: str | Path, label: str, reason: str) -> Path:

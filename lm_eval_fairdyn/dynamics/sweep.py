@@ -63,7 +63,8 @@ TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its second
 
 def read_timings(out: str | Path) -> list[dict]:
     """A sweep folder's ``timings.jsonl``: one dict per evaluated checkpoint, in order. A line cut
-    short (a job killed while appending it) is left out: its checkpoint's results are whole."""
+    short (a job killed while appending it) is left out: its checkpoint's results are whole, and
+    the next line starts on a line of its own (``append_line``)."""
     timings = []
     for line in (Path(out) / TIMINGS).read_text().splitlines():
         try:
@@ -71,6 +72,19 @@ def read_timings(out: str | Path) -> list[dict]:
         except ValueError:
             continue
     return timings
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in one write (lines of jobs appending at once stay whole); after a line
+    that a killed job cut short, on a line of its own."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            cut = handle.read(1) != b"\n"
+    except (FileNotFoundError, OSError):  # no file yet, or an empty one
+        cut = False
+    with path.open("a") as handle:
+        handle.write(("\n" if cut else "") + line + "\n")
 
 
 logger = logging.getLogger("lm_eval_fairdyn")
@@ -219,6 +233,8 @@ def run_sweep(
     partial_root.mkdir(exist_ok=True)
     finished = {c.label for c in checkpoints if (out / c.label / "checkpoint.json").is_file()}
     done = [out / c.label for c in checkpoints if c.label in finished]
+    for label in finished:
+        claims.clear_dead_claim(out, label)
     todo = [c for c in checkpoints if c.label not in finished]
     evaluator = harness.Evaluator(settings)
     fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries)
@@ -289,8 +305,7 @@ def _evaluate_one(checkpoint, fetched, evaluator, out: Path, partial_root: Path,
     timing = {"label": checkpoint.label, "download_s": fetched.download_s, "wait_s": fetched.wait_s,
               **evaluator.seconds, "evaluate_s": evaluated - started, "write_s": time.perf_counter() - evaluated,
               "reused_model": evaluator.reused}  # fmt: skip
-    with (out / TIMINGS).open("a") as handle:
-        handle.write(json.dumps(timing) + "\n")
+    append_line(out / TIMINGS, json.dumps(timing))
     if fingerprint is not None:
         same = same_weights(out, checkpoint.label, fingerprint)
         if same:
