@@ -375,10 +375,12 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["fairdyn", *args], code, out.getvalue(), err.getvalue())
 
 
-def run_concurrently(commands: list[list[str]], env: dict | None = None, timeout: float = 600) -> None:
-    """Start every command at once (as shards or distributed ranks run); each must exit 0."""
-
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+def run_concurrently(commands: list[list[str]], env: dict | list[dict] | None = None, timeout: float = 600) -> None:
+    """Start every command at once (as shards or distributed ranks run); each must exit 0.
+    ``env``: one environment for all, or one per command."""
+    envs = env if isinstance(env, list) else [env] * len(commands)
+    procs = [subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c, e in zip(commands, envs, strict=True)]  # fmt: skip
     for proc in procs:
         _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err[-3000:]

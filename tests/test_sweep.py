@@ -713,3 +713,29 @@ def test_a_sweep_killed_during_each_kind_of_write_loses_nothing_and_the_rerun_is
     timed = ["step10", "step20"] if kill_at.startswith("append") else ["step0", "step10", "step20"]
     assert sorted(t["label"] for t in sweep.read_timings(out)) == timed  # step0's cut line alone is lost
     assert "3 checkpoint(s): 3 done" in run_cli("sweep", "--status", out).stdout
+
+
+@pytest.mark.slow
+def test_jobs_sharing_a_hub_sweep_download_each_checkpoint_once(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """Three jobs, each with a hub cache of its own (as on nodes without a shared cache), started
+    at once on one folder with --prefetch 1 (each would download the first two at once): a job
+    claims a checkpoint before it downloads it, so each revision's weights cross the network
+    once, and every checkpoint is evaluated once."""
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    sources = {"step0": "step0", "step10": "step10", "step20": "step20"}  # distinct weights (a cache keeps
+    # one blob per content: a revision whose weights a job already holds is not downloaded again)
+    root = hub_root(tmp_path, tiny_checkpoints, sources)
+    out = tmp_path / "out"
+    with LocalHub(root, bandwidth=4e6) as hub:  # a download lasts about as long as an evaluation
+        run_concurrently(
+            [hub_sweep(out, "--revisions", ",".join(sources), "--prefetch", "1") for _ in range(3)],
+            [hub_environment(winobias_dir, hub, tmp_path / f"hf{j}") for j in range(3)],
+        )
+        weights = {label: hub.downloads(f"EleutherAI/tiny/{label}/model.safetensors") for label in sources}
+    assert weights == dict.fromkeys(sources, 1)
+    assert sorted(t["label"] for t in sweep.read_timings(out)) == sorted(sources)
+    assert_same_prompts(out, uninterrupted, sources)
+    assert not list((out / ".claims").iterdir())

@@ -26,6 +26,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ class Fetched:
     download_s: float = 0.0
     wait_s: float = 0.0
     error: str = ""  # why it could not be downloaded (``DownloadFailed``); "" when it was
+    claim: object | None = None  # this job's claim on it, taken before downloading (``claim`` of the fetcher)
+    skipped: bool = False  # not downloaded: when its turn came, another job held or had finished it
 
 
 def hub_branches(repo: str) -> list[str]:
@@ -179,13 +182,18 @@ class CheckpointFetcher:
     not be downloaded); hub ones downloaded ahead.
 
     ``items``: (repo, revision) per checkpoint, or None for a local checkpoint. Iterate, and
-    call :meth:`release` once a checkpoint's results are written.
+    call :meth:`release` once a checkpoint's results are written. ``claim(index)``, called just
+    before a hub checkpoint's download starts, returns this job's claim on it (kept in
+    ``Fetched.claim``) or None: the download is skipped (``Fetched.skipped``), since another job
+    of the sweep holds or has finished it, and no two jobs download one checkpoint ahead.
     """
 
-    def __init__(self, items: list, prefetch: int = 1, cleanup: bool = False, retries: int = 3):
+    def __init__(self, items: list, prefetch: int = 1, cleanup: bool = False, retries: int = 3,
+                 claim: Callable[[int], object | None] | None = None):  # fmt: skip
         if prefetch < 0 or retries < 0:
             raise ValueError(f"prefetch and retries must be 0 or more, not {prefetch} and {retries}")
         self.items, self.prefetch, self.cleanup, self.retries = items, prefetch, cleanup, retries
+        self.claim = claim
         self._futures: dict[int, Future] = {}
         self._tasks: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -210,6 +218,9 @@ class CheckpointFetcher:
         finally:
             for future in self._futures.values():
                 future.cancel()
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    if future.result().claim is not None:  # downloaded ahead of a stop: let it go
+                        future.result().claim.release()
             self._tasks.put(None)
             if finished and self._thread is not None:
                 self._thread.join()  # the last deletion; an interrupted sweep does not wait
@@ -226,9 +237,20 @@ class CheckpointFetcher:
         for ahead in range(index, min(index + self.prefetch + 1, len(self.items))):
             item = self.items[ahead]
             if item is not None and ahead not in self._futures:
-                self._futures[ahead] = self._submit(
-                    lambda repo=item[0], revision=item[1]: download(repo, revision, self.retries)
-                )
+                self._futures[ahead] = self._submit(lambda ahead=ahead: self._download(ahead))
+
+    def _download(self, index: int) -> Fetched:
+        claim = self.claim(index) if self.claim is not None else None
+        if self.claim is not None and claim is None:
+            return Fetched(skipped=True)
+        try:
+            fetched = download(*self.items[index], self.retries)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        fetched.claim = claim
+        return fetched
 
     def _submit(self, work) -> Future:
         if self._thread is None:  # a daemon thread: an interrupted sweep exits without waiting for it

@@ -237,7 +237,13 @@ def run_sweep(
         claims.clear_dead_claim(out, label)
     todo = [c for c in checkpoints if c.label not in finished]
     evaluator = harness.Evaluator(settings)
-    fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries)
+
+    def claim_ahead(index: int) -> claims.Claim | None:  # a hub checkpoint's claim, before its download
+        label = todo[index].label
+        return None if (out / label / "checkpoint.json").is_file() else claims.try_claim(out, label)
+
+    fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries,
+                                claim=claim_ahead)  # fmt: skip
     if todo:
         fetcher.start()  # the first downloads run while lm-eval's tasks are loaded
         evaluator.tasks()
@@ -248,9 +254,12 @@ def run_sweep(
             progress.set_postfix_str(checkpoint.label)
             final = out / checkpoint.label
             if (final / "checkpoint.json").is_file():  # another job finished it meanwhile
+                if fetched.claim is not None:
+                    fetched.claim.release()
                 done.append(final)
                 continue
-            claim = claims.try_claim(out, checkpoint.label)
+            # claimed before its download (a hub checkpoint), skipped then, or claimed now
+            claim = fetched.claim or (None if fetched.skipped else claims.try_claim(out, checkpoint.label))
             if claim is None:  # another live job evaluates it
                 held.append(checkpoint.label)
                 continue
