@@ -45,16 +45,12 @@ example:
 def run_lm_eval(argv: list[str]) -> int:
     """lm-eval's CLI with this package's tasks on the include path and hf-fairdyn registered;
     ``--use_cache`` gets one database per checkpoint (see ``fingerprint``)."""
-    import time
-
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
     import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
-    from lm_eval_fairdyn.core.harness import check_run
+    from lm_eval_fairdyn.core.harness import check_run, shared_task_index
     from lm_eval_fairdyn.core.inputs import parse_metadata, split_tasks
-    from lm_eval_fairdyn.core.registry import prepare_metadata
 
     for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--metadata" and value.lstrip().startswith(("{", "[", '"')):
@@ -71,8 +67,19 @@ def run_lm_eval(argv: list[str]) -> int:
     finally:
         sys.argv = saved_argv
     user_paths = [args.include_path] if isinstance(getattr(args, "include_path", None), str) else []
-    check_run(split_tasks(args.tasks or []), user_paths, args.metadata if isinstance(args.metadata, dict) else {},
-              args.limit, getattr(args, "batch_size", 1), args.output_path)  # fmt: skip
+    with shared_task_index():  # the check's task index serves lm-eval's run below
+        check_run(split_tasks(args.tasks or []), user_paths, args.metadata if isinstance(args.metadata, dict) else {},
+                  args.limit, getattr(args, "batch_size", 1), args.output_path)  # fmt: skip
+        return _execute(harness, args, user_paths)
+
+
+def _execute(harness, args, user_paths: list[str]) -> int:
+    """lm-eval's run of the checked arguments, then the verdicts from the results it wrote."""
+    import time
+
+    from lm_eval_fairdyn.core.fingerprint import CacheNotKeyable, keyed_request_cache
+    from lm_eval_fairdyn.core.registry import prepare_metadata
+
     ours = str(tasks_path())
     args.include_path = ours if not user_paths else [*user_paths, ours]
     if isinstance(args.metadata, dict):  # the results record what was evaluated (synthetic prompts)

@@ -128,3 +128,34 @@ def test_version_names_the_package_and_lm_eval():
     out = run_cli("--version")
     assert out.returncode == 0
     assert out.stdout.strip() == f"fairdyn {version('lm-eval-fairdyn')} (lm-eval {version('lm_eval')})"
+
+
+def test_within_a_shared_task_index_each_folder_is_indexed_once_and_the_index_is_the_same(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import TaskIndex
+
+    from lm_eval_fairdyn import tasks_path
+    from lm_eval_fairdyn.core.harness import shared_task_index
+
+    override = tmp_path / "mine"  # a user's folder that overrides one of the package's tasks
+    override.mkdir()
+    (override / "winobias_fairdyn_1seed.yaml").write_text((tasks_path() / "winobias" / "winobias_fairdyn_1seed.yaml")
+                                                          .read_text().replace("include: ", "include: " + str(tasks_path() / "winobias") + "/"))  # fmt: skip
+    paths = [str(tasks_path()), str(override)]
+    alone = TaskManager(include_path=paths, include_defaults=False)._index
+    built = []
+    build = TaskIndex.build
+    monkeypatch.setattr(
+        TaskIndex, "build", staticmethod(lambda roots, **kw: built.append(list(roots)) or build(roots, **kw))
+    )
+    with shared_task_index():
+        first = TaskManager(include_path=paths, include_defaults=False, metadata={"a": 1})._index
+        second = TaskManager(include_path=paths[1:], include_defaults=False)._index
+        third = TaskManager(include_path=paths, include_defaults=False)._index
+    assert built == [[Path(paths[0])], [Path(paths[1])]]  # each folder once
+    assert first.keys() == third.keys() == alone.keys() and first is not third
+    assert {n: e.yaml_path for n, e in first.items()} == {n: e.yaml_path for n, e in alone.items()}
+    assert first["winobias_fairdyn_1seed"].yaml_path.parent == override  # later paths override earlier
+    assert set(second) == set(build([override]))
+    TaskManager(include_path=paths, include_defaults=False)
+    assert len(built) == 3  # outside it, lm-eval's own build again

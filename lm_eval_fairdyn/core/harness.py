@@ -9,6 +9,7 @@ model and keyed request cache.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import functools
 import json
@@ -110,6 +111,39 @@ def task_manager(include_path=(), metadata: dict | None = None, tasks=()):
     if tasks and all(isinstance(t, str) and t in own.all_tasks for t in tasks):
         return own
     return _cached_task_manager(tuple(str(p) for p in include_path), metadata_json, include_defaults=True)
+
+
+@contextlib.contextmanager
+def shared_task_index():
+    """Within it, lm-eval's ``TaskIndex.build`` indexes each folder once: every TaskManager
+    built scans every YAML under its paths (lm-eval's own tasks: about 5 s), and ``fairdyn eval``
+    builds one to check the run before lm-eval's command line builds its own. Each folder's
+    entries are kept and merged in the paths' order, later paths overriding earlier ones, as
+    ``build`` merges them (``TaskFactory`` deep-copies an entry before it changes it)."""
+    from lm_eval.tasks import _index
+    from lm_eval.tasks._index import TaskIndex
+
+    build = TaskIndex.build
+    folders: dict[tuple[str, bool], dict] = {}
+
+    def build_once(paths, *, resolve_includes=True):
+        index: dict = {}
+        for root in paths:
+            key = (str(Path(root).resolve()), resolve_includes)
+            if key not in folders:
+                folders[key] = build([root], resolve_includes=resolve_includes)
+            for name, entry in folders[key].items():
+                if name in index:  # lm-eval's warning
+                    _index.log.warning("Task '%s' from %s overrides existing task from %s", name, entry.yaml_path,
+                                       index[name].yaml_path)  # fmt: skip
+                index[name] = entry
+        return index
+
+    TaskIndex.build = staticmethod(build_once)
+    try:
+        yield
+    finally:
+        TaskIndex.build = staticmethod(build)
 
 
 @functools.lru_cache(maxsize=8)
