@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -771,11 +772,34 @@ def _unknown_flags(parser: argparse.ArgumentParser, command: str | None, unknown
             f"`{help_command}` lists the flags")  # fmt: skip
 
 
+# The handlers main() replaced, by signal. A child forked meanwhile (lm-eval's bootstrap pool, a
+# dataset's workers) gets them back, so that its parent's SIGTERM ends it as the parent expects:
+# under this command's handler a pool worker turned it into a KeyboardInterrupt, or lost it when
+# it arrived before the child's Python had set itself up, and the closing pool waited for ever.
+# The signals are blocked across the fork and unblocked in the child once the handlers are back.
+_replaced_handlers: dict = {}
+
+
+def _block_replaced_signals() -> None:
+    if _replaced_handlers:
+        signal.pthread_sigmask(signal.SIG_BLOCK, list(_replaced_handlers))
+
+
+def _unblock_replaced_signals(restore: bool = False) -> None:
+    if _replaced_handlers:
+        for signum, handler in _replaced_handlers.items() if restore else ():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, list(_replaced_handlers))
+
+
+os.register_at_fork(before=_block_replaced_signals, after_in_parent=_unblock_replaced_signals,
+                    after_in_child=lambda: _unblock_replaced_signals(restore=True))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``fairdyn`` command: exit 0 done, 1 a failure of the run (or ``check``: fairness
     regressed), 2 the user's input (one line naming it and the way out), 130 interrupted. A
     traceback only with ``--debug`` (first) or ``FAIRDYN_DEBUG=1``."""
-    import signal
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("FAIRDYN_DEBUG", "") not in ("", "0")
@@ -803,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     # file) is raised when that code returns, maybe inside a cleanup that swallows it, and whatever the
     # run then raises is still reported as the stop it is.
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if threading_is_main() else {}
+    _replaced_handlers.update(previous)
     try:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
@@ -839,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _replaced_handlers.clear()
 
 
 if __name__ == "__main__":

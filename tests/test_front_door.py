@@ -205,3 +205,31 @@ def test_a_manifest_written_before_a_setting_existed_still_resumes(tmp_path):
     sweep.write_manifest(out, checkpoints, EvalSettings())  # the same settings: accepted
     with pytest.raises(sweep.SweepSettingsError, match="num_fewshot: None there, 5 now"):
         sweep.write_manifest(out, checkpoints, EvalSettings(num_fewshot=5))
+
+
+POOLS_UNDER_MAIN = """import multiprocessing, sys
+from lm_eval_fairdyn import cli
+
+
+def pools(argv):  # what lm-eval's bootstrap does after an evaluation, many times over
+    for _ in range(40):
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            list(pool.imap(abs, range(4)))
+    print("all pools finished")
+    return 0
+
+
+cli.run_lm_eval = pools
+sys.exit(cli.main(["eval"]))
+"""
+
+
+def test_process_pools_forked_under_the_command_terminate(tmp_path):
+    """A pool's workers are ended by SIGTERM when the pool closes; under `fairdyn`, whose handler
+    turns SIGTERM into KeyboardInterrupt, they get the default handlers back when forked (with
+    the command's handler the closing pool hung, `fairdyn eval` with it)."""
+    script = tmp_path / "pools.py"
+    script.write_text(POOLS_UNDER_MAIN)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "all pools finished" in proc.stdout, proc.stderr[-2000:]
+    assert "KeyboardInterrupt" not in proc.stderr
