@@ -785,15 +785,19 @@ def _block_replaced_signals() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, list(_replaced_handlers))
 
 
-def _unblock_replaced_signals(restore: bool = False) -> None:
+def _unblock_replaced_signals() -> None:
     if _replaced_handlers:
-        for signum, handler in _replaced_handlers.items() if restore else ():
-            signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, list(_replaced_handlers))
 
 
+def _restore_handlers_in_child() -> None:
+    for signum, handler in _replaced_handlers.items():
+        signal.signal(signum, handler)
+    _unblock_replaced_signals()
+
+
 os.register_at_fork(before=_block_replaced_signals, after_in_parent=_unblock_replaced_signals,
-                    after_in_child=lambda: _unblock_replaced_signals(restore=True))  # fmt: skip
+                    after_in_child=_restore_handlers_in_child)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -826,8 +830,9 @@ def main(argv: list[str] | None = None) -> int:
     # Remembered as well as raised: a stop that arrives while native code waits (safetensors opening a
     # file) is raised when that code returns, maybe inside a cleanup that swallows it, and whatever the
     # run then raises is still reported as the stop it is.
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if threading_is_main() else {}
-    _replaced_handlers.update(previous)
+    handles_signals = threading_is_main()  # only the main thread may set handlers
+    if handles_signals:
+        _replaced_handlers.update({s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)})
     try:
         if argv[:1] == ["eval"]:
             keep_freed_memory()
@@ -862,9 +867,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        _replaced_handlers.clear()
+        if handles_signals:
+            for signum, handler in _replaced_handlers.items():
+                signal.signal(signum, handler)
+            _replaced_handlers.clear()
 
 
 if __name__ == "__main__":

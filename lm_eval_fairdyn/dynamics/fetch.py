@@ -219,8 +219,9 @@ class CheckpointFetcher:
             for future in self._futures.values():
                 future.cancel()
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    if future.result().claim is not None:  # downloaded ahead of a stop: let it go
-                        future.result().claim.release()
+                    unused = future.result().claim  # downloaded ahead of a stop: let it go
+                    if unused is not None:
+                        unused.release()
             self._tasks.put(None)
             if finished and self._thread is not None:
                 self._thread.join()  # the last deletion; an interrupted sweep does not wait
@@ -240,9 +241,11 @@ class CheckpointFetcher:
                 self._futures[ahead] = self._submit(lambda ahead=ahead: self._download(ahead))
 
     def _download(self, index: int) -> Fetched:
-        claim = self.claim(index) if self.claim is not None else None
-        if self.claim is not None and claim is None:
-            return Fetched(skipped=True)
+        claim = None
+        if self.claim is not None:
+            claim = self.claim(index)
+            if claim is None:
+                return Fetched(skipped=True)
         try:
             fetched = download(*self.items[index], self.retries)
         except BaseException:

@@ -81,7 +81,7 @@ def append_line(path: Path, line: str) -> None:
         with path.open("rb") as handle:
             handle.seek(-1, os.SEEK_END)
             cut = handle.read(1) != b"\n"
-    except (FileNotFoundError, OSError):  # no file yet, or an empty one
+    except OSError:  # no file yet, or an empty one
         cut = False
     with path.open("a") as handle:
         handle.write(("\n" if cut else "") + line + "\n")
