@@ -12,6 +12,7 @@ from pathlib import Path
 from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core import registry
 from lm_eval_fairdyn.core.harness import EvalSettings
+from lm_eval_fairdyn.dynamics.claims import HELD_WAIT_S
 
 DEFAULTS = EvalSettings()
 
@@ -261,6 +262,9 @@ def _add_sweep(commands) -> None:
                        "(at most K+1 checkpoints on disk)")  # fmt: skip
     sweep.add_argument("--retries", type=_count, default=3,
                        help="hub checkpoints: tries again after a failed download (default: %(default)s)")  # fmt: skip
+    sweep.add_argument("--held_wait", type=_seconds, default=HELD_WAIT_S, metavar="SECONDS",
+                       help="after its pass, how long a job waits for checkpoints other jobs hold, taking over any "
+                       "whose job ends meanwhile (a job cancelled as this one was resubmitted) (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--seed", type=_seeds, default=DEFAULTS.seed, metavar="SEEDS",
                        help="lm-eval's seeds: one integer for all four, or python,numpy,torch,fewshot "
                        f"(default: {','.join(map(str, DEFAULTS.seed))})")  # fmt: skip
@@ -291,6 +295,17 @@ def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 or more (``--held_wait``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, not {text!r}")
+    return value
 
 
 def _share(text: str) -> float:
@@ -380,7 +395,13 @@ def _sweep(args) -> int:
     sweep.write_manifest(Path(args.output_path), checkpoints, settings)
     try:
         finished = sweep.run_sweep(
-            mine, args.output_path, settings, prefetch=args.prefetch, cleanup=args.cleanup, retries=args.retries
+            mine,
+            args.output_path,
+            settings,
+            prefetch=args.prefetch,
+            cleanup=args.cleanup,
+            retries=args.retries,
+            held_wait_s=args.held_wait,
         )
     except sweep.SweepFailed as err:
         print(f"fairdyn sweep: {err}", file=sys.stderr)

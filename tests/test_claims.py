@@ -4,12 +4,15 @@ over once, a timings line cut short, a cleanup that deletes one snapshot alone."
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import threading
 import time
 
 from conftest import run_cli
 
+from lm_eval_fairdyn.core.files import process_alive
 from lm_eval_fairdyn.dynamics import claims
 
 
@@ -44,7 +47,6 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 def test_a_dead_jobs_claim_is_taken_over_and_a_live_ones_is_not(tmp_path):
     """Dead: its process is gone on this host, or it has not been touched for stale_s seconds
     (another host). Alive: a process of this host that runs, or another host's recent claim."""
-    import socket
 
     host = socket.gethostname()
     write_claim(tmp_path, "gone", host, finished_pid())
@@ -178,3 +180,86 @@ def test_a_job_thought_dead_leaves_the_claim_that_took_over_its_own(tmp_path):
     assert claims.read_claim(tmp_path, "step0") is not None  # the new owner's claim is still there
     new.release()
     assert claims.read_claim(tmp_path, "step0") is None
+
+
+def test_a_zombie_is_no_live_process():
+    """A process that has exited but whose parent has not collected it (a scheduler's step daemon
+    slow to reap a cancelled job) still answers kill(pid, 0): it is dead all the same."""
+    child = subprocess.Popen(["true"])
+    stat = f"/proc/{child.pid}/stat"
+    deadline = time.time() + 10
+    while open(stat).read().rpartition(")")[2].split()[0] != "Z":
+        assert time.time() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    os.kill(child.pid, 0)  # still there for the kernel
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)
+    assert process_alive(os.getpid())
+
+
+HOLDER = """
+import os, sys, time
+from pathlib import Path
+from lm_eval_fairdyn.dynamics import claims
+out, label, how = sys.argv[1], sys.argv[2], sys.argv[3]
+claim = claims.try_claim(out, label, heartbeat_s=0.2)
+assert claim is not None
+Path(out, label + ".held").touch()
+if how == "working":
+    time.sleep(120)
+time.sleep(1.5)
+if how == "released":
+    claim.release()
+os._exit(0)  # "ending": killed without a word, its claim left behind
+"""
+
+
+def hold(out, label, how):
+    """A job of its own that claims ``label``, once claimed: ``ending`` dies 1.5 s later leaving
+    its claim, ``released`` releases it 1.5 s later, ``working`` keeps it alive by heartbeats."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), label, how])
+    deadline = time.time() + 60
+    while not (out / f"{label}.held").exists():
+        assert proc.poll() is None and time.time() < deadline, f"the {how} holder did not claim {label}"
+        time.sleep(0.05)
+    return proc
+
+
+def test_held_checkpoints_whose_holders_end_are_taken_and_the_others_left(tmp_path):
+    """After its pass a job looks again at the checkpoints it found held: those whose holder dies
+    (its heartbeat beating until then) or lets go within the wait are taken; one finished
+    meanwhile is not, nor one whose holder works on through the wait."""
+    holders = [hold(tmp_path, "ending", "ending"), hold(tmp_path, "released", "released"),
+               hold(tmp_path, "working", "working")]  # fmt: skip
+    try:
+        labels = ["ending", "released", "working", "finished"]
+        assert all(claims.try_claim(tmp_path, label) is None for label in labels[:3])  # held when the pass ran
+        taken = []
+        for label, claim in claims.take_released(tmp_path, labels, finished=lambda label: label == "finished",
+                                                 wait_s=6, poll_s=0.05):  # fmt: skip
+            assert claims.read_claim(tmp_path, label).pid == os.getpid()
+            taken.append(label)
+            claim.release()
+        assert sorted(taken) == ["ending", "released"]
+        assert claims.read_claim(tmp_path, "working").pid == holders[2].pid  # left to its holder
+        assert claims.read_claim(tmp_path, "finished") is None
+    finally:
+        for proc in holders:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_wait_ends_once_every_held_checkpoint_is_taken_or_finished(tmp_path):
+    """A suspended holder (neither ending nor beating) keeps its checkpoint through the whole
+    wait; checkpoints that are all taken or finished end the wait at once."""
+    write_claim(tmp_path, "suspended", socket.gethostname(), os.getpid(), age_s=60)
+    started = time.time()
+    assert list(claims.take_released(tmp_path, ["suspended"], finished=lambda _: False, wait_s=1.0, poll_s=0.05)) == []
+    assert time.time() - started >= 1.0
+    assert claims.read_claim(tmp_path, "suspended").pid == os.getpid()
+    done = {"a"}
+    started = time.time()
+    taken = list(claims.take_released(tmp_path, ["a", "b"], finished=done.__contains__, wait_s=60, poll_s=0.05))
+    assert [label for label, _ in taken] == ["b"] and time.time() - started < 30
+    taken[0][1].release()

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli, run_concurrently
 
 from lm_eval_fairdyn.core.errors import UserInputError
-from lm_eval_fairdyn.core.harness import task_manager
+from lm_eval_fairdyn.core.harness import EvalSettings, task_manager
 from lm_eval_fairdyn.dynamics import schedule, sweep
 from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher
 
@@ -739,3 +739,45 @@ def test_jobs_sharing_a_hub_sweep_download_each_checkpoint_once(
     assert sorted(t["label"] for t in sweep.read_timings(out)) == sorted(sources)
     assert_same_prompts(out, uninterrupted, sources)
     assert not list((out / ".claims").iterdir())
+
+
+ENDING_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from lm_eval_fairdyn.dynamics import claims
+out, label, last = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+claim = claims.try_claim(out, label, heartbeat_s=0.2)
+assert claim is not None
+(out / "held").touch()
+while not (out / last / "checkpoint.json").is_file():  # the other job has finished its pass
+    time.sleep(0.05)
+time.sleep(0.5)
+os._exit(0)  # cancelled: dies without releasing its claim
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_holder_ends_after_the_pass_is_taken_over(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path, monkeypatch
+):
+    """A job resubmitted while the cancelled one is still ending: step10's holder is alive
+    during the new job's pass (skipped) and dies once that pass is over; the job takes step10
+    over instead of ending without it, and the folder equals an uninterrupted sweep's."""
+    monkeypatch.setenv("FAIRDYN_WINOBIAS_DIR", str(winobias_dir))
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", ENDING_HOLDER, str(out), "step10", "step20"])
+    try:
+        deadline = time.time() + 60
+        while not (out / "held").exists():
+            assert holder.poll() is None and time.time() < deadline, "the holder did not claim step10"
+            time.sleep(0.05)
+        (out / "held").unlink()
+        settings = EvalSettings(tasks=("winobias_fairdyn_1seed",), limit=12, batch_size=4, device="cpu")
+        done = sweep.run_sweep(sweep.folder_checkpoints(str(tiny_checkpoints / "step*")), out, settings)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in done) == ["step0", "step10", "step20"]
+    assert [t["label"] for t in sweep.read_timings(out)] == ["step0", "step20", "step10"]
+    assert snapshot(out) == snapshot(uninterrupted)

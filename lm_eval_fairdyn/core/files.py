@@ -81,14 +81,20 @@ def partial_folder(final: str | Path) -> Path:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host with that id runs (another user's counts as running)."""
+    """Whether a process of this host with that id runs (another user's counts as running). A
+    zombie does not: it has exited and only waits for its parent (a scheduler's step daemon, say)
+    to collect its status."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state follows the command's closing parenthesis in /proc/<pid>/stat
+        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def publish_folder(partial: str | Path, final: str | Path) -> Path:

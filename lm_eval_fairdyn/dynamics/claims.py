@@ -15,6 +15,14 @@ started on it by mistake). Before it evaluates a checkpoint, a job claims it:
   host, is a dead job's. The next job renames it to a name of its own (of several jobs, one
   rename succeeds) and claims anew.
 
+- **held at the end**: a job whose pass found checkpoints held by others looks at them again,
+  every second for up to ``held_wait_s`` seconds (``take_released``), and takes over each whose
+  claim is released or whose holder dies meanwhile. A job resubmitted right after a cancel can
+  find the cancelled job's claim while that job is still ending (its claim released on SIGTERM,
+  or its process gone or a zombie after SIGKILL, SLURM's KillWait later); it takes the
+  checkpoint instead of ending without it. A heartbeat is no sign that a holder will live: one
+  cancelled while inside a long call beats until SIGKILL.
+
 So any number of jobs, started in any order or again after a failure, end with one result per
 checkpoint: a checkpoint is evaluated again only when its job died (its partial work is redone).
 """
@@ -26,6 +34,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +44,9 @@ CLAIMS = ".claims"
 FAILED = ".failed"
 HEARTBEAT_S = 30.0
 STALE_S = 300.0  # ten heartbeats missed: the job is dead (or its machine stopped)
+# How long a job looks again at the checkpoints it found held: longer than SLURM's default KillWait
+# (30 s from SIGTERM to SIGKILL), so that a holder cancelled as this job started has ended by then.
+HELD_WAIT_S = 40.0
 
 
 def job_name() -> str:
@@ -143,6 +155,36 @@ def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s
         # at the path, written since (another mtime, whatever its inode), and leaves it alone.
         mark.unlink(missing_ok=True)
     return Claim(path, heartbeat_s, mine)
+
+
+def take_released(
+    out: str | Path,
+    labels: list[str],
+    finished: Callable[[str], bool],
+    wait_s: float = HELD_WAIT_S,
+    poll_s: float = 1.0,
+    stale_s: float = STALE_S,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> Iterator[tuple[str, Claim]]:
+    """This job's claims on the checkpoints ``labels`` (found held by other jobs) whose holders
+    let go or die within ``wait_s`` seconds: each is yielded as ``(label, claim)`` as soon as its
+    claim is released or dead; the caller evaluates it and releases the claim. The wait ends once
+    every label is taken or ``finished``, or after ``wait_s``; the labels left are held by live
+    jobs (or suspended ones, until their claims are stale)."""
+    since = time.time()
+    waiting = list(labels)
+    while waiting:
+        for label in list(waiting):
+            if finished(label):
+                waiting.remove(label)
+                continue
+            claim = try_claim(out, label, stale_s, heartbeat_s)
+            if claim is not None:
+                waiting.remove(label)
+                yield label, claim
+        if not waiting or time.time() - since >= wait_s:
+            return
+        time.sleep(poll_s)
 
 
 def clear_dead_claim(out: str | Path, label: str) -> None:

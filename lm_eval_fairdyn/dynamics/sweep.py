@@ -55,7 +55,7 @@ from lm_eval_fairdyn.core.errors import UserInputError
 from lm_eval_fairdyn.core.files import atomic_write_json, create_exclusively, json_text, replace_folder
 from lm_eval_fairdyn.core.harness import EvalSettings
 from lm_eval_fairdyn.dynamics import claims
-from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher, DownloadFailed
+from lm_eval_fairdyn.dynamics.fetch import CheckpointFetcher, DownloadFailed, Fetched, delete_revision, download
 from lm_eval_fairdyn.dynamics.results import step_from_text
 
 TIMINGS = "timings.jsonl"  # one line per evaluated checkpoint: where its seconds went
@@ -223,10 +223,13 @@ def run_sweep(
     prefetch: int = 1,
     cleanup: bool = False,
     retries: int = 3,
+    held_wait_s: float = claims.HELD_WAIT_S,
 ) -> list[Path]:
     """Evaluate each checkpoint not yet finished in out_dir (its manifest created or confirmed
     first); return the finished folders. Hub checkpoints are downloaded ``prefetch`` ahead and,
-    with ``cleanup``, deleted from the hub cache once their results are written (``fetch``)."""
+    with ``cleanup``, deleted from the hub cache once their results are written (``fetch``).
+    Checkpoints that other jobs held are looked at again for up to ``held_wait_s`` seconds
+    after the pass (``claims.take_released``): one whose holder ended meanwhile is evaluated here."""
     out = Path(out_dir)
     write_manifest(out, checkpoints, settings)  # a folder holding another sweep's settings is refused here
     partial_root = out / ".partial"
@@ -240,7 +243,7 @@ def run_sweep(
 
     def claim_ahead(index: int) -> claims.Claim | None:  # a hub checkpoint's claim, before its download
         label = todo[index].label
-        return None if (out / label / "checkpoint.json").is_file() else claims.try_claim(out, label)
+        return None if is_finished(label) else claims.try_claim(out, label)
 
     fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries,
                                 claim=claim_ahead)  # fmt: skip
@@ -249,11 +252,33 @@ def run_sweep(
         evaluator.tasks()
     progress = tqdm(zip(todo, fetcher, strict=True), total=len(todo), desc="checkpoints", unit="ckpt")
     failures, held, frozen = {}, [], False
+
+    def is_finished(label: str) -> bool:
+        return (out / label / "checkpoint.json").is_file()
+
+    def evaluate_claimed(checkpoint: Checkpoint, fetched: Fetched, claim: claims.Claim) -> None:
+        """Evaluate a checkpoint this job claimed into its folder, or record why it failed; the
+        claim is released either way."""
+        try:
+            if fetched.error:
+                raise DownloadFailed(fetched.error)
+            done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
+            claims.clear_failure(out, checkpoint.label)
+        except UserInputError:  # the input is wrong for every checkpoint (e.g. an option set): said once
+            raise
+        except Exception as err:  # this checkpoint failed: recorded, the others go on
+            failures[checkpoint.label] = _failure_reason(err, fetched.folder or _local_folder(checkpoint))
+            claims.record_failure(out, checkpoint.label, failures[checkpoint.label])
+            tqdm.write(f"fairdyn sweep: {checkpoint.label} failed ({failures[checkpoint.label]}); going on with "
+                       "the next checkpoint", file=sys.stderr)  # fmt: skip
+        finally:
+            claim.release()
+
     try:
         for index, (checkpoint, fetched) in enumerate(progress):
             progress.set_postfix_str(checkpoint.label)
             final = out / checkpoint.label
-            if (final / "checkpoint.json").is_file():  # another job finished it meanwhile
+            if is_finished(checkpoint.label):  # another job finished it meanwhile
                 if fetched.claim is not None:
                     fetched.claim.release()
                 done.append(final)
@@ -263,20 +288,7 @@ def run_sweep(
             if claim is None:  # another live job evaluates it
                 held.append(checkpoint.label)
                 continue
-            try:
-                if fetched.error:
-                    raise DownloadFailed(fetched.error)
-                done.append(_evaluate_one(checkpoint, fetched, evaluator, out, partial_root, settings))
-                claims.clear_failure(out, checkpoint.label)
-            except UserInputError:  # the input is wrong for every checkpoint (e.g. an option set): said once
-                raise
-            except Exception as err:  # this checkpoint failed: recorded, the others go on
-                failures[checkpoint.label] = _failure_reason(err, fetched.folder or _local_folder(checkpoint))
-                claims.record_failure(out, checkpoint.label, failures[checkpoint.label])
-                tqdm.write(f"fairdyn sweep: {checkpoint.label} failed ({failures[checkpoint.label]}); going on with "
-                           "the next checkpoint", file=sys.stderr)  # fmt: skip
-            finally:
-                claim.release()
+            evaluate_claimed(checkpoint, fetched, claim)
             fetcher.release(index, fetched)
             if not frozen:
                 # What the first checkpoint this job evaluated set up (tasks, docs, encodings, the batch
@@ -284,8 +296,21 @@ def run_sweep(
                 # ~0.3 s, every other checkpoint, on the demo suite); unfrozen when the sweep ends.
                 gc.freeze()
                 frozen = True
+        # Those held by others, looked at again: a holder that was ending (cancelled just before this
+        # job was resubmitted) lets go of its checkpoint within seconds, and this job takes it.
+        by_label = {c.label: c for c in todo}
+        for label, claim in claims.take_released(out, held, finished=is_finished, wait_s=held_wait_s):
+            checkpoint = by_label[label]
+            fetched = fetch_now(checkpoint, retries)
+            evaluate_claimed(checkpoint, fetched, claim)
+            if cleanup and fetched.commit is not None:
+                delete_revision(checkpoint.repo, fetched.commit)
     finally:
         gc.unfreeze()
+    for label in held:
+        if is_finished(label) and out / label not in done:
+            done.append(out / label)
+    held = [label for label in held if not is_finished(label)]
     if held:
         logger.warning("%d checkpoint(s) are being evaluated by other jobs: %s", len(held), ", ".join(held))
     if failures:
@@ -323,6 +348,17 @@ def _evaluate_one(checkpoint, fetched, evaluator, out: Path, partial_root: Path,
                 "fairdyn analyze marks them", checkpoint.label, ", ".join(same), fingerprint[:16],
             )  # fmt: skip
     return final
+
+
+def fetch_now(checkpoint: Checkpoint, retries: int) -> Fetched:
+    """A checkpoint's files now, on this thread (a local one needs none): for a checkpoint taken
+    over after the pass, which was not downloaded ahead."""
+    if checkpoint.hub is None:
+        return Fetched()
+    try:
+        return download(*checkpoint.hub, retries)
+    except DownloadFailed as err:
+        return Fetched(error=str(err))
 
 
 def _local_folder(checkpoint: Checkpoint) -> Path | None:
