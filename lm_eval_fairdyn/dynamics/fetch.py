@@ -12,8 +12,11 @@ checkpoints are on disk at any time.
 A download that fails (connection dropped, server error) is tried again ``retries`` times with
 a growing wait; a missing repository or revision is not retried. huggingface_hub writes each file
 under ``.incomplete`` and links it into the snapshot only when whole; before a snapshot is
-evaluated, every file the revision lists is checked to be there with its listed size, so a half
-checkpoint is never evaluated. A killed sweep resumes interrupted downloads on its next run.
+evaluated, every file the revision lists is checked to be there with its listed size, and each
+weights file (an LFS file) against the sha256 the hub publishes, so a half or corrupt checkpoint
+is never evaluated. That sha256 is computed while the file downloads (:class:`FollowingHash`
+reads each chunk as it lands), so the check adds no pass over the weights after the download.
+A killed sweep resumes interrupted downloads on its next run.
 Offline (``HF_HUB_OFFLINE=1``), a revision already downloaded is taken from the cache as it is.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -95,15 +99,18 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
             ) from err
         return Fetched(folder, folder.name, time.perf_counter() - started)
     api = HfApi()
+    blobs = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
     for attempt in range(1, retries + 2):
+        following: dict[str, FollowingHash] = {}
         try:
             info = api.model_info(repo, revision=revision, files_metadata=True)
             sizes = {s.rfilename: s.size for s in info.siblings or []}
             sha256s = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if getattr(s, "lfs", None)}
             patterns = download_patterns(list(sizes))
+            sha256s = {n: h for n, h in sha256s.items() if _matches(n, patterns)}
+            following = {name: FollowingHash(blobs, sha256) for name, sha256 in sha256s.items()}
             folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=patterns))
-            check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)},
-                           {n: h for n, h in sha256s.items() if _matches(n, patterns)})  # fmt: skip
+            check_complete(folder, {n: s for n, s in sizes.items() if _matches(n, patterns)}, sha256s, following)
             if revision != info.sha:  # the cache's refs/<branch>, as a download by branch name writes it
                 ref = folder.parent.parent / "refs" / revision
                 ref.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +126,9 @@ def download(repo: str, revision: str, retries: int = 3, wait_s: float = 0.5) ->
                 ) from err
             logger.warning("%s revision %s: download attempt %d failed (%s); retrying", repo, revision, attempt, err)
             time.sleep(wait_s * 2 ** (attempt - 1))
+        finally:
+            for follower in following.values():
+                follower.stop()
     raise AssertionError("unreachable")
 
 
@@ -132,10 +142,17 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def check_complete(folder: Path, sizes: dict[str, int | None], sha256s: dict[str, str] | None = None) -> None:
+def check_complete(
+    folder: Path,
+    sizes: dict[str, int | None],
+    sha256s: dict[str, str] | None = None,
+    following: dict[str, FollowingHash] | None = None,
+) -> None:
     """Every listed file is in the snapshot folder with its listed size and, for the hub's LFS
     files (the weights), the sha256 the hub publishes, or IncompleteCheckpoint; a file of the
-    wrong content is removed from the cache first, so that the retry downloads it again."""
+    wrong content is removed from the cache first, so that the retry downloads it again. The
+    sha256 is the one ``following`` computed during the download where it read the very file now
+    in the snapshot, else (and before a file is called wrong) one read of the file."""
     for name, size in sorted(sizes.items()):
         path = folder / name
         if not path.is_file():
@@ -144,16 +161,116 @@ def check_complete(folder: Path, sizes: dict[str, int | None], sha256s: dict[str
             raise IncompleteCheckpoint(f"{folder}: {name} has {path.stat().st_size} bytes, the hub lists {size}")
     for name, expected in sorted((sha256s or {}).items()):
         path = folder / name
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
+        follower = (following or {}).get(name)
+        digest = follower.result(path) if follower is not None else None
+        if digest != expected:  # not followed, or followed wrongly (say, written out of order): read it
+            digest = file_sha256(path)
+        if digest != expected:
             blob = path.resolve()
             path.unlink(missing_ok=True)
             blob.unlink(missing_ok=True)
-            raise IncompleteCheckpoint(f"{folder}: {name} has sha256 {digest.hexdigest()[:16]}..., the hub lists "
+            raise IncompleteCheckpoint(f"{folder}: {name} has sha256 {digest[:16]}..., the hub lists "
                                        f"{expected[:16]}... (removed from the cache; downloaded again)")  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FollowingHash:
+    """The sha256 of one LFS file computed while huggingface_hub downloads it: a thread follows
+    the file it writes (``blobs/<sha256>.<id>.incomplete``, front to back, renamed to
+    ``blobs/<sha256>`` when whole) and hashes each chunk as it lands, from the page cache; a file
+    already in the cache is hashed as it is. A file truncated (a restarted try) or removed (a
+    failed one) is followed afresh.
+
+    :meth:`result` gives the digest only when the thread read the very file (same inode) now at
+    ``path``, to its end; anything else (huggingface_hub renames files otherwise, writes them out
+    of order, copies across file systems) gives None, and the caller reads the file itself: the
+    following saves a pass over the weights, and the check never depends on it."""
+
+    POLL_S = 0.02
+
+    def __init__(self, blobs: Path, sha256: str):
+        self.blobs, self.sha256 = blobs, sha256
+        self.read_while_downloading = 0  # bytes hashed before the download returned (a measure)
+        self._done = threading.Event()
+        self._result: tuple[int, int, str] | None = None  # (inode, bytes read, digest)
+        self._thread = threading.Thread(target=self._follow, daemon=True, name=f"fairdyn-sha256-{sha256[:8]}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def result(self, path: Path) -> str | None:
+        self._done.set()
+        self._thread.join()
+        try:
+            now = path.stat()  # through the snapshot's link: the blob
+        except OSError:
+            return None
+        if self._result is None or self._result[:2] != (now.st_ino, now.st_size):
+            return None
+        return self._result[2]
+
+    def _open(self):
+        """The blob when it is whole, else the newest file being written for it, else None."""
+        final = self.blobs / self.sha256
+        writing = [(_stat(p), p) for p in self.blobs.glob(f"{self.sha256}.*incomplete")]
+        newest_first = [p for _, p in sorted((w for w in writing if w[0] is not None),
+                                                key=lambda w: w[0].st_mtime, reverse=True)]  # fmt: skip
+        for path in [final] if final.is_file() else newest_first:
+            try:
+                return path.open("rb")
+            except OSError:
+                continue
+        return None
+
+    def _follow(self) -> None:
+        handle, digest, read = None, hashlib.sha256(), 0
+        try:
+            while True:
+                if handle is None:
+                    handle = self._open()
+                    digest, read = hashlib.sha256(), 0
+                    if handle is None:
+                        if self._done.wait(self.POLL_S):
+                            return
+                        continue
+                chunk = handle.read(1 << 22)
+                if chunk:
+                    digest.update(chunk)
+                    read += len(chunk)
+                    if not self._done.is_set():
+                        self.read_while_downloading = read
+                    continue
+                mine = os.fstat(handle.fileno())
+                if mine.st_size < read or mine.st_nlink == 0:  # truncated or removed: a new try
+                    handle.close()
+                    handle = None
+                    continue
+                ended = self._done.is_set()  # the download returned: its files are in place
+                whole = _stat(self.blobs / self.sha256)
+                if whole is not None and whole.st_ino == mine.st_ino and whole.st_size == read:
+                    self._result = (mine.st_ino, read, digest.hexdigest())  # renamed into place and read whole
+                    return
+                if ended:  # and this file is not the blob: the caller reads the blob itself
+                    return
+                self._done.wait(self.POLL_S)
+        finally:
+            if handle is not None:
+                handle.close()
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
 
 
 def delete_revision(repo: str, commit: str) -> None:

@@ -234,7 +234,11 @@ def run_sweep(
     write_manifest(out, checkpoints, settings)  # a folder holding another sweep's settings is refused here
     partial_root = out / ".partial"
     partial_root.mkdir(exist_ok=True)
-    finished = {c.label for c in checkpoints if (out / c.label / "checkpoint.json").is_file()}
+
+    def is_finished(label: str) -> bool:
+        return (out / label / "checkpoint.json").is_file()
+
+    finished = {c.label for c in checkpoints if is_finished(c.label)}
     done = [out / c.label for c in checkpoints if c.label in finished]
     for label in finished:
         claims.clear_dead_claim(out, label)
@@ -252,9 +256,6 @@ def run_sweep(
         evaluator.tasks()
     progress = tqdm(zip(todo, fetcher, strict=True), total=len(todo), desc="checkpoints", unit="ckpt")
     failures, held, frozen = {}, [], False
-
-    def is_finished(label: str) -> bool:
-        return (out / label / "checkpoint.json").is_file()
 
     def evaluate_claimed(checkpoint: Checkpoint, fetched: Fetched, claim: claims.Claim) -> None:
         """Evaluate a checkpoint this job claimed into its folder, or record why it failed; the
