@@ -35,7 +35,9 @@ print(json.dumps({"reads": reads, "follows": follows, "folder": str(fetched.fold
 
 
 def download(hub, home) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1"
+    )
     proc = subprocess.run([sys.executable, "-c", DOWNLOAD], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
