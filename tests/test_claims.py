@@ -237,7 +237,7 @@ def test_held_checkpoints_whose_holders_end_are_taken_and_the_others_left(tmp_pa
         assert all(claims.try_claim(tmp_path, label) is None for label in labels[:3])  # held when the pass ran
         taken = []
         for label, claim in claims.take_released(tmp_path, labels, finished=lambda label: label == "finished",
-                                                 wait_s=6, poll_s=0.05):  # fmt: skip
+                                                 wait_s=4, poll_s=0.05):  # fmt: skip
             assert claims.read_claim(tmp_path, label).pid == os.getpid()
             taken.append(label)
             claim.release()

@@ -111,14 +111,13 @@ def test_plain_lm_eval_with_include_path_and_metadata(neox_dir, winobias_dir, tm
 
 
 def test_tasks_path_and_help():
+    """``python -m lm_eval_fairdyn`` in a fresh process, then the help texts (the same main())."""
     out = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "tasks-path"], capture_output=True, text=True)
     assert Path(out.stdout.strip()) == tasks_path()
     assert (tasks_path() / "winobias" / "winobias_fairdyn.yaml").is_file()
-    helptext = subprocess.run([sys.executable, "-m", "lm_eval_fairdyn", "--help"], capture_output=True, text=True)
+    helptext = run_cli("--help")
     assert "fairdyn eval" in helptext.stdout and "tasks-path" in helptext.stdout
-    lm_eval_help = subprocess.run(
-        [sys.executable, "-m", "lm_eval_fairdyn", "eval", "--help"], capture_output=True, text=True
-    )
+    lm_eval_help = run_cli("eval", "--help")
     assert "--model_args" in lm_eval_help.stdout and "--log_samples" in lm_eval_help.stdout
 
 

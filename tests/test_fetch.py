@@ -12,6 +12,8 @@ import pytest
 
 from lm_eval_fairdyn.offline.hub import LocalHub
 
+pytestmark = pytest.mark.slow  # each test downloads through the real huggingface_hub in a process of its own
+
 # Downloads one revision with fetch.download and says, per LFS file, how much of it the following
 # hash had read before the download returned and whether its digest was used; and which files
 # were read again after the download (fetch.file_sha256).
