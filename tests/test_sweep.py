@@ -756,6 +756,19 @@ os._exit(0)  # cancelled: dies without releasing its claim
 """
 
 
+def hold_until_the_pass_ends(out: Path, label: str, last: str) -> subprocess.Popen:
+    """A job of its own that holds ``label`` (once this returns) and dies without releasing it
+    once ``last``, the sweep's last checkpoint, is finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", ENDING_HOLDER, str(out), label, last])
+    deadline = time.time() + 60
+    while not (out / "held").exists():
+        assert holder.poll() is None and time.time() < deadline, f"the holder did not claim {label}"
+        time.sleep(0.05)
+    (out / "held").unlink()
+    return holder
+
+
 @pytest.mark.slow
 def test_a_checkpoint_whose_holder_ends_after_the_pass_is_taken_over(
     uninterrupted, tiny_checkpoints, winobias_dir, tmp_path, monkeypatch
@@ -765,14 +778,8 @@ def test_a_checkpoint_whose_holder_ends_after_the_pass_is_taken_over(
     over instead of ending without it, and the folder equals an uninterrupted sweep's."""
     monkeypatch.setenv("FAIRDYN_WINOBIAS_DIR", str(winobias_dir))
     out = tmp_path / "out"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", ENDING_HOLDER, str(out), "step10", "step20"])
+    holder = hold_until_the_pass_ends(out, "step10", "step20")
     try:
-        deadline = time.time() + 60
-        while not (out / "held").exists():
-            assert holder.poll() is None and time.time() < deadline, "the holder did not claim step10"
-            time.sleep(0.05)
-        (out / "held").unlink()
         settings = EvalSettings(tasks=("winobias_fairdyn_1seed",), limit=12, batch_size=4, device="cpu")
         done = sweep.run_sweep(sweep.folder_checkpoints(str(tiny_checkpoints / "step*")), out, settings)
     finally:
@@ -781,3 +788,30 @@ def test_a_checkpoint_whose_holder_ends_after_the_pass_is_taken_over(
     assert sorted(p.name for p in done) == ["step0", "step10", "step20"]
     assert [t["label"] for t in sweep.read_timings(out)] == ["step0", "step20", "step10"]
     assert snapshot(out) == snapshot(uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_hub_checkpoint_taken_over_after_the_pass_is_downloaded_then_and_cleaned_up(
+    uninterrupted, tiny_checkpoints, winobias_dir, tmp_path
+):
+    """The same with hub revisions and --cleanup: step10, held during the pass, was not downloaded
+    ahead; taken over, it is downloaded once, evaluated, and its snapshot deleted like the others'."""
+    from lm_eval_fairdyn.offline.hub import LocalHub
+
+    sources = {"step0": "step0", "step10": "step10", "step20": "step20"}
+    root = hub_root(tmp_path, tiny_checkpoints, sources)
+    out, home = tmp_path / "out", tmp_path / "hf"
+    holder = hold_until_the_pass_ends(out, "step10", "step20")
+    try:
+        with LocalHub(root) as hub:
+            proc = subprocess.run(hub_sweep(out, "--revisions", "step0,step10,step20", "--cleanup"),
+                                  env=hub_environment(winobias_dir, hub, home), capture_output=True, text=True)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert [hub.downloads(f"*/{label}/model.safetensors") for label in sources] == [1, 1, 1]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "3 of 3 checkpoint(s) finished" in proc.stdout
+    assert [t["label"] for t in sweep.read_timings(out)] == ["step0", "step20", "step10"]
+    assert_same_prompts(out, uninterrupted, sources)
+    assert not list((home / "hub" / "models--EleutherAI--tiny").glob("snapshots/*"))
