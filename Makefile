@@ -25,12 +25,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/fairdyn demo
 
+# A pytest-xdist worker per core (each computing on one thread: tests/conftest.py); the tests that
+# share a trained suite run on one worker (xdist_group). PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)
 
-# The fast tier (under 2 minutes): everything but the checkpoint-suite training, the demo, the real
-# SmolLM2 and the subprocess sweeps.
+# The fast tier (about a minute on 2 cores): everything but the checkpoint-suite training, the
+# demo, the real SmolLM2 and the subprocess sweeps.
 test-fast: install
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m "not slow"

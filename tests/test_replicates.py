@@ -24,7 +24,8 @@ from lm_eval_fairdyn.offline import corpus
 from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, PERFORMANCE_TASK, TYPE1_TASK, WINOGENDER_TASK
 from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite
 
-pytestmark = pytest.mark.slow  # trains eight small suites
+# trains eight small suites; one pytest-xdist worker trains them for all its tests
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("replicates")]
 
 SEEDS = (0, 1, 2, 3)
 FAMILY_SEEDS = (0, 1)  # also evaluated on WinoBias Type 1 and Winogender (each seed's own verdicts)

@@ -26,7 +26,8 @@ from lm_eval_fairdyn.offline.demo import FAIRNESS_TASK, monitor_settings
 from lm_eval_fairdyn.offline.suite import SuiteConfig, build_suite, suite_folder
 from lm_eval_fairdyn.training.callback import StopRule
 
-pytestmark = pytest.mark.slow  # trains checkpoint suites (about 90 s each)
+# trains checkpoint suites (about 90 s each); one pytest-xdist worker trains them for all its tests
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("suite")]
 
 ALPHA = 0.01
 TINY = SuiteConfig(
