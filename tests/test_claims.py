@@ -263,3 +263,11 @@ def test_the_wait_ends_once_every_held_checkpoint_is_taken_or_finished(tmp_path)
     taken = list(claims.take_released(tmp_path, ["a", "b"], finished=done.__contains__, wait_s=60, poll_s=0.05))
     assert [label for label, _ in taken] == ["b"] and time.time() - started < 30
     taken[0][1].release()
+
+
+def test_a_checkpoint_finished_between_the_look_and_the_claim_is_let_go(tmp_path):
+    """Its job placed the folder and released the claim after ``finished`` was asked and before
+    the claim: the claim is released at once, and the checkpoint is not evaluated again."""
+    answers = iter([False, True])  # not finished when looked at, finished once claimed
+    taken = list(claims.take_released(tmp_path, ["step0"], finished=lambda _: next(answers), wait_s=60, poll_s=0.05))
+    assert taken == [] and claims.read_claim(tmp_path, "step0") is None

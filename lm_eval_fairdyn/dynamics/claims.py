@@ -181,6 +181,9 @@ def take_released(
             claim = try_claim(out, label, stale_s, heartbeat_s)
             if claim is not None:
                 waiting.remove(label)
+                if finished(label):  # finished and released between the look and the claim
+                    claim.release()
+                    continue
                 yield label, claim
         if not waiting or time.time() - since >= wait_s:
             return

@@ -289,6 +289,10 @@ def run_sweep(
             if claim is None:  # another live job evaluates it
                 held.append(checkpoint.label)
                 continue
+            if is_finished(checkpoint.label):  # its job placed it and let go between the look and the claim
+                claim.release()
+                done.append(final)
+                continue
             evaluate_claimed(checkpoint, fetched, claim)
             fetcher.release(index, fetched)
             if not frozen:
