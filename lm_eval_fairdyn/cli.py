@@ -262,7 +262,7 @@ def _add_sweep(commands) -> None:
                        "(at most K+1 checkpoints on disk)")  # fmt: skip
     sweep.add_argument("--retries", type=_count, default=3,
                        help="hub checkpoints: tries again after a failed download (default: %(default)s)")  # fmt: skip
-    sweep.add_argument("--held_wait", type=_seconds, default=HELD_WAIT_S, metavar="SECONDS",
+    sweep.add_argument("--held_wait", type=_non_negative, default=HELD_WAIT_S, metavar="SECONDS",
                        help="after its pass, how long a job waits for checkpoints other jobs hold, taking over any "
                        "whose job ends meanwhile (a job cancelled as this one was resubmitted) (default: %(default)s)")  # fmt: skip
     sweep.add_argument("--seed", type=_seeds, default=DEFAULTS.seed, metavar="SEEDS",
@@ -297,17 +297,6 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _seconds(text: str) -> float:
-    """Seconds, 0 or more (``--held_wait``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, not {text!r}")
-    return value
-
-
 def _share(text: str) -> float:
     """A share above 0.5 and at most 1 (``--degenerate_share``)."""
     try:
@@ -320,7 +309,7 @@ def _share(text: str) -> float:
 
 
 def _non_negative(text: str) -> float:
-    """A number, 0 or more (``--min_change``)."""
+    """A number, 0 or more (``--min_change``, ``--held_wait``)."""
     try:
         value = float(text)
     except ValueError:

@@ -268,6 +268,11 @@ def test_the_wait_ends_once_every_held_checkpoint_is_taken_or_finished(tmp_path)
 def test_a_checkpoint_finished_between_the_look_and_the_claim_is_let_go(tmp_path):
     """Its job placed the folder and released the claim after ``finished`` was asked and before
     the claim: the claim is released at once, and the checkpoint is not evaluated again."""
-    answers = iter([False, True])  # not finished when looked at, finished once claimed
-    taken = list(claims.take_released(tmp_path, ["step0"], finished=lambda _: next(answers), wait_s=60, poll_s=0.05))
+    looks = []
+
+    def finished(_):  # not finished when first looked at, finished from then on
+        looks.append(1)
+        return len(looks) > 1
+
+    taken = list(claims.take_released(tmp_path, ["step0"], finished=finished, wait_s=60, poll_s=0.05))
     assert taken == [] and claims.read_claim(tmp_path, "step0") is None

@@ -157,6 +157,25 @@ def try_claim(out: str | Path, label: str, stale_s: float = STALE_S, heartbeat_s
     return Claim(path, heartbeat_s, mine)
 
 
+def claim_unfinished(
+    out: str | Path,
+    label: str,
+    finished: Callable[[str], bool],
+    stale_s: float = STALE_S,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> Claim | None:
+    """``try_claim`` for a checkpoint not ``finished``: None when it is held, or finished before
+    the claim or between the look and the claim (its job placed its folder and let go: the claim
+    is released at once, and the checkpoint is not evaluated again)."""
+    if finished(label):
+        return None
+    claim = try_claim(out, label, stale_s, heartbeat_s)
+    if claim is not None and finished(label):
+        claim.release()
+        return None
+    return claim
+
+
 def take_released(
     out: str | Path,
     labels: list[str],
@@ -175,16 +194,12 @@ def take_released(
     waiting = list(labels)
     while waiting:
         for label in list(waiting):
-            if finished(label):
-                waiting.remove(label)
-                continue
-            claim = try_claim(out, label, stale_s, heartbeat_s)
+            claim = claim_unfinished(out, label, finished, stale_s, heartbeat_s)
             if claim is not None:
                 waiting.remove(label)
-                if finished(label):  # finished and released between the look and the claim
-                    claim.release()
-                    continue
                 yield label, claim
+            elif finished(label):
+                waiting.remove(label)
         if not waiting or time.time() - since >= wait_s:
             return
         time.sleep(poll_s)

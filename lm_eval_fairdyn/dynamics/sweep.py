@@ -246,8 +246,7 @@ def run_sweep(
     evaluator = harness.Evaluator(settings)
 
     def claim_ahead(index: int) -> claims.Claim | None:  # a hub checkpoint's claim, before its download
-        label = todo[index].label
-        return None if is_finished(label) else claims.try_claim(out, label)
+        return claims.claim_unfinished(out, todo[index].label, is_finished)
 
     fetcher = CheckpointFetcher([c.hub for c in todo], prefetch=prefetch, cleanup=cleanup, retries=retries,
                                 claim=claim_ahead)  # fmt: skip
@@ -285,13 +284,11 @@ def run_sweep(
                 done.append(final)
                 continue
             # claimed before its download (a hub checkpoint), skipped then, or claimed now
-            claim = fetched.claim or (None if fetched.skipped else claims.try_claim(out, checkpoint.label))
-            if claim is None:  # another live job evaluates it
+            claim = fetched.claim or (
+                None if fetched.skipped else claims.claim_unfinished(out, checkpoint.label, is_finished)
+            )
+            if claim is None:  # another live job evaluates it (or has just finished it: counted done below)
                 held.append(checkpoint.label)
-                continue
-            if is_finished(checkpoint.label):  # its job placed it and let go between the look and the claim
-                claim.release()
-                done.append(final)
                 continue
             evaluate_claimed(checkpoint, fetched, claim)
             fetcher.release(index, fetched)
