@@ -51,8 +51,9 @@ def run_lm_eval(argv: list[str]) -> int:
     from lm_eval.utils import setup_logging
 
     import lm_eval_fairdyn.core.model  # noqa: F401 (registers hf-fairdyn)
-    from lm_eval_fairdyn.core.harness import check_run, shared_task_index
+    from lm_eval_fairdyn.core.harness import check_run
     from lm_eval_fairdyn.core.inputs import parse_metadata, split_tasks
+    from lm_eval_fairdyn.core.task_index import shared_task_index
 
     for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--metadata" and value.lstrip().startswith(("{", "[", '"')):

@@ -134,7 +134,7 @@ def test_within_a_shared_task_index_each_folder_is_indexed_once_and_the_index_is
     from lm_eval.tasks._index import TaskIndex
 
     from lm_eval_fairdyn import tasks_path
-    from lm_eval_fairdyn.core.harness import shared_task_index
+    from lm_eval_fairdyn.core.task_index import shared_task_index
 
     override = tmp_path / "mine"  # a user's folder that overrides one of the package's tasks
     override.mkdir()

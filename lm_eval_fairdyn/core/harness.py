@@ -9,7 +9,6 @@ model and keyed request cache.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import copy
 import functools
 import json
@@ -25,6 +24,7 @@ from lm_eval_fairdyn import tasks_path
 from lm_eval_fairdyn.core import inputs, registry
 from lm_eval_fairdyn.core.files import atomic_write_json, atomic_write_text
 from lm_eval_fairdyn.core.task import check_metric_list, forget_scores
+from lm_eval_fairdyn.core.task_index import shared_task_index
 
 # lm-eval's simple_evaluate seeds numpy, torch and few-shot sampling with 1234 (Python's random with 0).
 DEFAULT_SEED = 1234
@@ -113,48 +113,16 @@ def task_manager(include_path=(), metadata: dict | None = None, tasks=()):
     return _cached_task_manager(tuple(str(p) for p in include_path), metadata_json, include_defaults=True)
 
 
-@contextlib.contextmanager
-def shared_task_index():
-    """Within it, lm-eval's ``TaskIndex.build`` indexes each folder once: every TaskManager
-    built scans every YAML under its paths (lm-eval's own tasks: about 5 s), and ``fairdyn eval``
-    builds one to check the run before lm-eval's command line builds its own. Each folder's
-    entries are kept and merged in the paths' order, later paths overriding earlier ones, as
-    ``build`` merges them (``TaskFactory`` deep-copies an entry before it changes it)."""
-    from lm_eval.tasks import _index
-    from lm_eval.tasks._index import TaskIndex
-
-    build = TaskIndex.build
-    folders: dict[tuple[str, bool], dict] = {}
-
-    def build_once(paths, *, resolve_includes=True):
-        index: dict = {}
-        for root in paths:
-            key = (str(Path(root).resolve()), resolve_includes)
-            if key not in folders:
-                folders[key] = build([root], resolve_includes=resolve_includes)
-            for name, entry in folders[key].items():
-                if name in index:  # lm-eval's warning
-                    _index.log.warning("Task '%s' from %s overrides existing task from %s", name, entry.yaml_path,
-                                       index[name].yaml_path)  # fmt: skip
-                index[name] = entry
-        return index
-
-    TaskIndex.build = staticmethod(build_once)
-    try:
-        yield
-    finally:
-        TaskIndex.build = staticmethod(build)
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_task_manager(include_path: tuple[str, ...], metadata_json: str, include_defaults: bool):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(
-        include_path=[str(tasks_path()), *include_path],
-        include_defaults=include_defaults,
-        metadata=json.loads(metadata_json),
-    )
+    with shared_task_index():
+        return TaskManager(
+            include_path=[str(tasks_path()), *include_path],
+            include_defaults=include_defaults,
+            metadata=json.loads(metadata_json),
+        )
 
 
 def check_run(
