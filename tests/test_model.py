@@ -424,6 +424,56 @@ def test_share_context_answers_as_stock_hf_does_from_one_pass_over_each_context(
         HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu", share_context="maybe")
 
 
+@pytest.mark.parametrize("settings", [{}, {"max_length": 12}, {"logits_cache": False}, {"share_context": True}])
+def test_scored_logits_only_answers_as_stock_hf_does_from_the_scored_positions_logits(
+    neox_dir, bbq_dir, winobias_dir, settings
+):
+    """``scored_logits_only=True``: every rank equal to the default path's, every greedy flag and
+    (to float32 rounding: the output layer's product has fewer rows) every log-likelihood equal
+    to stock hf's, under lm-eval's batching rules, on WinoBias, BBQ and multi-token requests,
+    while each pass computes logits at the positions its batch reads only."""
+    docs = bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()[:6]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    pairs += winobias_requests(winobias_dir, 8)[1]
+    pairs += [("The cat sat on", " the mat and"), ("The cat sat on the", " mat and"), ("A", " b c d e f")]
+    kwargs = {"batch_size": 4, "device": "cpu", **settings}
+    stock = HFLM(pretrained=str(neox_dir), **{k: v for k, v in kwargs.items() if k != "share_context"})
+    exact = HFLMWithRank(pretrained=str(neox_dir), **kwargs).loglikelihood(instances(pairs))
+    kept_lm = HFLMWithRank(pretrained=str(neox_dir), scored_logits_only="True", **kwargs)
+    shapes = []  # per pass: (input positions, logits positions)
+    forward = kept_lm.model.forward
+    kept_lm.model.forward = functools.wraps(forward)(
+        lambda ids, *a, **k: (out := forward(ids, *a, **k), shapes.append((ids.shape[1], out.logits.shape[1])))[0]
+    )
+    kept = kept_lm.loglikelihood(instances(pairs))
+    expected = stock.loglikelihood(instances(pairs))
+    assert [a.rank for a in kept] == [a.rank for a in exact] and [a.n_tokens for a in kept] == [
+        a.n_tokens for a in exact
+    ]
+    assert [a[1] for a in kept] == [a[1] for a in expected]
+    assert [a[0] for a in kept] == pytest.approx([a[0] for a in expected], rel=1e-5, abs=1e-5)
+    assert [a.first_logprob for a in kept] == pytest.approx([a.first_logprob for a in exact], rel=1e-5, abs=1e-5)
+    long_passes = [(width, computed) for width, computed in shapes if width > 8]
+    assert long_passes and all(computed < width for width, computed in long_passes)
+    assert sum(computed for _, computed in shapes) < sum(width for width, _ in shapes) / 2
+    # a rolling window scores every position: all are computed
+    rolling = [Instance("loglikelihood_rolling", doc={}, arguments=("A short text to score. " * 5,), idx=0)]
+    assert kept_lm.loglikelihood_rolling(rolling) == pytest.approx(stock.loglikelihood_rolling(rolling), rel=1e-5)
+
+
+def test_scored_logits_only_is_refused_for_a_model_that_cannot_keep_logits(neox_dir, monkeypatch):
+    from transformers import GPTNeoXForCausalLM
+
+    def forward(self, input_ids=None, attention_mask=None):  # a forward without logits_to_keep
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(GPTNeoXForCausalLM, "forward", forward)
+    with pytest.raises(ValueError, match="scored_logits_only=True needs a model whose forward takes logits_to_keep"):
+        HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only=True)
+    with pytest.raises(ValueError, match="scored_logits_only='yes': expected True or False"):
+        HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only="yes")
+
+
 @pytest.mark.slow
 def test_share_context_on_real_smollm2_gives_the_default_paths_ranks(smollm2_dir, bbq_dir):
     """The same on the real SmolLM2-135M (a Llama: its own cache and rotary positions), on BBQ

@@ -36,6 +36,12 @@ cache expanded to every answer and the answers' later tokens run on top of it in
 so ranks and log-likelihoods equal the full passes' up to the batched arithmetic that any two
 batchings of the same model already differ by (docs/MODEL.md). One-token answers and requests
 that need left truncation keep lm-eval's path.
+
+``scored_logits_only=True`` (a model argument, off by default): each pass computes the output
+layer's logits only at the positions some request of its batch reads (transformers'
+``logits_to_keep``), not at every position of every sequence. The rows read are the model's at
+those positions; the output layer's matrix product has fewer rows, so its float32 rounding may
+differ in the last bits, as between any two batchings (docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -125,6 +131,8 @@ class _Batch:
     rank_row: torch.Tensor  # per request: the scored row predicting its first token
     first_token: torch.Tensor  # per request: its first continuation token
     requests: list  # per request: (its index in the call, its request strings, its number of tokens)
+    keep: torch.Tensor | None = None  # scored_logits_only: the positions whose logits are computed
+    kept_row: torch.Tensor | None = None  # scored_logits_only: per scored row, its row of those logits
 
     @property
     def one_token_each(self) -> bool:
@@ -149,19 +157,23 @@ class _SharedContextBatch:
     positions: torch.Tensor  # [requests with n > 1, longest n - 1] their positions
     continuations: list  # per request: its continuation's tokens
     requests: list  # per request: (its index in the call, its request strings, its number of tokens)
+    keep: torch.Tensor | None = None  # scored_logits_only: the positions of the contexts' pass computed
+    last_column: torch.Tensor | None = None  # scored_logits_only: per context, its last position among them
 
 
 @register_model("hf-fairdyn")
 class HFLMWithRank(HFLM):
     """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's exact vocabulary rank."""
 
-    def __init__(self, *args, share_context: bool | str = False, **kwargs):
+    def __init__(self, *args, share_context: bool | str = False, scored_logits_only: bool | str = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(share_context, str):
-            if share_context.lower() not in ("true", "false"):
-                raise ValueError(f"hf-fairdyn: share_context={share_context!r}: expected True or False")
-            share_context = share_context.lower() == "true"
-        self.share_context = bool(share_context)
+        self.share_context = _flag("share_context", share_context)
+        self.scored_logits_only = _flag("scored_logits_only", scored_logits_only)
+        if self.scored_logits_only and "logits_to_keep" not in inspect.signature(self.model.forward).parameters:
+            raise ValueError(
+                "hf-fairdyn: scored_logits_only=True needs a model whose forward takes logits_to_keep "
+                f"(transformers' causal LMs do; {type(self.model).__name__} does not): leave it out"
+            )
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
         """lm-eval's encoding, computed once per string for this model's tokenizer: a sweep that
@@ -184,6 +196,19 @@ class HFLMWithRank(HFLM):
     def _model_call(self, inps, attn_mask=None, labels=None):
         started = time.perf_counter()
         logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        self.seconds["forward"] += time.perf_counter() - started
+        return logits
+
+    def _forward(self, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The model's logits as lm-eval's ``_model_call`` computes them (no gradients, its
+        autocast), with transformers' keyword arguments, timed as a forward pass."""
+        started = time.perf_counter()
+        with (
+            torch.no_grad(),
+            torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                           enabled=self.mixed_precision_dtype is not None),
+        ):  # fmt: skip
+            logits = self.model(inputs, **kwargs).logits
         self.seconds["forward"] += time.perf_counter() - started
         return logits
 
@@ -218,7 +243,8 @@ class HFLMWithRank(HFLM):
     def _plan_key(self, strings: list) -> tuple:
         """What decides a call's batches: its requests' strings (their tokens follow from the strings
         for this model object, whose tokenizer never changes) and the batching settings."""
-        return tuple(strings), self.batch_size, self.logits_cache, self.max_length, self.share_context
+        return (tuple(strings), self.batch_size, self.logits_cache, self.max_length, self.share_context,
+                self.scored_logits_only)  # fmt: skip
 
     def _plan(self, requests, override_bs) -> list:
         """The call's batches: lm-eval's (``_batches``), and with ``share_context`` the requests
@@ -273,10 +299,13 @@ class HFLMWithRank(HFLM):
                 mask[r, :n_context] = 1
                 mask[r, longest : longest + len(tokens)] = 1
                 positions[r] = n_context + torch.arange(extra)
+            last = [len(c) - 1 for c, _ in chunk]
+            keep, last_column = self._kept_positions(last) if self.scored_logits_only else (None, None)
             batches.append(_SharedContextBatch(
-                contexts=contexts.to(self.device), last=self._index([len(c) - 1 for c, _ in chunk]),
-                context_of=self._index(context_of), later=later.to(self.device), mask=mask.to(self.device),
-                positions=positions.to(self.device), continuations=continuations, requests=members,
+                contexts=contexts.to(self.device), last=self._index(last), context_of=self._index(context_of),
+                later=later.to(self.device), mask=mask.to(self.device), positions=positions.to(self.device),
+                continuations=continuations, requests=members, keep=keep,
+                last_column=None if last_column is None else self._index(last_column),
             ))  # fmt: skip
         return batches
 
@@ -302,12 +331,16 @@ class HFLMWithRank(HFLM):
         """Per request of a batch: (its entry, loglikelihood, is_greedy, rank, first log p, first token)."""
         if isinstance(batch, _SharedContextBatch):
             return self._score_shared(batch)
-        logits = self._model_call(batch.inputs)
-        offset = logits.shape[1] - batch.inputs.shape[1]  # virtual tokens (prompt tuning) come first
-        positions = logits.shape[1]  # the scored rows, read as one index_select of the flattened logits
-        rows = logits.reshape(-1, logits.shape[-1]).index_select(
-            0, batch.batch_index * positions + batch.position + offset
-        )
+        if batch.keep is not None:  # scored_logits_only: the logits of the batch's scored positions only
+            logits = self._forward(batch.inputs, logits_to_keep=batch.keep)
+            rows = logits.reshape(-1, logits.shape[-1]).index_select(0, batch.kept_row)
+        else:
+            logits = self._model_call(batch.inputs)
+            offset = logits.shape[1] - batch.inputs.shape[1]  # virtual tokens (prompt tuning) come first
+            positions = logits.shape[1]  # the scored rows, read as one index_select of the flattened logits
+            rows = logits.reshape(-1, logits.shape[-1]).index_select(
+                0, batch.batch_index * positions + batch.position + offset
+            )
         logprobs = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
         token_logprobs = logprobs[batch.token_row, batch.token]
         token_is_greedy = logprobs.argmax(dim=-1)[batch.greedy_row] == batch.token
@@ -327,11 +360,13 @@ class HFLMWithRank(HFLM):
         each request's tokens scored as lm-eval scores them (float log-softmax, sum, all greedy)."""
         started = time.perf_counter()
         with torch.no_grad():
-            first = self.model(batch.contexts, use_cache=bool(len(batch.later)))
+            kept = {} if batch.keep is None else {"logits_to_keep": batch.keep}
+            first = self.model(batch.contexts, use_cache=bool(len(batch.later)), **kept)
             logits = first.logits
-            if logits.shape[1] != batch.contexts.shape[1]:
+            if logits.shape[1] != (batch.contexts.shape[1] if batch.keep is None else len(batch.keep)):
                 raise ValueError("hf-fairdyn: share_context cannot score a model that adds virtual tokens")
-            first_rows = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
+            columns = batch.last if batch.keep is None else batch.last_column
+            first_rows = logits[torch.arange(len(batch.last), device=logits.device), columns]
             later_rows = None
             if len(batch.later):
                 cache = getattr(first, "cache", None) or first.past_key_values
@@ -406,10 +441,15 @@ class HFLMWithRank(HFLM):
             padded = torch.zeros(len(inputs), max(map(len, inputs)), dtype=torch.long)
             for b, ids in enumerate(inputs):
                 padded[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            keep = kept_row = None
+            if self.scored_logits_only:
+                keep, columns = self._kept_positions(position)
+                kept_row = self._index([b * len(keep) + c for b, c in zip(batch_index, columns, strict=True)])
             batches.append(_Batch(
                 inputs=padded.to(self.device), batch_index=self._index(batch_index), position=self._index(position),
                 token_row=self._index(token_row), greedy_row=self._index(greedy_row), token=self._index(token),
                 rank_row=self._index(rank_row), first_token=self._index(first_token), requests=members,
+                keep=keep, kept_row=kept_row,
             ))  # fmt: skip
         order = collator.get_original(answered)  # per request of the call: where it is answered
         for index, (b, k) in enumerate(order):
@@ -419,3 +459,19 @@ class HFLMWithRank(HFLM):
 
     def _index(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _kept_positions(self, positions: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """The distinct ``positions`` in order (transformers' ``logits_to_keep``: the same for
+        every sequence of a batch) and each position's column among them."""
+        kept = sorted(set(positions))
+        column = {p: c for c, p in enumerate(kept)}
+        return self._index(kept), [column[p] for p in positions]
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    """A boolean model argument, from ``--model_args`` text (True/False) or Python."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"hf-fairdyn: {name}={value!r}: expected True or False")
+        return value.lower() == "true"
+    return bool(value)

@@ -182,7 +182,8 @@ def run_demo(
     checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
     settings = EvalSettings(
         tasks=(*fairness, PERFORMANCE_TASK),
-        model_args="share_context=True",  # BBQ's names of several tokens: one pass per prompt (docs/MODEL.md)
+        # BBQ's names of several tokens: one pass per prompt; logits at the scored positions only (docs/MODEL.md)
+        model_args="share_context=True,scored_logits_only=True",
         batch_size=batch_size,
         limit=limit,
         metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())}
