@@ -65,3 +65,7 @@ def test_identical_weights_share_a_key_and_other_scoring_settings_do_not(tiny_ch
     assert answers_key(original) != answers_key(
         HFLMWithRank(pretrained=str(tmp_path / "copy"), device="cpu", add_bos_token=True)
     )
+    for setting in ("share_context", "scored_logits_only"):  # hf-fairdyn's own: other passes, other rounding
+        assert answers_key(original) != answers_key(
+            HFLMWithRank(pretrained=str(tmp_path / "copy"), device="cpu", **{setting: True})
+        )

@@ -33,6 +33,8 @@ _SCORING_ATTRIBUTES = (
     "softmax_dtype",
     "mixed_precision_dtype",
     "logits_cache",
+    "share_context",  # hf-fairdyn's: answers from other passes, equal up to float32 rounding
+    "scored_logits_only",
 )
 
 
