@@ -8,7 +8,9 @@ indexed once, and lm-eval's own folder's index is kept in the user cache
 (``$FAIRDYN_CACHE/lm_eval_task_index/``), used while every file under that folder has the path,
 size and modification time it had when it was indexed (:func:`folder_signature`: one ``stat`` a
 file, about 0.15 s); any change, another lm-eval or another Python indexes it afresh.
-``FAIRDYN_TASK_INDEX_CACHE=0`` turns the kept copy off (the in-process sharing stays).
+``FAIRDYN_TASK_INDEX_CACHE=0`` turns the kept copy off (the in-process sharing stays). The kept
+copy is a pickle (one file of ~16 MB per lm-eval installation), read only from the user's own
+cache folder, as lm-eval reads its request cache.
 """
 
 from __future__ import annotations
