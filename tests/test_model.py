@@ -461,6 +461,24 @@ def test_scored_logits_only_answers_as_stock_hf_does_from_the_scored_positions_l
     assert kept_lm.loglikelihood_rolling(rolling) == pytest.approx(stock.loglikelihood_rolling(rolling), rel=1e-5)
 
 
+@pytest.mark.parametrize("settings", [{}, {"share_context": True}, {"share_context": True, "scored_logits_only": True}])
+def test_every_pass_runs_under_lm_evals_mixed_precision_autocast(neox_dir, bbq_dir, settings):
+    """With ``mixed_precision_dtype`` lm-eval runs its passes under autocast; so does every pass
+    of hf-fairdyn's paths (the contexts' pass and the later tokens' pass of ``share_context``)."""
+    docs = bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()[:2]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    pairs += [("In the beginning was the", " Word, and the Word"), ("In the beginning was the", " world began")]
+    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu", mixed_precision_dtype="bfloat16",
+                      **settings)  # fmt: skip
+    autocast = []
+    forward = lm.model.forward
+    lm.model.forward = functools.wraps(forward)(
+        lambda ids, *a, **k: autocast.append(torch.is_autocast_enabled("cpu")) or forward(ids, *a, **k)
+    )
+    lm.loglikelihood(instances(pairs))
+    assert autocast and all(autocast)
+
+
 def test_scored_logits_only_is_refused_for_a_model_that_cannot_keep_logits(neox_dir, monkeypatch):
     from transformers import GPTNeoXForCausalLM
 

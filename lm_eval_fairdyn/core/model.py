@@ -199,18 +199,19 @@ class HFLMWithRank(HFLM):
         self.seconds["forward"] += time.perf_counter() - started
         return logits
 
-    def _forward(self, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
-        """The model's logits as lm-eval's ``_model_call`` computes them (no gradients, its
-        autocast), with transformers' keyword arguments, timed as a forward pass."""
+    def _forward(self, inputs: torch.Tensor, **kwargs):
+        """The model's output as lm-eval's ``_model_call`` computes its logits (no gradients, its
+        autocast for ``mixed_precision_dtype``), with transformers' keyword arguments, timed as a
+        forward pass."""
         started = time.perf_counter()
         with (
             torch.no_grad(),
             torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                            enabled=self.mixed_precision_dtype is not None),
         ):  # fmt: skip
-            logits = self.model(inputs, **kwargs).logits
+            output = self.model(inputs, **kwargs)
         self.seconds["forward"] += time.perf_counter() - started
-        return logits
+        return output
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         """lm-eval's; when the batches of these very requests are kept (the previous checkpoint of a
@@ -332,7 +333,7 @@ class HFLMWithRank(HFLM):
         if isinstance(batch, _SharedContextBatch):
             return self._score_shared(batch)
         if batch.keep is not None:  # scored_logits_only: the logits of the batch's scored positions only
-            logits = self._forward(batch.inputs, logits_to_keep=batch.keep)
+            logits = self._forward(batch.inputs, logits_to_keep=batch.keep).logits
             rows = logits.reshape(-1, logits.shape[-1]).index_select(0, batch.kept_row)
         else:
             logits = self._model_call(batch.inputs)
@@ -358,24 +359,21 @@ class HFLMWithRank(HFLM):
     def _score_shared(self, batch: _SharedContextBatch):
         """``_score`` of a shared-context batch: the rows of both passes (``_SharedContextBatch``),
         each request's tokens scored as lm-eval scores them (float log-softmax, sum, all greedy)."""
-        started = time.perf_counter()
-        with torch.no_grad():
-            kept = {} if batch.keep is None else {"logits_to_keep": batch.keep}
-            first = self.model(batch.contexts, use_cache=bool(len(batch.later)), **kept)
-            logits = first.logits
-            if logits.shape[1] != (batch.contexts.shape[1] if batch.keep is None else len(batch.keep)):
-                raise ValueError("hf-fairdyn: share_context cannot score a model that adds virtual tokens")
-            columns = batch.last if batch.keep is None else batch.last_column
-            first_rows = logits[torch.arange(len(batch.last), device=logits.device), columns]
-            later_rows = None
-            if len(batch.later):
-                cache = getattr(first, "cache", None) or first.past_key_values
-                with_later = [k for k, c in enumerate(batch.continuations) if len(c) > 1]
-                cache.batch_select_indices(batch.context_of[with_later])
-                name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-                later_rows = self.model(batch.later, attention_mask=batch.mask, position_ids=batch.positions,
-                                        **{name: cache}).logits  # fmt: skip
-        self.seconds["forward"] += time.perf_counter() - started
+        kept = {} if batch.keep is None else {"logits_to_keep": batch.keep}
+        first = self._forward(batch.contexts, use_cache=bool(len(batch.later)), **kept)
+        logits = first.logits
+        if logits.shape[1] != (batch.contexts.shape[1] if batch.keep is None else len(batch.keep)):
+            raise ValueError("hf-fairdyn: share_context cannot score a model that adds virtual tokens")
+        columns = batch.last if batch.keep is None else batch.last_column
+        first_rows = logits[torch.arange(len(batch.last), device=logits.device), columns]
+        later_rows = None
+        if len(batch.later):
+            cache = getattr(first, "cache", None) or first.past_key_values
+            with_later = [k for k, c in enumerate(batch.continuations) if len(c) > 1]
+            cache.batch_select_indices(batch.context_of[with_later])
+            name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+            later_rows = self._forward(batch.later, attention_mask=batch.mask, position_ids=batch.positions,
+                                       **{name: cache}).logits  # fmt: skip
         first_tokens = self._index([c[0] for c in batch.continuations])
         ranks, first_logprobs = ranks_and_logprobs(first_rows, batch.context_of, first_tokens)
         first_logsoftmax = F.log_softmax(first_rows, dim=-1, dtype=self.softmax_dtype)
