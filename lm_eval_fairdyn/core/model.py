@@ -155,8 +155,11 @@ class _SharedContextBatch:
     later: torch.Tensor  # [requests with n > 1, longest n - 1] their t_1..t_{n-1}, right-padded
     mask: torch.Tensor  # [requests with n > 1, longest context + longest n - 1] what each may attend to
     positions: torch.Tensor  # [requests with n > 1, longest n - 1] their positions
-    continuations: list  # per request: its continuation's tokens
     requests: list  # per request: (its index in the call, its request strings, its number of tokens)
+    first_token: torch.Tensor  # per request: t_1
+    with_later: torch.Tensor  # per row of ``later``: its request
+    targets: torch.Tensor  # [requests with n > 1, longest n - 1] their t_2..t_n, right-padded with 0
+    scored: torch.Tensor  # [requests with n > 1, longest n - 1] True where ``targets`` holds a token
     keep: torch.Tensor | None = None  # scored_logits_only: the positions of the contexts' pass computed
     last_column: torch.Tensor | None = None  # scored_logits_only: per context, its last position among them
 
@@ -280,33 +283,39 @@ class HFLMWithRank(HFLM):
             chunk = ordered[start : start + size]
             longest = max(len(c) for c, _ in chunk)
             contexts = torch.zeros(len(chunk), longest, dtype=torch.long)
-            context_of, members, continuations, later_rows = [], [], [], []
+            context_of, members, first_token, later_rows, with_later = [], [], [], [], []
             for b, (context, indices) in enumerate(chunk):
                 contexts[b, : len(context)] = torch.tensor(context, dtype=torch.long)
                 for i in indices:
                     request, _, continuation = requests[i]
                     context_of.append(b)
                     members.append((i, request, len(continuation)))
-                    continuations.append(list(continuation))
+                    first_token.append(continuation[0])
                     if len(continuation) > 1:
-                        later_rows.append((b, continuation[:-1]))
-            extra = max((len(t) for _, t in later_rows), default=0)
+                        later_rows.append((b, list(continuation)))
+                        with_later.append(len(members) - 1)
+            extra = max((len(t) - 1 for _, t in later_rows), default=0)
             later = torch.zeros(len(later_rows), extra, dtype=torch.long)
+            targets = torch.zeros(len(later_rows), extra, dtype=torch.long)
+            scored = torch.zeros(len(later_rows), extra, dtype=torch.bool)
             mask = torch.zeros(len(later_rows), longest + extra, dtype=torch.long)
             positions = torch.zeros(len(later_rows), extra, dtype=torch.long)
             for r, (b, tokens) in enumerate(later_rows):
-                n_context = len(chunk[b][0])
-                later[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                n_context, n_later = len(chunk[b][0]), len(tokens) - 1
+                later[r, :n_later] = torch.tensor(tokens[:-1], dtype=torch.long)
+                targets[r, :n_later] = torch.tensor(tokens[1:], dtype=torch.long)
+                scored[r, :n_later] = True
                 mask[r, :n_context] = 1
-                mask[r, longest : longest + len(tokens)] = 1
+                mask[r, longest : longest + n_later] = 1
                 positions[r] = n_context + torch.arange(extra)
             last = [len(c) - 1 for c, _ in chunk]
             keep, last_column = self._kept_positions(last) if self.scored_logits_only else (None, None)
             batches.append(_SharedContextBatch(
                 contexts=contexts.to(self.device), last=self._index(last), context_of=self._index(context_of),
                 later=later.to(self.device), mask=mask.to(self.device), positions=positions.to(self.device),
-                continuations=continuations, requests=members, keep=keep,
-                last_column=None if last_column is None else self._index(last_column),
+                requests=members, first_token=self._index(first_token),
+                with_later=self._index(with_later), targets=targets.to(self.device), scored=scored.to(self.device),
+                keep=keep, last_column=None if last_column is None else self._index(last_column),
             ))  # fmt: skip
         return batches
 
@@ -358,7 +367,9 @@ class HFLMWithRank(HFLM):
 
     def _score_shared(self, batch: _SharedContextBatch):
         """``_score`` of a shared-context batch: the rows of both passes (``_SharedContextBatch``),
-        each request's tokens scored as lm-eval scores them (float log-softmax, sum, all greedy)."""
+        each request's tokens scored as lm-eval scores them (float log-softmax, sum, all greedy),
+        every request of the batch at once: its tokens' log-probabilities in one row of a padded
+        matrix (0 after its last token), summed along the row."""
         kept = {} if batch.keep is None else {"logits_to_keep": batch.keep}
         first = self._forward(batch.contexts, use_cache=bool(len(batch.later)), **kept)
         logits = first.logits
@@ -369,27 +380,24 @@ class HFLMWithRank(HFLM):
         later_rows = None
         if len(batch.later):
             cache = getattr(first, "cache", None) or first.past_key_values
-            with_later = [k for k, c in enumerate(batch.continuations) if len(c) > 1]
-            cache.batch_select_indices(batch.context_of[with_later])
+            cache.batch_select_indices(batch.context_of[batch.with_later])
             name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
             later_rows = self._forward(batch.later, attention_mask=batch.mask, position_ids=batch.positions,
                                        **{name: cache}).logits  # fmt: skip
-        first_tokens = self._index([c[0] for c in batch.continuations])
-        ranks, first_logprobs = ranks_and_logprobs(first_rows, batch.context_of, first_tokens)
+        ranks, first_logprobs = ranks_and_logprobs(first_rows, batch.context_of, batch.first_token)
         first_logsoftmax = F.log_softmax(first_rows, dim=-1, dtype=self.softmax_dtype)
-        results, r = [], 0
-        for k, continuation in enumerate(batch.continuations):
-            rows = first_logsoftmax[batch.context_of[k]][None]
-            if len(continuation) > 1:
-                later = F.log_softmax(later_rows[r, : len(continuation) - 1], dim=-1, dtype=self.softmax_dtype)
-                rows = torch.cat([rows, later])
-                r += 1
-            tokens = self._index(continuation)
-            loglikelihood = float(rows[torch.arange(len(continuation)), tokens].sum())
-            greedy = bool((rows.argmax(dim=-1) == tokens).all())
-            results.append((batch.requests[k], loglikelihood, greedy, int(ranks[k]), float(first_logprobs[k]),
-                            continuation[0]))  # fmt: skip
-        return results
+        logprobs = torch.zeros(len(batch.requests), 1 + batch.targets.shape[1], dtype=first_logsoftmax.dtype,
+                               device=first_logsoftmax.device)  # fmt: skip
+        greedy = torch.ones(logprobs.shape, dtype=torch.bool, device=logprobs.device)
+        logprobs[:, 0] = first_logsoftmax[batch.context_of, batch.first_token]
+        greedy[:, 0] = first_logsoftmax.argmax(dim=-1)[batch.context_of] == batch.first_token
+        if later_rows is not None:
+            later = F.log_softmax(later_rows, dim=-1, dtype=self.softmax_dtype)
+            target = later.gather(-1, batch.targets[..., None])[..., 0]
+            logprobs[batch.with_later, 1:] = torch.where(batch.scored, target, 0)
+            greedy[batch.with_later, 1:] = (later.argmax(dim=-1) == batch.targets) | ~batch.scored
+        return zip(batch.requests, logprobs.sum(dim=1).tolist(), greedy.all(dim=1).tolist(), ranks.tolist(),
+                   first_logprobs.tolist(), batch.first_token.tolist(), strict=True)  # fmt: skip
 
     def _batches(self, requests, override_bs):
         """lm-eval's batching of ``HFLM._loglikelihood_tokens`` (causal): requests sorted by
