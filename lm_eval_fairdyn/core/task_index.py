@@ -97,7 +97,7 @@ def lm_eval_folder_index(build, root: Path, resolve_includes: bool) -> dict:
     if kept is not None and kept[0] == signature:
         return kept[1]
     use_cache = os.environ.get(ENV_TASK_INDEX_CACHE, "1") != "0"
-    path = _cache_file(str(root), resolve_includes)
+    path = _cache_file(*key)
     index = _read_kept(path, signature) if use_cache else None
     if index is None:
         index = build([root], resolve_includes=resolve_includes)
