@@ -72,7 +72,7 @@ def run_lm_eval(argv: list[str]) -> int:
     user_paths = [args.include_path] if isinstance(getattr(args, "include_path", None), str) else []
     with shared_task_index():  # the check's task index serves lm-eval's run below
         check_run(split_tasks(args.tasks or []), user_paths, args.metadata if isinstance(args.metadata, dict) else {},
-                  args.limit, getattr(args, "batch_size", 1), args.output_path)  # fmt: skip
+                  args.limit, getattr(args, "batch_size", 1), args.output_path, args.model, args.model_args)  # fmt: skip
         return _execute(harness, args, user_paths)
 
 
@@ -361,7 +361,8 @@ def _sweep(args) -> int:
             revisions = fetch.hub_branches(args.pretrained)
         checkpoints = sweep.hub_checkpoints(args.pretrained, revisions)
     tasks = tuple(split_tasks(args.tasks))
-    check_run(tasks, args.include_path, args.metadata, args.limit, args.batch_size, args.output_path)
+    check_run(tasks, args.include_path, args.metadata, args.limit, args.batch_size, args.output_path, args.model,
+              args.model_args)  # fmt: skip
     settings = EvalSettings(
         tasks=tasks,
         model=args.model,

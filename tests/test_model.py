@@ -1,6 +1,7 @@
 """hf-fairdyn against stock hf and against a brute-force computation from the full softmax."""
 
 import functools
+import inspect
 import pickle
 
 import numpy as np
@@ -490,6 +491,9 @@ def test_scored_logits_only_is_refused_for_a_model_that_cannot_keep_logits(neox_
         HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only=True)
     with pytest.raises(ValueError, match="scored_logits_only='yes': expected True or False"):
         HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only="yes")
+    from lm_eval_fairdyn.core.inputs import MODEL_FLAGS  # what the command line checks before loading a model
+
+    assert set(MODEL_FLAGS) <= set(inspect.signature(HFLMWithRank.__init__).parameters)
 
 
 @pytest.mark.slow

@@ -133,13 +133,17 @@ def check_run(
     limit: float | None = None,
     batch_size=1,
     output_path: str | None = None,
+    model: str | None = None,
+    model_args: str | dict | None = None,
 ) -> None:
     """Refuse, before anything is evaluated or written, a run whose inputs cannot work: unknown
-    task names, ``--limit`` of 0, a batch size under 1, a ``--metadata`` key no task reads, an
-    output path that cannot be written (``core.inputs``; each a ``UserInputError``)."""
+    task names, ``--limit`` of 0, a batch size under 1, a ``--metadata`` key no task reads,
+    an ``hf-fairdyn`` model argument it cannot read, an output path that cannot be written
+    (``core.inputs``; each a ``UserInputError``)."""
     metadata = metadata or {}
     inputs.check_limit(limit)
     inputs.check_batch_size(batch_size)
+    inputs.check_model_args(model, model_args)
     inputs.check_include_path(include_path)
     if output_path is not None:
         inputs.check_writable(output_path)

@@ -1,5 +1,5 @@
 """Checks of a run's inputs before anything is evaluated or written: task names, ``--limit``,
-``--batch_size``, ``--metadata`` and the output path. Each failure is one
+``--batch_size``, ``--metadata``, ``hf-fairdyn``'s own model arguments and the output path. Each failure is one
 :class:`~lm_eval_fairdyn.core.errors.UserInputError` naming the input and the way out (a
 did-you-mean for names), which the command line prints alone and exits 2 on."""
 
@@ -42,6 +42,37 @@ def parse_metadata(text: str | dict | None) -> dict:
     if not isinstance(value, dict):
         raise UserInputError(f"--metadata must be a JSON object (keys and values), got {text!r}")
     return value
+
+
+# hf-fairdyn's boolean model arguments (core/model.py's HFLMWithRank takes each by this name)
+MODEL_FLAGS = ("share_context", "scored_logits_only")
+
+
+class ModelArgumentError(UserInputError, ValueError):
+    """One of hf-fairdyn's model arguments with a value it cannot read."""
+
+
+def model_flag(name: str, value: bool | str) -> bool:
+    """A boolean model argument, from ``--model_args`` text (True/False, any case) or Python."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ModelArgumentError(f"hf-fairdyn: {name}={value!r}: expected True or False")
+        return value.lower() == "true"
+    return bool(value)
+
+
+def check_model_args(model: str | None, model_args: str | dict | None) -> None:
+    """``hf-fairdyn``'s own model arguments (``MODEL_FLAGS``) read as the model will read them,
+    before any checkpoint is loaded: a value it cannot read would otherwise fail every one."""
+    if model != "hf-fairdyn" or not model_args:
+        return
+    if isinstance(model_args, str):
+        from lm_eval.utils import simple_parse_args_string
+
+        model_args = simple_parse_args_string(model_args)
+    for name in MODEL_FLAGS:
+        if name in model_args:
+            model_flag(name, model_args[name])
 
 
 def check_tasks(tasks: Sequence[str], known: Iterable[str]) -> None:

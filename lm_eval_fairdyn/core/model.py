@@ -59,6 +59,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
+from lm_eval_fairdyn.core.inputs import model_flag
+
 eval_logger = logging.getLogger(__name__)
 
 
@@ -170,8 +172,8 @@ class HFLMWithRank(HFLM):
 
     def __init__(self, *args, share_context: bool | str = False, scored_logits_only: bool | str = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.share_context = _flag("share_context", share_context)
-        self.scored_logits_only = _flag("scored_logits_only", scored_logits_only)
+        self.share_context = model_flag("share_context", share_context)
+        self.scored_logits_only = model_flag("scored_logits_only", scored_logits_only)
         if self.scored_logits_only and "logits_to_keep" not in inspect.signature(self.model.forward).parameters:
             raise ValueError(
                 "hf-fairdyn: scored_logits_only=True needs a model whose forward takes logits_to_keep "
@@ -472,12 +474,3 @@ class HFLMWithRank(HFLM):
         kept = sorted(set(positions))
         column = {p: c for c, p in enumerate(kept)}
         return self._index(kept), [column[p] for p in positions]
-
-
-def _flag(name: str, value: bool | str) -> bool:
-    """A boolean model argument, from ``--model_args`` text (True/False) or Python."""
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false"):
-            raise ValueError(f"hf-fairdyn: {name}={value!r}: expected True or False")
-        return value.lower() == "true"
-    return bool(value)
