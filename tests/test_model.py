@@ -16,7 +16,13 @@ from lm_eval_fairdyn.benchmarks.bbq import hooks as bbq_hooks
 from lm_eval_fairdyn.benchmarks.winobias import hooks as winobias_hooks
 from lm_eval_fairdyn.benchmarks.winogender import hooks as winogender_hooks
 from lm_eval_fairdyn.core import metrics, prompts, task
-from lm_eval_fairdyn.core.model import HFLMWithRank, RankedLoglikelihood, rank_and_logprob
+from lm_eval_fairdyn.core.model import (
+    HFLMWithRank,
+    RankedLoglikelihood,
+    is_argmax,
+    rank_and_logprob,
+    ranks_and_logprobs,
+)
 from lm_eval_fairdyn.core.prompts import NONBINARY_OPTIONS, answer_continuations
 
 
@@ -213,6 +219,28 @@ def test_rank_counts_ties_in_the_models_favour_and_uses_float64():
     # 60,000 equal logits: float64 keeps log p = -log(60000) where a float32 log-softmax is off
     flat = torch.zeros(60_000)
     assert rank_and_logprob(flat, 7) == (1, pytest.approx(-np.log(60_000), rel=1e-14))
+
+
+def test_ranks_and_logprobs_of_the_rows_read_equal_float64_numpy():
+    rng = np.random.default_rng(3)
+    rows = torch.tensor(rng.normal(size=(9, 50)).round(1), dtype=torch.float32)  # rounded: ties
+    row = torch.tensor([4, 4, 4, 0, 7])  # rows 1-3, 5, 6, 8 read by nobody (a rolling window's later tokens)
+    tokens = torch.tensor([1, 2, 3, 9, 0])
+    ranks, logprobs = ranks_and_logprobs(rows, row, tokens)
+    for i, (r, t) in enumerate(zip(row.tolist(), tokens.tolist(), strict=True)):
+        rank, logprob = float64_rank_and_logprob(rows[r].double().numpy(), t)
+        assert int(ranks[i]) == rank and float(logprobs[i]) == pytest.approx(logprob, abs=1e-12)
+
+
+def test_greedy_flags_are_torchs_argmax_with_ties_and_nan():
+    rng = np.random.default_rng(4)
+    values = torch.tensor(rng.integers(0, 4, size=(40, 6)), dtype=torch.float32)  # ties everywhere
+    values[5, 3] = values[11, 0] = float("nan")  # argmax takes the first NaN as largest
+    row = torch.tensor(rng.integers(0, 40, size=300))
+    tokens = torch.tensor(rng.integers(0, 6, size=300))
+    expected = [int(np.argmax(values[r].numpy())) == t for r, t in zip(row.tolist(), tokens.tolist(), strict=True)]
+    flags = is_argmax(values, row, tokens)
+    assert flags.tolist() == expected and 0 < sum(expected) < len(expected)
 
 
 def test_same_answers_as_stock_hf_for_any_loglikelihood_request(neox_pair, winobias_dir):

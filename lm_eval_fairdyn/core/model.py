@@ -104,14 +104,36 @@ def ranks_and_logprobs(
         logprob_i = z_t - logsumexp(z)          in float64
 
     The count runs on the logits as the model produced them: their float64 copy is exact and
-    keeps the order, so it is the float64 count. Requests that share a row (the options of one
-    prompt) share its float64 logsumexp.
+    keeps the order, so it is the float64 count. The float64 logsumexp is computed for the rows
+    some request reads only, once per row: requests that share a row (the options of one prompt)
+    share it, and the rows of later continuation tokens (a rolling window's) get none.
     """
     rows = rows.detach()
     z_token = rows[row, tokens]
     ranks = 1 + torch.gt(rows.index_select(0, row), z_token[:, None]).sum(dim=-1)
+    used, row_of = torch.unique(row, return_inverse=True)
+    if len(used) < len(rows):
+        rows = rows.index_select(0, used)
+        row = row_of
     logsumexp = torch.logsumexp(rows.to(torch.float64), dim=-1)
     return ranks, z_token.to(torch.float64) - logsumexp[row]
+
+
+def is_argmax(values: torch.Tensor, row: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per i: ``values[row[i]].argmax() == tokens[i]`` (lm-eval's greedy check), as torch's
+    argmax decides it (the first index of the largest value; NaN counts as largest).
+
+    Computed with one ``amax`` per row (several times faster than ``argmax`` on the CPU) and an
+    ``argmax`` only on the rows whose token holds that largest value (or whose largest is NaN):
+    only there can the answer be True, and there the argmax decides ties exactly as lm-eval's.
+    """
+    top = values.amax(dim=-1).index_select(0, row)
+    candidate = (values[row, tokens] == top) | torch.isnan(top)
+    flags = torch.zeros_like(candidate)
+    which = candidate.nonzero()[:, 0]
+    if len(which):
+        flags[which] = values.index_select(0, row[which]).argmax(dim=-1) == tokens[which]
+    return flags
 
 
 @dataclass
@@ -355,7 +377,7 @@ class HFLMWithRank(HFLM):
             )
         logprobs = F.log_softmax(rows, dim=-1, dtype=self.softmax_dtype)
         token_logprobs = logprobs[batch.token_row, batch.token]
-        token_is_greedy = logprobs.argmax(dim=-1)[batch.greedy_row] == batch.token
+        token_is_greedy = is_argmax(logprobs, batch.greedy_row, batch.token)
         ranks, first_logprobs = ranks_and_logprobs(rows, batch.rank_row, batch.first_token)
         if batch.one_token_each:
             loglikelihoods, greedy = token_logprobs.tolist(), token_is_greedy.tolist()
@@ -392,12 +414,14 @@ class HFLMWithRank(HFLM):
                                device=first_logsoftmax.device)  # fmt: skip
         greedy = torch.ones(logprobs.shape, dtype=torch.bool, device=logprobs.device)
         logprobs[:, 0] = first_logsoftmax[batch.context_of, batch.first_token]
-        greedy[:, 0] = first_logsoftmax.argmax(dim=-1)[batch.context_of] == batch.first_token
+        greedy[:, 0] = is_argmax(first_logsoftmax, batch.context_of, batch.first_token)
         if later_rows is not None:
             later = F.log_softmax(later_rows, dim=-1, dtype=self.softmax_dtype)
             target = later.gather(-1, batch.targets[..., None])[..., 0]
             logprobs[batch.with_later, 1:] = torch.where(batch.scored, target, 0)
-            greedy[batch.with_later, 1:] = (later.argmax(dim=-1) == batch.targets) | ~batch.scored
+            flat = later.reshape(-1, later.shape[-1])
+            later_greedy = is_argmax(flat, torch.arange(len(flat), device=flat.device), batch.targets.flatten())
+            greedy[batch.with_later, 1:] = later_greedy.reshape(batch.targets.shape) | ~batch.scored
         return zip(batch.requests, logprobs.sum(dim=1).tolist(), greedy.all(dim=1).tolist(), ranks.tolist(),
                    first_logprobs.tolist(), batch.first_token.tolist(), strict=True)  # fmt: skip
 
@@ -418,19 +442,20 @@ class HFLMWithRank(HFLM):
             self.batch_sizes = {}  # as lm-eval: detect against these requests
         answered = []  # per answered request, in lm-eval's order: (batch, position in batch)
         batches = []
+        max_length = self.max_length  # a property that reads the model's configuration
         for chunk in collator.get_batched(n=batch_size, batch_fn=batch_fn):
             inputs, batch_index, position, first_row = [], [], [], []
             for b, (_, context, continuation) in enumerate(chunk):
-                if not context or not continuation or len(continuation) > self.max_length:
+                if not context or not continuation or len(continuation) > max_length:
                     raise ValueError(f"hf-fairdyn: a request with {len(context)} context and {len(continuation)} "
-                                     f"continuation tokens cannot be scored (max_length {self.max_length})")  # fmt: skip
-                if len(context) + len(continuation) > self.max_length + 1:
+                                     f"continuation tokens cannot be scored (max_length {max_length})")  # fmt: skip
+                if len(context) + len(continuation) > max_length + 1:
                     eval_logger.warning(
                         f"Combined length of context ({len(context)}) and continuation ({len(continuation)}) exceeds "
-                        f"model's maximum length ({self.max_length}). Truncating "
-                        f"{len(context) + len(continuation) - self.max_length + 1} tokens from the left."
+                        f"model's maximum length ({max_length}). Truncating "
+                        f"{len(context) + len(continuation) - max_length + 1} tokens from the left."
                     )
-                inputs.append((context + continuation)[-(self.max_length + 1) :][:-1])
+                inputs.append((context + continuation)[-(max_length + 1) :][:-1])
                 first_row.append(len(position))
                 batch_index += [b] * len(continuation)
                 position += range(len(inputs[-1]) - len(continuation), len(inputs[-1]))
@@ -452,7 +477,8 @@ class HFLMWithRank(HFLM):
             keep = kept_row = None
             if self.scored_logits_only:
                 keep, columns = self._kept_positions(position)
-                kept_row = self._index([b * len(keep) + c for b, c in zip(batch_index, columns, strict=True)])
+                width = len(keep)
+                kept_row = self._index([b * width + c for b, c in zip(batch_index, columns, strict=True)])
             batches.append(_Batch(
                 inputs=padded.to(self.device), batch_index=self._index(batch_index), position=self._index(position),
                 token_row=self._index(token_row), greedy_row=self._index(greedy_row), token=self._index(token),
