@@ -2,6 +2,7 @@
 
     python scripts/profile_evaluation.py                       # winobias_fairdyn_1seed, batch 64
     python scripts/profile_evaluation.py --tasks winobias_fairdyn --batch_size 64 --repeats 3
+    python scripts/profile_evaluation.py --demo                # fairdyn demo's sweep: every task at hand
 
 One Evaluator over the demo suite's checkpoints, as ``fairdyn sweep`` runs them: the first
 checkpoint sets everything up (tasks, model, tokenization, the batch plan), then each of the next
@@ -9,7 +10,7 @@ checkpoint sets everything up (tasks, model, tokenization, the batch plan), then
 checkpoint, share of the time outside the forward passes, milliseconds per prompt. Components
 are lm-eval's phases (building requests, the model's log-likelihood call, filters, process_results,
 aggregation) and, inside them, the functions whose own time is at least ``--min_share`` of it.
-The forward passes are ``hf-fairdyn``'s ``_model_call`` (everything the model itself runs); the
+The forward passes are ``hf-fairdyn``'s ``_model_call`` and ``_forward`` (everything the model itself runs); the
 profiler is off during them, so what it records is the time outside them.
 """
 
@@ -22,12 +23,14 @@ import os
 import pstats
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("FAIRDYN_WINOBIAS_DIR", str(REPO.parent / "shared" / "winobias"))
 os.environ.setdefault("FAIRDYN_WINOGENDER_DIR", str(REPO.parent / "shared" / "winogender"))
+os.environ.setdefault("FAIRDYN_BBQ_DIR", str(REPO.parent / "shared" / "bbq"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # lm-eval's phases of one evaluation: (name, module, class or None, function)
@@ -35,6 +38,12 @@ PHASES = (
     ("weights fingerprint", "lm_eval_fairdyn.core.fingerprint", None, "weights_fingerprint"),
     ("lm-eval: build requests (Task.build_all_requests)", "lm_eval.api.task", "Task", "build_all_requests"),
     ("model: loglikelihood, outside the forward", "lm_eval_fairdyn.core.model", "HFLMWithRank", "loglikelihood"),
+    (
+        "model: loglikelihood_rolling, outside the forward",
+        "lm_eval.models.huggingface",
+        "HFLM",
+        "loglikelihood_rolling",
+    ),
     ("lm-eval: filters (Task.apply_filters)", "lm_eval.api.task", "ConfigurableTask", "apply_filters"),
     ("task: process_results (per-prompt metrics)", "lm_eval.api.task", "ConfigurableTask", "process_results"),
     ("harness: prompt table rows", "lm_eval_fairdyn.core.task", None, "prompt_row"),
@@ -74,21 +83,42 @@ def unprofiled_forward(profile: cProfile.Profile) -> None:
     """Stop the profiler during every forward pass: what it records is all outside the forward."""
     from lm_eval_fairdyn.core.model import HFLMWithRank
 
-    forward = HFLMWithRank._model_call
+    for name in ("_model_call", "_forward"):  # the default path's passes, share_context's and scored_logits_only's
+        forward = getattr(HFLMWithRank, name)
 
-    def model_call(self, *args, **kwargs):
-        profile.disable()
-        try:
-            return forward(self, *args, **kwargs)
-        finally:
-            profile.enable()
+        def model_call(self, *args, _forward=forward, **kwargs):
+            profile.disable()
+            try:
+                return _forward(self, *args, **kwargs)
+            finally:
+                profile.enable()
 
-    HFLMWithRank._model_call = model_call
+        setattr(HFLMWithRank, name, model_call)
+
+
+def demo_settings(batch_size: int):
+    """``fairdyn demo``'s sweep settings with the data of FAIRDYN_WINOBIAS_DIR, FAIRDYN_WINOGENDER_DIR
+    and FAIRDYN_BBQ_DIR (nothing downloaded)."""
+    from lm_eval_fairdyn.benchmarks.winobias.data import WINOBIAS_TEST_LABEL
+    from lm_eval_fairdyn.offline.demo import sweep_settings
+
+    settings, _, notes = sweep_settings(
+        Path(os.environ["FAIRDYN_WINOBIAS_DIR"]),
+        WINOBIAS_TEST_LABEL,
+        os.environ["FAIRDYN_WINOGENDER_DIR"],
+        os.environ["FAIRDYN_BBQ_DIR"],
+        download=False,
+        batch_size=batch_size,
+    )
+    for note in notes:
+        print(note)
+    return settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="winobias_fairdyn_1seed")
+    parser.add_argument("--demo", action="store_true", help="fairdyn demo's sweep settings (tasks, model_args)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="checkpoints profiled after the first")
     parser.add_argument("--min_share", type=float, default=0.05, help="functions listed above this share")
@@ -100,7 +130,11 @@ def main() -> None:
 
     keep_freed_memory()  # as fairdyn sweep does
     folders = checkpoint_folders(demo_suite())
-    evaluator = Evaluator(EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device="cpu"))
+    settings = EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device="cpu")
+    if args.demo:
+        settings = replace(demo_settings(args.batch_size), device="cpu")
+        args.tasks = "fairdyn demo's tasks"
+    evaluator = Evaluator(settings)
     totals = timed_phases()
     evaluator.evaluate(f"pretrained={folders[0]}")
     gc.freeze()  # as fairdyn sweep does after its first checkpoint

@@ -123,6 +123,33 @@ def bbq_axes(bbq_dir: str | None, download: bool) -> tuple[list, dict, list]:
     return tasks, metadata if tasks else {}, notes
 
 
+def sweep_settings(
+    winobias: Path,
+    label: str,
+    winogender_dir: str | None,
+    bbq_dir: str | None,
+    download: bool,
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> tuple[EvalSettings, list[str], list[str]]:
+    """(the sweep's settings, its fairness tasks, a line per task left out and why): every
+    fairness task whose data is at hand (``gender_family``, ``bbq_axes``) beside the held-out
+    perplexity task. ``scripts/profile_evaluation.py --demo`` profiles the same settings."""
+    fairness, family_metadata, notes = gender_family(winobias, label, winogender_dir, download)
+    axes, axes_metadata, axes_notes = bbq_axes(bbq_dir, download)
+    fairness, family_metadata, notes = [*fairness, *axes], family_metadata | axes_metadata, notes + axes_notes
+    settings = EvalSettings(
+        tasks=(*fairness, PERFORMANCE_TASK),
+        # BBQ's names of several tokens: one pass per prompt; logits at the scored positions only (docs/MODEL.md)
+        model_args="share_context=True,scored_logits_only=True",
+        batch_size=batch_size,
+        limit=limit,
+        metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())}
+        | family_metadata,
+    )
+    return settings, fairness, notes
+
+
 def monitor_settings(config, winobias_dir: Path) -> dict:
     """FairnessCallback arguments used while training the suite: a quarter of the fairness
     prompts every quarter of training, on the held-out synthetic prompts (always available, so
@@ -172,23 +199,12 @@ def run_demo(
             "      results on these prompts are NOT WinoBias results; pass --winobias_dir or set FAIRDYN_WINOBIAS_DIR"
         )
 
-    fairness, family_metadata, notes = gender_family(winobias, label, winogender_dir, download)
-    axes, axes_metadata, axes_notes = bbq_axes(bbq_dir, download)
-    fairness, family_metadata, notes = [*fairness, *axes], family_metadata | axes_metadata, notes + axes_notes
+    settings, fairness, notes = sweep_settings(winobias, label, winogender_dir, bbq_dir, download, batch_size, limit)
     for note in notes:
         print(f"      {note}")
     sweep_dir = out / ("sweep" if label == WINOBIAS_TEST_LABEL else "sweep_synthetic") / folder.name
     print(f"[3/4] evaluating every checkpoint: {' + '.join(fairness)} + {PERFORMANCE_TASK} -> {sweep_dir}")
     checkpoints = sweep.folder_checkpoints(str(folder / "step*"))
-    settings = EvalSettings(
-        tasks=(*fairness, PERFORMANCE_TASK),
-        # BBQ's names of several tokens: one pass per prompt; logits at the scored positions only (docs/MODEL.md)
-        model_args="share_context=True,scored_logits_only=True",
-        batch_size=batch_size,
-        limit=limit,
-        metadata={"winobias_dir": str(winobias), "data_source": label, "lastword_file": str(lastword_passages())}
-        | family_metadata,
-    )
     try:
         sweep.write_manifest(sweep_dir, checkpoints, settings)
     except ValueError:  # evaluated with other settings (an earlier version, --limit): evaluate again
