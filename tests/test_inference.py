@@ -102,6 +102,26 @@ def test_pairs_are_the_two_members_of_a_line_and_other_lines_are_left_out():
     assert pairs.loc["test-0001", "level"] == pytest.approx(0.35)
 
 
+def test_every_steps_pairs_at_once_equal_each_steps_alone():
+    """``pairs_by_step`` pivots the whole run once: each step's table equals ``pair_values`` of
+    that step's rows alone; a step without a complete pair (no referent prompt, or no ranks)
+    gets an empty table, as the groups it lacks give no interval."""
+    steps = {0: [0.1, 0.2, 0.3], 100: [0.0, -0.1, 0.4], 200: [0.2], 300: [0.5, 0.5]}
+    table = pd.concat([pair_table(d, seeds=(0, 1)).assign(step=step) for step, d in steps.items()])
+    twin = (table.step == 100) & (table.line == 2) & (table.seed == 1) & (table.gold == "female")
+    table.loc[twin, "jsdp"] += 0.05  # the seeds' differences -0.1 and -0.05
+    table.loc[table.step == 200, "kind"] = "unspecified"
+    table.loc[table.step == 300, "ar"] = np.nan
+    for measure in ("jsdp", "ar"):
+        at_once = inference.pairs_by_step(table, measure)
+        assert list(at_once) == [0, 100, 200, 300]
+        for step in (0, 100, 300) if measure == "jsdp" else (0, 100):
+            pd.testing.assert_frame_equal(at_once[step], inference.pair_values(table[table.step == step], measure))
+        assert at_once[200].empty and list(at_once[200].columns) == ["female", "male", "difference", "level"]
+    assert inference.pairs_by_step(table, "ar")[300].empty
+    assert inference.pairs_by_step(table, "jsdp")[100].loc["test-0002", "difference"] == pytest.approx(-0.075)
+
+
 def test_ar_pairs_compare_log_ranks():
     """For AR the pair's difference is of log ranks averaged over seeds: a female prompt ranked 8
     and 2 (seeds 0, 1) against a male twin ranked 1 and 4 gives (log 8 + log 2 - log 1 - log 4) / 2."""

@@ -165,11 +165,15 @@ def with_pairs(prompts: pd.DataFrame) -> pd.DataFrame:
     return prompts.assign(pair=pair, slot="", member="")
 
 
-def pair_values(prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | None = None) -> pd.DataFrame:
+def pair_values(
+    prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | None = None, by: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Per counterfactual group (``pair``): the mean over slots and seeds of each side's value
     (log rank for ``ar``), in columns named by the sides (e.g. ``female``, ``male``, or
     ``inconsistent``, ``consistent``), ``difference`` = minuend - subtrahend and ``level``, their
-    mean. ``sides``: the task's (``core.registry.describe``), default female - male.
+    mean. ``sides``: the task's (``core.registry.describe``), default female - male; ``by``:
+    columns that split the table first (``("step",)``: every step's groups at once, indexed
+    by step, then pair).
 
     Only referent prompts whose (pair, slot, seed) has exactly one prompt of each side count
     (with ``sides.twins``; else at least one); other lines (not pairs, or cut by ``--limit``)
@@ -180,12 +184,15 @@ def pair_values(prompts: pd.DataFrame, measure: str = "jsdp", sides: Sides | Non
     referent = prompts[prompts["kind"] == "referent"]
     if LOG_SCALE[measure]:
         referent = referent.assign(**{measure: np.log(referent[measure].astype(float))})
-    members = referent.pivot_table(index=[PAIR, "slot", "seed"], columns="gold", values=measure,
+    members = referent.pivot_table(index=[*by, PAIR, "slot", "seed"], columns="gold", values=measure,
                                    aggfunc=["mean", "count"])  # fmt: skip
+    if members.empty:  # no referent prompt with a value
+        index = pd.MultiIndex.from_tuples([], names=[*by, PAIR]) if by else pd.Index([], name=PAIR)
+        return pd.DataFrame(columns=[sides.minuend, sides.subtrahend, "difference", "level"], index=index, dtype=float)
     count = members["count"].reindex(columns=columns)
     complete = ((count == 1) if sides.twins else (count >= 1)).all(axis=1)
     values = members["mean"].reindex(columns=columns)[complete].dropna()
-    per_pair = values.groupby(level=PAIR).mean()
+    per_pair = values.groupby(level=[*by, PAIR]).mean()
     per_pair["difference"] = per_pair[sides.minuend] - per_pair[sides.subtrahend]
     per_pair["level"] = (per_pair[sides.minuend] + per_pair[sides.subtrahend]) / 2
     per_pair.columns.name = None
@@ -310,7 +317,10 @@ def pairs_by_step(prompts: pd.DataFrame, measure: str, sides: Sides = GENDER) ->
     for ``choice``)."""
     if measure == "choice":
         return {int(step): choice_values(at, sides) for step, at in prompts.groupby("step", sort=True)}
-    return {int(step): pair_values(at_step, measure, sides) for step, at_step in prompts.groupby("step", sort=True)}
+    every = pair_values(prompts, measure, sides, by=("step",))  # one table for all steps: one pivot
+    none = every.iloc[:0].droplevel("step")  # a step none of whose groups is complete
+    at_step = {step: table.droplevel("step") for step, table in every.groupby(level="step", sort=True)}
+    return {int(step): at_step.get(step, none) for step in sorted(prompts["step"].unique())}
 
 
 def gap_table(
