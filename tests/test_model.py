@@ -296,6 +296,37 @@ def test_an_identical_second_call_reuses_its_batches_without_tokenizing(neox_dir
     assert [(*a, a.rank, a.first_logprob) for a in fewer] == [(*a, a.rank, a.first_logprob) for a in fresh]
 
 
+def test_rolling_windows_are_planned_once_and_answered_as_planned_afresh(neox_dir, monkeypatch):
+    """loglikelihood_rolling's windows (no request strings) keep their batches by their tokens:
+    the next identical call plans nothing and answers alike; past KEPT_WINDOW_TOKENS nothing
+    is kept and every call plans afresh, with the same answers."""
+    import lm_eval_fairdyn.core.model as model
+
+    texts = ["A short text to score. " * 5, "Another one, longer than the first. " * 9, "Tiny."]
+
+    def rolling():
+        return [Instance("loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)]
+
+    def planned_calls(lm):
+        calls = []
+        plan = lm._batches
+        lm._batches = lambda *args: calls.append(1) or plan(*args)
+        return calls
+
+    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu")
+    first = lm.loglikelihood_rolling(rolling())
+    calls = planned_calls(lm)
+    assert lm.loglikelihood_rolling(rolling()) == first and calls == []
+    later = lm.loglikelihood_rolling(rolling()[1:])  # other batches of windows: planned
+    assert calls == [1]
+    monkeypatch.setattr(model, "KEPT_WINDOW_TOKENS", 0)
+    unkept = HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu")
+    calls = planned_calls(unkept)
+    assert unkept.loglikelihood_rolling(rolling()) == first and unkept.loglikelihood_rolling(rolling()) == first
+    assert len(calls) == 4  # two batches of windows, planned in each call
+    assert unkept.loglikelihood_rolling(rolling()[1:]) == later
+
+
 def test_seq2seq_models_are_refused_with_the_way_out(neox_pair):
     ranked = HFLMWithRank(pretrained=str(neox_pair[1].model.name_or_path), batch_size=2, device="cpu")
     ranked.backend = "seq2seq"

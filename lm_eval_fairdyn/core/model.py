@@ -25,7 +25,8 @@ predict continuation tokens. Each row's float32 log-softmax gives stock ``hf``'s
 rows in float64 give the ranks. Requests that share one forward pass (lm-eval's
 one-token-continuation cache) share one row, exactly as their log-likelihoods do. The batches are
 planned once per list of requests and kept for the next identical call (the next checkpoint of
-a sweep); docs/PERFORMANCE.md (section 3, "What a sweep checkpoint costs beyond its forward passes") has what this
+a sweep), ``loglikelihood_rolling``'s windows by their tokens (up to ``KEPT_WINDOW_TOKENS``);
+docs/PERFORMANCE.md (section 3, "What a sweep checkpoint costs beyond its forward passes") has what this
 saves, docs/UPSTREAM.md the proposal for lm-eval.
 
 ``share_context=True`` (a model argument, off by default): requests that share a context and
@@ -188,6 +189,12 @@ class _SharedContextBatch:
     last_column: torch.Tensor | None = None  # scored_logits_only: per context, its last position among them
 
 
+# Rolling windows' batches kept per model object, in tokens (each kept token holds about 60 bytes of
+# plan: its input id and its rows' indices, so 120 MB at most): a perplexity set of up to this many
+# tokens (wikitext's test split is about 300,000) is planned once per sweep.
+KEPT_WINDOW_TOKENS = 2_000_000
+
+
 @register_model("hf-fairdyn")
 class HFLMWithRank(HFLM):
     """lm-eval ``hf`` whose log-likelihood answers also carry the gold token's exact vocabulary rank."""
@@ -263,10 +270,29 @@ class HFLMWithRank(HFLM):
                 "hf-fairdyn scores decoder-only (causal) models; this is a seq2seq model: use `--model hf` "
                 "(Average Rank is then unavailable)"
             )
+        if all(req is None for req, _, _ in requests):  # loglikelihood_rolling's windows: keyed by their tokens
+            return self._answer(self._window_plan(requests, override_bs), len(requests), disable_tqdm)
         batches = self._plan(requests, override_bs)
-        if override_bs is None and all(req is not None for req, _, _ in requests):  # not loglikelihood_rolling's
+        if override_bs is None and all(req is not None for req, _, _ in requests):
             self._kept_plan = (self._plan_key([req for req, _, _ in requests]), batches)
         return self._answer(batches, len(requests), disable_tqdm)
+
+    def _window_plan(self, requests, override_bs) -> list:
+        """The batches of a call of ``loglikelihood_rolling``'s windows (lm-eval sends them a batch
+        at a time, with no request strings): kept by the windows' tokens, so the next checkpoint
+        of a sweep plans none of them again, up to ``KEPT_WINDOW_TOKENS`` tokens in all."""
+        key = (self._plan_key([(tuple(context), tuple(continuation)) for _, context, continuation in requests]),
+               override_bs)  # fmt: skip
+        kept = self.__dict__.setdefault("_kept_windows", {})
+        if key in kept:
+            return kept[key]
+        batches = self._plan(requests, override_bs)
+        tokens = sum(len(context) + len(continuation) for _, context, continuation in requests)
+        held = self.__dict__.get("_kept_window_tokens", 0)
+        if held + tokens <= KEPT_WINDOW_TOKENS:
+            kept[key] = batches
+            self._kept_window_tokens = held + tokens
+        return batches
 
     def _plan_key(self, strings: list) -> tuple:
         """What decides a call's batches: its requests' strings (their tokens follow from the strings
