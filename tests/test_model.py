@@ -41,6 +41,30 @@ def first_bbq_category(bbq_dir) -> str:
                 or (bbq_dir / f"{c}.jsonl").is_file())  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4)
+def _folder_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def neox_lm(model_class, neox_dir, **kwargs):
+    """``model_class`` (stock ``HFLM`` or ``HFLMWithRank``) on the tiny GPT-NeoX, given the
+    folder's tokenizer loaded once per test process (lm-eval takes a tokenizer object; loading
+    the 50,277-token tokenizer took 0.2 s a model)."""
+    return model_class(pretrained=str(neox_dir), tokenizer=_folder_tokenizer(str(neox_dir)), **kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def _bbq_rows(category: str, bbq_dir: str) -> tuple:
+    return tuple(bbq_hooks.load_bbq_dataset(category, bbq_dir=bbq_dir)["test"].to_list())
+
+
+def bbq_docs(category: str, bbq_dir) -> list[dict]:
+    """A BBQ category's docs as the task loads them, read once per test process; copies."""
+    return [dict(row) for row in _bbq_rows(category, str(bbq_dir))]
+
+
 def instances(pairs):
     return [Instance("loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
 
@@ -174,7 +198,7 @@ def check_within_float_precision_of_unbatched(lm, docs, pairs, answers, calls) -
 
 @pytest.fixture(scope="module")
 def neox_pair(neox_dir):
-    return HFLM(pretrained=str(neox_dir), batch_size=8, device="cpu"), HFLMWithRank(
+    return neox_lm(HFLM, neox_dir, batch_size=8, device="cpu"), HFLMWithRank(
         pretrained=str(neox_dir), batch_size=8, device="cpu"
     )
 
@@ -273,15 +297,15 @@ def test_same_answers_as_stock_hf_under_lm_evals_batching_rules(neox_dir, winobi
     kwargs = {"batch_size": 4, "device": "cpu", **settings}
     _, pairs = winobias_requests(winobias_dir, 4)
     pairs += [("The cat sat on", " the mat and"), ("The cat sat on the", " mat and"), ("A", " b c d e f")]
-    expected = HFLM(pretrained=str(neox_dir), **kwargs).loglikelihood(instances(pairs))
-    ranked = HFLMWithRank(pretrained=str(neox_dir), **kwargs)
+    expected = neox_lm(HFLM, neox_dir, **kwargs).loglikelihood(instances(pairs))
+    ranked = neox_lm(HFLMWithRank, neox_dir, **kwargs)
     got = ranked.loglikelihood(instances(pairs))
     assert [tuple(a) for a in got] == [tuple(a) for a in expected]
     assert [a.n_tokens for a in got[-3:]] == [3, 2, 5]
 
 
 def test_an_identical_second_call_reuses_its_batches_without_tokenizing(neox_dir, winobias_dir):
-    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu")
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size=4, device="cpu")
     _, pairs = winobias_requests(winobias_dir, 6)
     first = lm.loglikelihood(instances(pairs))
     encoded = []
@@ -292,7 +316,7 @@ def test_an_identical_second_call_reuses_its_batches_without_tokenizing(neox_dir
     assert [(*a, a.rank, a.first_logprob) for a in again] == [(*a, a.rank, a.first_logprob) for a in first]
     fewer = lm.loglikelihood(instances(pairs[:-3]))  # another list of requests: planned anew, other batches
     assert encoded
-    fresh = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu").loglikelihood(instances(pairs[:-3]))
+    fresh = neox_lm(HFLMWithRank, neox_dir, batch_size=4, device="cpu").loglikelihood(instances(pairs[:-3]))
     assert [(*a, a.rank, a.first_logprob) for a in fewer] == [(*a, a.rank, a.first_logprob) for a in fresh]
 
 
@@ -313,14 +337,14 @@ def test_rolling_windows_are_planned_once_and_answered_as_planned_afresh(neox_di
         lm._batches = lambda *args: calls.append(1) or plan(*args)
         return calls
 
-    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu")
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size=2, device="cpu")
     first = lm.loglikelihood_rolling(rolling())
     calls = planned_calls(lm)
     assert lm.loglikelihood_rolling(rolling()) == first and calls == []
     later = lm.loglikelihood_rolling(rolling()[1:])  # other batches of windows: planned
     assert calls == [1]
     monkeypatch.setattr(model, "KEPT_WINDOW_TOKENS", 0)
-    unkept = HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu")
+    unkept = neox_lm(HFLMWithRank, neox_dir, batch_size=2, device="cpu")
     calls = planned_calls(unkept)
     assert unkept.loglikelihood_rolling(rolling()) == first and unkept.loglikelihood_rolling(rolling()) == first
     assert len(calls) == 4  # two batches of windows, planned in each call
@@ -350,7 +374,7 @@ def test_answers_survive_the_request_cache(neox_pair, winobias_dir, tmp_path):
 
 
 def test_one_forward_pass_per_prompt(neox_dir, winobias_dir):
-    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=1, device="cpu")
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size=1, device="cpu")
     calls = []
     inner = lm._model_call
     lm._model_call = lambda *a, **k: calls.append(1) or inner(*a, **k)
@@ -423,7 +447,7 @@ def test_bbq_rank_and_jsdp_equal_float64_of_the_harness_logits(neox_pair, bbq_di
 
     ranked = neox_pair[1]
     category = first_bbq_category(bbq_dir)
-    rows = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()
+    rows = bbq_docs(category, bbq_dir)
     docs = [d for side in bbq.SIDES for d in [r for r in rows if r["gold"] == side][:3]]
     choices = [bbq_hooks.bbq_doc_to_choice(d) for d in docs]
     pairs = [(d["prompt"], " " + word) for d, words in zip(docs, choices, strict=True) for word in words]
@@ -457,14 +481,14 @@ def test_share_context_answers_as_stock_hf_does_from_one_pass_over_each_context(
     hf's, while each shared context goes through the model once instead of once per answer."""
 
     category = first_bbq_category(bbq_dir)
-    docs = bbq_hooks.load_bbq_dataset(category, bbq_dir=str(bbq_dir))["test"].to_list()[:12]
+    docs = bbq_docs(category, bbq_dir)[:12]
     pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
     pairs += winobias_requests(winobias_dir, 3)[1]
     pairs += [("In the beginning was the", " Word, and the Word"), ("In the beginning was the", " world began"),
               ("The cat sat on", " the mat and")]  # fmt: skip
-    stock = HFLM(pretrained=str(neox_dir), batch_size=8, device="cpu").loglikelihood(instances(pairs))
-    exact = HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu").loglikelihood(instances(pairs))
-    shared_lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu", share_context="True")
+    stock = neox_lm(HFLM, neox_dir, batch_size=8, device="cpu").loglikelihood(instances(pairs))
+    exact = neox_lm(HFLMWithRank, neox_dir, batch_size=8, device="cpu").loglikelihood(instances(pairs))
+    shared_lm = neox_lm(HFLMWithRank, neox_dir, batch_size=8, device="cpu", share_context="True")
     lengths = []
     forward = shared_lm.model.forward
     shared_lm.model.forward = functools.wraps(forward)(lambda ids, *a, **k: lengths.append(tuple(ids.shape))
@@ -481,7 +505,7 @@ def test_share_context_answers_as_stock_hf_does_from_one_pass_over_each_context(
     shared_requests = 3 * len(docs) + 2
     assert long_rows == len(contexts) + 3 + 1 < shared_requests + 3 + 1  # + WinoBias' 3 and the cat's own pass
     with pytest.raises(ValueError, match="share_context='maybe'"):
-        HFLMWithRank(pretrained=str(neox_dir), batch_size=8, device="cpu", share_context="maybe")
+        neox_lm(HFLMWithRank, neox_dir, batch_size=8, device="cpu", share_context="maybe")
 
 
 @pytest.mark.parametrize("settings", [{}, {"max_length": 12}, {"logits_cache": False}, {"share_context": True}])
@@ -492,14 +516,14 @@ def test_scored_logits_only_answers_as_stock_hf_does_from_the_scored_positions_l
     (to float32 rounding: the output layer's product has fewer rows) every log-likelihood equal
     to stock hf's, under lm-eval's batching rules, on WinoBias, BBQ and multi-token requests,
     while each pass computes logits at the positions its batch reads only."""
-    docs = bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()[:6]
+    docs = bbq_docs(first_bbq_category(bbq_dir), bbq_dir)[:6]
     pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
     pairs += winobias_requests(winobias_dir, 8)[1]
     pairs += [("The cat sat on", " the mat and"), ("The cat sat on the", " mat and"), ("A", " b c d e f")]
     kwargs = {"batch_size": 4, "device": "cpu", **settings}
-    stock = HFLM(pretrained=str(neox_dir), **{k: v for k, v in kwargs.items() if k != "share_context"})
-    exact = HFLMWithRank(pretrained=str(neox_dir), **kwargs).loglikelihood(instances(pairs))
-    kept_lm = HFLMWithRank(pretrained=str(neox_dir), scored_logits_only="True", **kwargs)
+    stock = neox_lm(HFLM, neox_dir, **{k: v for k, v in kwargs.items() if k != "share_context"})
+    exact = neox_lm(HFLMWithRank, neox_dir, **kwargs).loglikelihood(instances(pairs))
+    kept_lm = neox_lm(HFLMWithRank, neox_dir, scored_logits_only="True", **kwargs)
     shapes = []  # per pass: (input positions, logits positions)
     forward = kept_lm.model.forward
     kept_lm.model.forward = functools.wraps(forward)(
@@ -525,10 +549,10 @@ def test_scored_logits_only_answers_as_stock_hf_does_from_the_scored_positions_l
 def test_every_pass_runs_under_lm_evals_mixed_precision_autocast(neox_dir, bbq_dir, settings):
     """With ``mixed_precision_dtype`` lm-eval runs its passes under autocast; so does every pass
     of hf-fairdyn's paths (the contexts' pass and the later tokens' pass of ``share_context``)."""
-    docs = bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()[:2]
+    docs = bbq_docs(first_bbq_category(bbq_dir), bbq_dir)[:2]
     pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
     pairs += [("In the beginning was the", " Word, and the Word"), ("In the beginning was the", " world began")]
-    lm = HFLMWithRank(pretrained=str(neox_dir), batch_size=4, device="cpu", mixed_precision_dtype="bfloat16",
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size=4, device="cpu", mixed_precision_dtype="bfloat16",
                       **settings)  # fmt: skip
     autocast = []
     forward = lm.model.forward
@@ -547,9 +571,9 @@ def test_scored_logits_only_is_refused_for_a_model_that_cannot_keep_logits(neox_
 
     monkeypatch.setattr(GPTNeoXForCausalLM, "forward", forward)
     with pytest.raises(ValueError, match="scored_logits_only=True needs a model whose forward takes logits_to_keep"):
-        HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only=True)
+        neox_lm(HFLMWithRank, neox_dir, batch_size=2, device="cpu", scored_logits_only=True)
     with pytest.raises(ValueError, match="scored_logits_only='yes': expected True or False"):
-        HFLMWithRank(pretrained=str(neox_dir), batch_size=2, device="cpu", scored_logits_only="yes")
+        neox_lm(HFLMWithRank, neox_dir, batch_size=2, device="cpu", scored_logits_only="yes")
     from lm_eval_fairdyn.core.inputs import MODEL_FLAGS  # what the command line checks before loading a model
 
     assert set(MODEL_FLAGS) <= set(inspect.signature(HFLMWithRank.__init__).parameters)
@@ -560,7 +584,7 @@ def test_share_context_on_real_smollm2_gives_the_default_paths_ranks(smollm2_dir
     """The same on the real SmolLM2-135M (a Llama: its own cache and rotary positions), on BBQ
     prompts whose names it splits into several tokens."""
     stock_lm = HFLM(pretrained=str(smollm2_dir), batch_size=6, device="cpu")
-    docs = [d for d in bbq_hooks.load_bbq_dataset(first_bbq_category(bbq_dir), bbq_dir=str(bbq_dir))["test"].to_list()
+    docs = [d for d in bbq_docs(first_bbq_category(bbq_dir), bbq_dir)
             if any(len(stock_lm.tok_encode(" " + w)) > 1 for w in bbq_hooks.bbq_doc_to_choice(d))][:6]  # fmt: skip
     pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
     stock = stock_lm.loglikelihood(instances(pairs))
