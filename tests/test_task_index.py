@@ -99,6 +99,28 @@ def test_an_unreadable_or_unwritable_cache_is_indexed_afresh(folder, monkeypatch
     assert built == [[folder], [folder]]
 
 
+def test_kept_copies_unused_for_thirty_days_go_when_another_is_kept(folder, tmp_path):
+    """Keeping a copy deletes the others that no process used for ``UNUSED_DAYS`` (another virtual
+    environment's, another lm-eval's) and leaves the rest; reading a kept copy marks it used."""
+    kept_dir = tmp_path / "cache" / "lm_eval_task_index"
+    kept_dir.mkdir(parents=True)
+    unused, recent, notes = (
+        kept_dir / "lm_eval-0.4.1-py311-a.pickle",
+        kept_dir / "lm_eval-0.4.2-py311-b.pickle",
+        (kept_dir / "notes.txt"),
+    )
+    for path, age_days in ((unused, task_index.UNUSED_DAYS + 1), (recent, task_index.UNUSED_DAYS - 1), (notes, 365)):
+        path.write_bytes(b"another installation's index")
+        when = path.stat().st_mtime - age_days * 86400
+        os.utime(path, (when, when))
+    index_in_a_new_process(folder)  # built and kept
+    (ours,) = set(kept_dir.glob("lm_eval-*.pickle")) - {recent}
+    assert not unused.exists() and recent.exists() and notes.exists()  # only a kept copy's name is deleted
+    os.utime(ours, (1, 1))  # unused for decades, then read by a later process: used again
+    index_in_a_new_process(folder)
+    assert ours.stat().st_mtime > 1
+
+
 def test_the_kept_copy_can_be_turned_off(folder, monkeypatch, tmp_path):
     monkeypatch.setenv(task_index.ENV_TASK_INDEX_CACHE, "0")
     built = counting_build(monkeypatch)

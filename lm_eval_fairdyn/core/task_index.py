@@ -10,7 +10,8 @@ size and modification time it had when it was indexed (:func:`folder_signature`:
 file, about 0.15 s); any change, another lm-eval or another Python indexes it afresh.
 ``FAIRDYN_TASK_INDEX_CACHE=0`` turns the kept copy off (the in-process sharing stays). The kept
 copy is a pickle (one file of ~16 MB per lm-eval installation), read only from the user's own
-cache folder, as lm-eval reads its request cache.
+cache folder, as lm-eval reads its request cache. A kept copy that no process has used for
+``UNUSED_DAYS`` (a virtual environment removed, lm-eval upgraded) is deleted when another is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 from lm_eval_fairdyn.core.files import atomic_write_bytes
@@ -27,6 +29,7 @@ from lm_eval_fairdyn.core.sources import cache_dir
 
 ENV_TASK_INDEX_CACHE = "FAIRDYN_TASK_INDEX_CACHE"
 _IGNORED_FOLDERS = {"__pycache__", ".ipynb_checkpoints"}  # lm-eval's _IGNORE_DIRS
+UNUSED_DAYS = 30  # a kept index no process has read or written for this long is deleted (``_keep``)
 _kept: dict[tuple[str, bool], tuple[str, dict]] = {}  # lm-eval's folder -> (its signature, its index), this process
 
 
@@ -69,6 +72,8 @@ def _read_kept(path: Path, signature: str) -> dict | None:
         stored = pickle.loads(path.read_bytes())
         if stored["signature"] != signature:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: not deleted as unused (_keep)
         return {name: Entry(name=name, kind=Kind[kind], yaml_path=None if where is None else Path(where), cfg=cfg,
                             tags=set(tags))
                 for name, kind, where, cfg, tags in stored["entries"]}  # fmt: skip
@@ -77,7 +82,8 @@ def _read_kept(path: Path, signature: str) -> dict | None:
 
 
 def _keep(path: Path, signature: str, index: dict) -> None:
-    """Store ``index`` for the next process; a cache that cannot be written is left alone."""
+    """Store ``index`` for the next process, and delete the kept copies beside it that no process
+    has used for ``UNUSED_DAYS``; a cache that cannot be written is left alone."""
     entries = [(e.name, e.kind.name, None if e.yaml_path is None else str(e.yaml_path), e.cfg, sorted(e.tags))
                for e in index.values()]  # fmt: skip
     try:
@@ -85,7 +91,12 @@ def _keep(path: Path, signature: str, index: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
-        pass
+        return
+    unused_since = time.time() - UNUSED_DAYS * 86400
+    for other in path.parent.glob("lm_eval-*.pickle"):
+        with contextlib.suppress(OSError):
+            if other != path and other.stat().st_mtime < unused_since:
+                other.unlink()
 
 
 def lm_eval_folder_index(build, root: Path, resolve_includes: bool) -> dict:
