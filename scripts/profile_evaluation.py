@@ -131,9 +131,9 @@ def main() -> None:
     keep_freed_memory()  # as fairdyn sweep does
     folders = checkpoint_folders(demo_suite())
     settings = EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device="cpu")
+    label = args.tasks
     if args.demo:
-        settings = replace(demo_settings(args.batch_size), device="cpu")
-        args.tasks = "fairdyn demo's tasks"
+        settings, label = replace(demo_settings(args.batch_size), device="cpu"), "fairdyn demo's tasks"
     evaluator = Evaluator(settings)
     totals = timed_phases()
     evaluator.evaluate(f"pretrained={folders[0]}")
@@ -149,7 +149,7 @@ def main() -> None:
         forward += evaluator.seconds["forward_s"]
     n = len(checkpoints)
     outside = (wall - forward) / n
-    print(f"{args.tasks}: {prompts} prompts, batch {args.batch_size}, {n} checkpoints after the first")
+    print(f"{label}: {prompts} prompts, batch {args.batch_size}, {n} checkpoints after the first")
     print(f"evaluation {wall / n:.3f} s per checkpoint, forward passes {forward / n:.3f} s, outside them "
           f"{outside:.3f} s = {1000 * outside / prompts:.3f} ms per prompt\n")  # fmt: skip
     rows = [(name, seconds / n) for name, seconds in totals.items()]

@@ -203,7 +203,10 @@ class HFLMWithRank(HFLM):
         super().__init__(*args, **kwargs)
         self.share_context = model_flag("share_context", share_context)
         self.scored_logits_only = model_flag("scored_logits_only", scored_logits_only)
-        if self.scored_logits_only and "logits_to_keep" not in inspect.signature(self.model.forward).parameters:
+        forward_parameters = inspect.signature(self.model.forward).parameters
+        # the keyword a transformers model takes its key-value cache by (share_context's second pass)
+        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
+        if self.scored_logits_only and "logits_to_keep" not in forward_parameters:
             raise ValueError(
                 "hf-fairdyn: scored_logits_only=True needs a model whose forward takes logits_to_keep "
                 f"(transformers' causal LMs do; {type(self.model).__name__} does not): leave it out"
@@ -431,9 +434,8 @@ class HFLMWithRank(HFLM):
         if len(batch.later):
             cache = getattr(first, "cache", None) or first.past_key_values
             cache.batch_select_indices(batch.context_of[batch.with_later])
-            name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
             later_rows = self._forward(batch.later, attention_mask=batch.mask, position_ids=batch.positions,
-                                       **{name: cache}).logits  # fmt: skip
+                                       **{self._cache_argument: cache}).logits  # fmt: skip
         ranks, first_logprobs = ranks_and_logprobs(first_rows, batch.context_of, batch.first_token)
         first_logsoftmax = F.log_softmax(first_rows, dim=-1, dtype=self.softmax_dtype)
         logprobs = torch.zeros(len(batch.requests), 1 + batch.targets.shape[1], dtype=first_logsoftmax.dtype,
