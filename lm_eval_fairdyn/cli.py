@@ -63,6 +63,7 @@ def run_lm_eval(argv: list[str]) -> int:
     run_parser = getattr(harness, "_subparsers", None) and harness._subparsers.choices.get("run")
     if isinstance(run_parser, argparse.ArgumentParser):  # lm-eval's flag errors as one line, as ours are
         run_parser.error = lambda message: _Parser.error(run_parser, message)  # type: ignore[method-assign]
+        harness._parser.error = lambda message: _lm_eval_error(run_parser, message)  # type: ignore[method-assign]
     saved_argv = sys.argv
     sys.argv = ["fairdyn eval", "run", *argv]
     try:
@@ -700,6 +701,17 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _lm_eval_error(run_parser: argparse.ArgumentParser, message: str):
+    """lm-eval's top parser's error (it reports the arguments its ``run`` command does not take)
+    as one line, with the closest flag of ``run``."""
+    from lm_eval_fairdyn.core.errors import UserInputError
+
+    unrecognized = "unrecognized arguments: "
+    if message.startswith(unrecognized):
+        raise UserInputError(_unrecognized(run_parser, "fairdyn eval --help", message[len(unrecognized) :].split()))
+    raise UserInputError(f"{message}; `fairdyn eval --help` lists the flags")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors (a flag missing its value, a value of the wrong kind, a wrong choice)
     as one line, exit 2, naming the help that lists the flags, instead of the usage block."""
@@ -773,13 +785,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unknown_flags(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> str:
     """One line for arguments the command does not take, with the closest flag it does take."""
-    from lm_eval_fairdyn.core.inputs import did_you_mean
-
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     chosen = subcommands.choices.get(command, parser)
+    return _unrecognized(chosen, f"fairdyn {command} --help" if command else "fairdyn --help", unknown)
+
+
+def _unrecognized(chosen: argparse.ArgumentParser, help_command: str, unknown: list[str]) -> str:
+    """The line of ``_unknown_flags``: the arguments, the closest of ``chosen``'s flags, the help."""
+    from lm_eval_fairdyn.core.inputs import did_you_mean
+
     flags = [o for o in chosen._option_string_actions if o.startswith("--")]
     first = unknown[0].split("=")[0]
-    help_command = f"fairdyn {command} --help" if command else "fairdyn --help"
     return (f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}{did_you_mean(first, flags)}; "
             f"`{help_command}` lists the flags")  # fmt: skip
 

@@ -88,6 +88,8 @@ CASES = [
          "--max-gap", "0.1"), 2, ("no such file",)),
     Case("analyze: a misspelt flag", ("analyze", "{tmp}", "--gapp", "jsdp"), 2,
          ("unrecognized arguments --gapp jsdp", "did you mean '--gap'?", "fairdyn analyze --help")),
+    Case("eval: a misspelt flag (lm-eval's parser)", (*EVAL, "--tasks", "winobias_fairdyn", "--limitt", "3"), 2,
+         ("unrecognized arguments --limitt 3", "did you mean '--limit'?", "fairdyn eval --help")),
     Case("eval: a flag without its value (lm-eval's parser)", (*EVAL, "--tasks"), 2,
          ("argument --tasks/-t: expected at least one argument", "fairdyn eval --help")),
     Case("sweep: a flag without its value", (*SWEEP, "--batch_size"), 2,
