@@ -140,18 +140,21 @@ def main() -> None:
     gc.freeze()  # as fairdyn sweep does after its first checkpoint
     prompts = sum(len(task.eval_docs) for task in evaluator.tasks()["tasks"].values())
     totals.update(dict.fromkeys(totals, 0.0))
-    wall = forward = 0.0
+    wall = forward = score = 0.0
     checkpoints = folders[1 : 1 + args.repeats]
     for folder in checkpoints:
         started = time.perf_counter()
         evaluator.evaluate(f"pretrained={folder}")
         wall += time.perf_counter() - started
         forward += evaluator.seconds["forward_s"]
+        score += evaluator.seconds["score_s"]
     n = len(checkpoints)
-    outside = (wall - forward) / n
+    outside, score, python = (wall - forward) / n, score / n, (wall - forward - score) / n
     print(f"{label}: {prompts} prompts, batch {args.batch_size}, {n} checkpoints after the first")
     print(f"evaluation {wall / n:.3f} s per checkpoint, forward passes {forward / n:.3f} s, outside them "
-          f"{outside:.3f} s = {1000 * outside / prompts:.3f} ms per prompt\n")  # fmt: skip
+          f"{outside:.3f} s = {1000 * outside / prompts:.3f} ms per prompt: scoring the logits (tensor arithmetic, "
+          f"timings.jsonl's score_s) {1000 * score / prompts:.3f} ms, the Python around it "
+          f"{1000 * python / prompts:.3f} ms\n")  # fmt: skip
     rows = [(name, seconds / n) for name, seconds in totals.items()]
     rows.append(("everything else (lm-eval's evaluate loops, results)", outside - sum(s for _, s in rows)))
     print(f"{'component':<54} {'s/ckpt':>7} {'share':>7} {'ms/prompt':>10}")

@@ -3,6 +3,7 @@
 import functools
 import inspect
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -561,6 +562,31 @@ def test_every_pass_runs_under_lm_evals_mixed_precision_autocast(neox_dir, bbq_d
     )
     lm.loglikelihood(instances(pairs))
     assert autocast and all(autocast)
+
+
+@pytest.mark.parametrize("settings", [{}, {"scored_logits_only": True}, {"share_context": True}])
+def test_forward_seconds_hold_the_accelerators_work_and_scoring_is_counted_apart(neox_dir, bbq_dir, monkeypatch,
+                                                                                 settings):  # fmt: skip
+    """An accelerator runs a forward pass asynchronously: hf-fairdyn waits for the device that holds
+    each pass's logits before the pass's seconds stop, so ``seconds["forward"]`` holds the device's
+    work and ``seconds["score"]`` (the scoring of the logits) does not. The CPU stands in for the
+    accelerator here; its wait takes 50 ms, and a wait happens once per pass, on the logits' device."""
+    docs = bbq_docs(first_bbq_category(bbq_dir), bbq_dir)[:2]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    pairs += [("In the beginning was the", " Word, and the Word"), ("In the beginning was the", " world began")]
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size=1, device="cpu", **settings)
+    passes, waits = [], []
+    forward = lm.model.forward
+    lm.model.forward = functools.wraps(forward)(lambda ids, *a, **k: passes.append(ids.shape) or forward(ids, *a, **k))
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cpu"))
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda device=None: waits.append(device) or time.sleep(0.05))
+    lm.loglikelihood(instances(pairs))
+    assert len(passes) >= 2 and waits == [torch.device("cpu")] * len(passes)
+    assert lm.seconds["forward"] >= 0.05 * len(passes)
+    assert 0 < lm.seconds["score"] < 0.05  # scoring a few rows: none of the waits
+    monkeypatch.undo()  # no accelerator: no wait
+    lm.loglikelihood(instances(pairs))
+    assert len(waits) == len(passes) // 2
 
 
 def test_scored_logits_only_is_refused_for_a_model_that_cannot_keep_logits(neox_dir, monkeypatch):

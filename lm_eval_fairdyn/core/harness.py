@@ -170,7 +170,8 @@ class Evaluator:
         self.settings = settings
         self.device = settings.device or default_device()
         self.reused = False  # whether the last evaluation loaded its weights into the kept model
-        # the last evaluation's seconds: building or reloading the model, tokenizing, forward passes
+        # the last evaluation's seconds: building or reloading the model, tokenizing, forward passes,
+        # scoring their logits (hf-fairdyn's seconds; None for a model that does not count them)
         self.seconds: dict[str, float | None] = {}
         self._tasks = None
         self._lm = self._layout = self._loader = self._load_args = None
@@ -311,7 +312,7 @@ class Evaluator:
             forget_scores()
         fingerprint = fingerprinting.result() if fingerprinting is not None else None  # before the weights change
         after = getattr(lm, "seconds", {})
-        for name in ("tokenize", "forward"):
+        for name in ("tokenize", "forward", "score"):
             self.seconds[f"{name}_s"] = after[name] - before[name] if name in after else None
         if settings.prompt_tables:
             results["prompt_rows"] = {task: list(rows) for task, rows in self._prompt_rows.items()}

@@ -137,6 +137,16 @@ def is_argmax(values: torch.Tensor, row: torch.Tensor, tokens: torch.Tensor) -> 
     return flags
 
 
+def wait_for_device(output: torch.Tensor) -> None:
+    """Wait until the accelerator holding ``output`` has computed it. CUDA (and other
+    accelerators) run a forward pass asynchronously: without the wait, its time would be counted
+    where its result is first read (the scoring), not as a forward pass. On the CPU a pass has
+    finished when it returns."""
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is not None and output.device.type == accelerator.type:
+        torch.accelerator.synchronize(output.device)
+
+
 @dataclass
 class _Batch:
     """One forward pass of a planned ``_loglikelihood_tokens`` call and what is read from it.
@@ -227,12 +237,15 @@ class HFLMWithRank(HFLM):
 
     @property
     def seconds(self) -> dict[str, float]:
-        """Seconds spent so far tokenizing (new strings only) and in forward passes."""
-        return self.__dict__.setdefault("_seconds", {"tokenize": 0.0, "forward": 0.0})
+        """Seconds spent so far tokenizing (new strings only), in forward passes (the device's work
+        waited for) and scoring their outputs (the tensor arithmetic on the logits that gives the
+        answers: log-softmax, ranks, greedy flags, their conversion to Python numbers)."""
+        return self.__dict__.setdefault("_seconds", {"tokenize": 0.0, "forward": 0.0, "score": 0.0})
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         started = time.perf_counter()
         logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        wait_for_device(logits)
         self.seconds["forward"] += time.perf_counter() - started
         return logits
 
@@ -247,6 +260,7 @@ class HFLMWithRank(HFLM):
                            enabled=self.mixed_precision_dtype is not None),
         ):  # fmt: skip
             output = self.model(inputs, **kwargs)
+        wait_for_device(output.logits)
         self.seconds["forward"] += time.perf_counter() - started
         return output
 
@@ -379,7 +393,10 @@ class HFLMWithRank(HFLM):
         with tqdm(total=n_requests, disable=disable_tqdm or self.rank != 0,
                   desc="Running loglikelihood requests") as progress:  # fmt: skip
             for batch in batches:
-                for (index, request, n_tokens), loglikelihood, is_greedy, rank, logprob, token in self._score(batch):
+                started, forward = time.perf_counter(), self.seconds["forward"]
+                scored = self._score(batch)
+                self.seconds["score"] += time.perf_counter() - started - (self.seconds["forward"] - forward)
+                for (index, request, n_tokens), loglikelihood, is_greedy, rank, logprob, token in scored:
                     if token not in texts:
                         texts[token] = self.tokenizer.decode([token])
                     answer = RankedLoglikelihood(loglikelihood, is_greedy, rank=rank, first_logprob=logprob,

@@ -16,8 +16,8 @@ Output folder layout::
     OUT/<label>/checkpoint.json       label, step, model arguments, hub commit, weights fingerprint:
                                       written last
     OUT/timings.jsonl                 per evaluated checkpoint: seconds downloading, waiting for the
-                                      download, loading, tokenizing, in forward passes, evaluating
-                                      and writing
+                                      download, loading, tokenizing, in forward passes, scoring
+                                      their logits, evaluating and writing (docs/SWEEP.md)
 
 A checkpoint's folder appears in one atomic rename once everything in it is written, so a
 folder that exists is complete; work in progress lives in ``OUT/.partial/`` and is redone
