@@ -37,14 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PHASES = (
     ("weights fingerprint", "lm_eval_fairdyn.core.fingerprint", None, "weights_fingerprint"),
     ("lm-eval: build requests (Task.build_all_requests)", "lm_eval.api.task", "Task", "build_all_requests"),
-    ("model: loglikelihood, outside the forward", "lm_eval_fairdyn.core.model", "HFLMWithRank", "loglikelihood"),
-    (
-        "model: loglikelihood_rolling, outside the forward",
-        "lm_eval.models.huggingface",
-        "HFLM",
-        "loglikelihood_rolling",
-    ),
+    ("model: loglikelihood, its Python", "lm_eval_fairdyn.core.model", "HFLMWithRank", "loglikelihood"),
+    ("model: loglikelihood_rolling, its Python", "lm_eval.models.huggingface", "HFLM", "loglikelihood_rolling"),
     ("lm-eval: filters (Task.apply_filters)", "lm_eval.api.task", "ConfigurableTask", "apply_filters"),
+    ("task: prompts scored together (score_together)", "lm_eval_fairdyn.core.task", None, "score_together"),
     ("task: process_results (per-prompt metrics)", "lm_eval.api.task", "ConfigurableTask", "process_results"),
     ("harness: prompt table rows", "lm_eval_fairdyn.core.task", None, "prompt_row"),
     ("lm-eval: aggregation (_process_results)", "lm_eval.evaluator", None, "_process_results"),
@@ -53,7 +49,8 @@ PHASES = (
 
 def timed_phases() -> dict[str, float]:
     """Wrap every phase function with a wall-clock timer; returns the running totals (seconds).
-    The model's log-likelihood call is counted without its forward passes."""
+    The model's log-likelihood calls are counted without their forward passes and the scoring of
+    their logits (``score_s``, a row of its own)."""
     import functools
     import importlib
 
@@ -67,13 +64,13 @@ def timed_phases() -> dict[str, float]:
         @functools.wraps(inner)
         def wrapper(*args, _inner=inner, _name=name, **kwargs):
             lm = args[0] if _name.startswith("model") else None
-            forward = lm.seconds["forward"] if lm is not None else 0.0
+            device = lm.seconds["forward"] + lm.seconds["score"] if lm is not None else 0.0
             started = time.perf_counter()
             try:
                 return _inner(*args, **kwargs)
             finally:
-                forward = lm.seconds["forward"] - forward if lm is not None else 0.0
-                totals[_name] += time.perf_counter() - started - forward
+                device = lm.seconds["forward"] + lm.seconds["score"] - device if lm is not None else 0.0
+                totals[_name] += time.perf_counter() - started - device
 
         setattr(owner, func, wrapper)
     return totals
@@ -155,7 +152,8 @@ def main() -> None:
           f"{outside:.3f} s = {1000 * outside / prompts:.3f} ms per prompt: scoring the logits (tensor arithmetic, "
           f"timings.jsonl's score_s) {1000 * score / prompts:.3f} ms, the Python around it "
           f"{1000 * python / prompts:.3f} ms\n")  # fmt: skip
-    rows = [(name, seconds / n) for name, seconds in totals.items()]
+    rows = [("model: scoring the logits (tensor arithmetic, score_s)", score)]
+    rows += [(name, seconds / n) for name, seconds in totals.items()]
     rows.append(("everything else (lm-eval's evaluate loops, results)", outside - sum(s for _, s in rows)))
     print(f"{'component':<54} {'s/ckpt':>7} {'share':>7} {'ms/prompt':>10}")
     for name, seconds in rows:

@@ -1,4 +1,6 @@
 import logging
+import math
+import random
 
 import numpy as np
 import pytest
@@ -241,3 +243,24 @@ def test_options_that_share_a_first_token_are_refused_also_when_scored_together(
                     assert task.process_results(doc, answers)
         finally:
             task.forget_scores()
+
+
+def test_the_answer_a_prompt_row_names_is_numpys_argmax_with_ties_nan_and_infinities():
+    rng = random.Random(0)
+    values = [float("nan"), -math.inf, math.inf, -1.0, 0.0, -2.5]
+    for _ in range(5000):
+        row = [rng.choice([*values, rng.uniform(-5, 0)]) for _ in range(rng.randint(1, 5))]
+        assert task._argmax(row) == int(np.argmax(row)), row
+
+
+def test_answer_logprobs_read_the_first_tokens_and_warn_once_when_an_answer_is_several_tokens(caplog, monkeypatch):
+    monkeypatch.setattr(task, "_warned", set())
+    one = [RankedLoglikelihood(-3.0, False, rank=4, first_logprob=-1.5, n_tokens=1) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="lm_eval_fairdyn"):
+        assert task.answer_logprobs(one) == [-1.5] * 3
+        assert task.answer_logprobs([(-2.0, True), (-0.5, False)]) == [-2.0, -0.5]  # stock hf: the whole continuation
+        assert not caplog.records
+        several = [*one, RankedLoglikelihood(-9.0, False, rank=7, first_logprob=-2.5, n_tokens=4)]
+        assert task.answer_logprobs(several) == [-1.5] * 3 + [-2.5]
+        task.answer_logprobs(several)
+    assert [r.getMessage()[:40] for r in caplog.records] == ["An answer word is 4 tokens for this toke"]

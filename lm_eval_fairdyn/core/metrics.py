@@ -126,22 +126,28 @@ def score_prompt(
     gold_rank: int | None = None,
     gold_is_greedy: bool | None = None,
 ) -> dict:
-    """``score_prompts`` of one prompt: probs and parts (K,), the gold rank as given, and
-    accuracy, option accuracy and the predicted option as Python numbers (accuracy None when
+    """``score_prompts`` of one prompt: probs (K,) and parts (K numbers), the gold rank as given,
+    and accuracy, option accuracy and the predicted option as Python numbers (accuracy None when
     neither a rank nor is_greedy is known)."""
     rank = np.nan if gold_rank is None else gold_rank
     greedy = np.nan if gold_is_greedy is None else gold_is_greedy
-    return one_score(score_prompts([option_logprobs], [gold], [rank], [greedy]), 0)
+    return score_rows(score_prompts([option_logprobs], [gold], [rank], [greedy]))[0]
 
 
-def one_score(scores: dict, i: int) -> dict:
-    """Prompt i of ``score_prompts``' arrays, as ``score_prompt`` returns it."""
-    rank, acc = scores["rank"][i], scores["acc"][i]
-    return {
-        "probs": scores["probs"][i],
-        "parts": scores["parts"][i],
-        "rank": None if np.isnan(rank) else int(rank),
-        "acc": None if np.isnan(acc) else float(acc),
-        "option_acc": float(scores["option_acc"][i]),
-        "predicted": int(scores["predicted"][i]),
-    }
+def score_rows(scores: dict) -> list[dict]:
+    """Every prompt of ``score_prompts``' arrays as ``score_prompt`` returns it, each array turned
+    into Python numbers once (NaN rank or accuracy: None)."""
+    probs = scores["probs"]
+    columns = zip(scores["parts"].tolist(), scores["rank"].tolist(), scores["acc"].tolist(),
+                  scores["option_acc"].tolist(), scores["predicted"].tolist(), strict=True)  # fmt: skip
+    return [
+        {
+            "probs": probs[i],
+            "parts": parts,
+            "rank": None if rank != rank else int(rank),
+            "acc": None if acc != acc else acc,
+            "option_acc": option_acc,
+            "predicted": predicted,
+        }  # fmt: skip
+        for i, (parts, rank, acc, option_acc, predicted) in enumerate(columns)
+    ]

@@ -105,19 +105,18 @@ def check_first_tokens(doc, results, clash: tuple[int, int] | None) -> None:
         )
 
 
-def answer_logprob(answer) -> float:
-    """log p_k of the option's answer token: the first token's log-probability when the model
+def answer_logprobs(answers) -> list[float]:
+    """log p_k of each option's answer token: the first token's log-probability when the model
     reports it (``hf-fairdyn``), else the harness' log-likelihood of the whole continuation."""
-    n_tokens = getattr(answer, "n_tokens", 1)
-    if n_tokens > 1:
+    n_tokens = next((n for a in answers if (n := getattr(a, "n_tokens", 1)) > 1), None)
+    if n_tokens is not None:
         warn_once(
             "multi-token",
             f"An answer word is {n_tokens} tokens for this tokenizer: every option is scored by "
             "its first token, as the README's method section defines p_k; results are not comparable with a "
             "tokenizer that keeps each answer in one token.",
         )
-    first = getattr(answer, "first_logprob", None)
-    return float(answer[0] if first is None else first)
+    return [float(a[0] if (first := getattr(a, "first_logprob", None)) is None else first) for a in answers]
 
 
 @dataclass(frozen=True)
@@ -141,9 +140,9 @@ class Scored:
         }
 
 
-# Prompts scored together (score_together): id of the first answer -> (the answers, (the arrays,
-# row), the first two options that begin with the same token or None)
-_together: dict[int, tuple[list, tuple[dict, int], tuple[int, int] | None]] = {}
+# Prompts scored together (score_together): id of the first answer -> (the answers, the prompt's
+# score as score_prompt gives it, the first two options that begin with the same token or None)
+_together: dict[int, tuple[list, dict, tuple[int, int] | None]] = {}
 
 
 def score_together(prompts) -> None:
@@ -155,29 +154,30 @@ def score_together(prompts) -> None:
     for doc, results in prompts:
         if results:
             by_count.setdefault(len(results), []).append((int(doc["label"]), list(results)))
-    for group in by_count.values():
+    for count, group in by_count.items():
+        answers = [a for _, results in group for a in results]  # the group's answers in one list, prompt by prompt
         golds = [gold for gold, _ in group]
         ranks = [getattr(results[gold], "rank", None) for gold, results in group]
         scores = metrics.score_prompts(
-            [[answer_logprob(a) for a in results] for _, results in group],
+            np.reshape(answer_logprobs(answers), (-1, count)),
             golds,
             [np.nan if rank is None else rank for rank in ranks],
             [bool(results[gold][1]) for gold, results in group],
         )
-        tokens = np.array([[getattr(a, "first_token", None) for a in results] for _, results in group], dtype=float)
+        tokens = np.array([getattr(a, "first_token", None) for a in answers], dtype=float).reshape(-1, count)
         same = tokens[:, :, None] == tokens[:, None, :]  # NaN (no token reported) equals nothing
         clashing = (same.sum(axis=(1, 2)) > tokens.shape[1]).tolist()  # more than the diagonal
-        for row, (_, results) in enumerate(group):
+        for row, ((_, results), score) in enumerate(zip(group, metrics.score_rows(scores), strict=True)):
             clash = first_tokens_collide(results) if clashing[row] else None
-            _together[id(results[0])] = (results, (scores, row), clash)
+            _together[id(results[0])] = (results, score, clash)
 
 
 def forget_scores() -> None:
     _together.clear()
 
 
-def _scored_together(results) -> tuple[tuple[dict, int], tuple[int, int] | None] | None:
-    """(score_prompts' arrays and row, first-token clash) of answers scored together, else None."""
+def _scored_together(results) -> tuple[dict, tuple[int, int] | None] | None:
+    """(the prompt's score, first-token clash) of answers scored together, else None."""
     entry = _together.get(id(results[0]))
     if (
         entry is None
@@ -212,10 +212,10 @@ def score_choices(
             "`fairdyn eval` provides; ar_* are reported as unavailable (null). All other metrics are computed.",
         )
     if together is not None:
-        score = metrics.one_score(*together[0])
+        score = together[0]
     else:
         score = metrics.score_prompt(
-            [answer_logprob(a) for a in results], gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
+            answer_logprobs(results), gold, gold_rank=rank, gold_is_greedy=bool(results[gold][1])
         )
     parts = score["parts"]
     if method == "reconstruction":
@@ -313,8 +313,15 @@ def side_gap(items, minuend: str, subtrahend: str, statistic: str = "") -> float
         return None
     if statistic == "":
         return metrics.mean_gap(a, b)
-    pvalue, effect = metrics.mann_whitney(a, b)
+    pvalue, effect = _mann_whitney(tuple(a), tuple(b))
     return pvalue if statistic == "_pvalue" else effect
+
+
+@functools.lru_cache(maxsize=16)
+def _mann_whitney(a: tuple, b: tuple) -> tuple[float, float]:
+    """``metrics.mann_whitney``, once for a gap's p-value and effect (lm-eval aggregates each metric
+    from its own list of the same pairs)."""
+    return metrics.mann_whitney(a, b)
 
 
 def gap_female_minus_male(items) -> float | None:
@@ -359,8 +366,17 @@ def prompt_row(sample: dict, results: Sequence | None = None) -> dict:
         responses = sample.get("filtered_resps") if results is None else results
         if responses:  # the option's words: a group defined by the item (BBQ's stereotyped person) is no answer word
             words = doc["choices"].split("|") if "choices" in doc else _options(doc)
-            answer = words[int(np.argmax([answer_logprob(r) for r in responses]))]
+            answer = words[_argmax(answer_logprobs(responses))]
     return row | {"assumed": assumed, "answer": answer}
+
+
+def _argmax(values: list[float]) -> int:
+    """``np.argmax`` of a few Python floats (the first largest; the first NaN if any), without
+    building an array."""
+    largest = max(values)
+    if largest != largest or any(v != v for v in values):
+        return int(np.argmax(values))
+    return values.index(largest)
 
 
 @functools.lru_cache(maxsize=64)
