@@ -3,6 +3,7 @@
     python scripts/profile_evaluation.py                       # winobias_fairdyn_1seed, batch 64
     python scripts/profile_evaluation.py --tasks winobias_fairdyn --batch_size 64 --repeats 3
     python scripts/profile_evaluation.py --demo                # fairdyn demo's sweep: every task at hand
+    python scripts/profile_evaluation.py --demo --device cuda:0  # the same with the forward passes on a GPU
 
 One Evaluator over the demo suite's checkpoints, as ``fairdyn sweep`` runs them: the first
 checkpoint sets everything up (tasks, model, tokenization, the batch plan), then each of the next
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="winobias_fairdyn_1seed")
     parser.add_argument("--demo", action="store_true", help="fairdyn demo's sweep settings (tasks, model_args)")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="where the model runs (cuda:0: the forward passes on a GPU)")
     parser.add_argument("--repeats", type=int, default=3, help="checkpoints profiled after the first")
     parser.add_argument("--min_share", type=float, default=0.05, help="functions listed above this share")
     args = parser.parse_args()
@@ -127,10 +129,10 @@ def main() -> None:
 
     keep_freed_memory()  # as fairdyn sweep does
     folders = checkpoint_folders(demo_suite())
-    settings = EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device="cpu")
+    settings = EvalSettings(tasks=tuple(args.tasks.split(",")), batch_size=args.batch_size, device=args.device)
     label = args.tasks
     if args.demo:
-        settings, label = replace(demo_settings(args.batch_size), device="cpu"), "fairdyn demo's tasks"
+        settings, label = replace(demo_settings(args.batch_size), device=args.device), "fairdyn demo's tasks"
     evaluator = Evaluator(settings)
     totals = timed_phases()
     evaluator.evaluate(f"pretrained={folders[0]}")

@@ -12,6 +12,7 @@ import concurrent.futures
 import copy
 import functools
 import json
+import operator
 import random
 import time
 from collections.abc import Sequence
@@ -371,11 +372,14 @@ def _score_together_once_filtered(task) -> None:
             by_doc.setdefault(instance.doc_id, []).append(instance)
         for key in task.instances[0].filtered_resps if task.instances else ():
             score_together(
-                (members[0].doc, [m.filtered_resps[key] for m in sorted(members, key=lambda m: m.idx)])
+                (members[0].doc, [m.filtered_resps[key] for m in sorted(members, key=_request_index)])
                 for members in by_doc.values()
             )
 
     task.apply_filters = filter_then_score
+
+
+_request_index = operator.attrgetter("idx")  # an lm-eval Instance's index among its doc's requests
 
 
 def _config_dumped_once(task) -> None:

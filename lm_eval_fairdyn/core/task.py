@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,7 +109,9 @@ def check_first_tokens(doc, results, clash: tuple[int, int] | None) -> None:
 def answer_logprobs(answers) -> list[float]:
     """log p_k of each option's answer token: the first token's log-probability when the model
     reports it (``hf-fairdyn``), else the harness' log-likelihood of the whole continuation."""
-    n_tokens = next((n for a in answers if (n := getattr(a, "n_tokens", 1)) > 1), None)
+    n_tokens = (
+        None if "multi-token" in _warned else next((n for a in answers if (n := getattr(a, "n_tokens", 1)) > 1), None)
+    )
     if n_tokens is not None:
         warn_once(
             "multi-token",
@@ -179,11 +182,7 @@ def forget_scores() -> None:
 def _scored_together(results) -> tuple[dict, tuple[int, int] | None] | None:
     """(the prompt's score, first-token clash) of answers scored together, else None."""
     entry = _together.get(id(results[0]))
-    if (
-        entry is None
-        or len(entry[0]) != len(results)
-        or any(a is not b for a, b in zip(entry[0], results, strict=True))
-    ):
+    if entry is None or len(entry[0]) != len(results) or not all(map(operator.is_, entry[0], results)):
         return None
     return entry[1], entry[2]
 
