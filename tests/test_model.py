@@ -564,6 +564,29 @@ def test_every_pass_runs_under_lm_evals_mixed_precision_autocast(neox_dir, bbq_d
     assert autocast and all(autocast)
 
 
+def test_share_context_with_batch_size_auto_runs_no_pass_larger_than_the_detected_size(neox_dir, bbq_dir):
+    """``batch_size=auto``: lm-eval detects the largest batch that runs (here its ``max_batch_size``,
+    8, on the CPU); a shared-context batch then holds 8 // 3 contexts, so neither the contexts' pass
+    nor the pass of their answers' later tokens (one sequence per answer) runs more than 8
+    sequences (12 contexts of three answers of several tokens: they ran in one pass of 12 and one
+    of 36), and the answers are those of an explicit batch size."""
+    docs = bbq_docs(first_bbq_category(bbq_dir), bbq_dir)[:4]
+    pairs = [(d["prompt"], " " + word) for d in docs for word in bbq_hooks.bbq_doc_to_choice(d)]
+    pairs += [(f"Story {i}: in the beginning was the", answer) for i in range(12)
+              for answer in (" Word, and the Word", " world began", " end of it")]  # fmt: skip
+    explicit = neox_lm(HFLMWithRank, neox_dir, batch_size=4, device="cpu", share_context=True)
+    expected = explicit.loglikelihood(instances(pairs))
+    lm = neox_lm(HFLMWithRank, neox_dir, batch_size="auto", max_batch_size=8, device="cpu", share_context=True)
+    rows = []
+    forward = lm.model.forward
+    lm.model.forward = functools.wraps(forward)(lambda ids, *a, **k: rows.append(len(ids)) or forward(ids, *a, **k))
+    answers = lm.loglikelihood(instances(pairs))
+    assert [a.rank for a in answers] == [a.rank for a in expected]
+    assert [a[0] for a in answers] == pytest.approx([a[0] for a in expected], rel=1e-5, abs=1e-5)
+    assert max(a.n_tokens for a in answers) > 1 and len(rows) > 2
+    assert max(rows) <= 8, rows
+
+
 @pytest.mark.parametrize("settings", [{}, {"scored_logits_only": True}, {"share_context": True}])
 def test_forward_seconds_hold_the_accelerators_work_and_scoring_is_counted_apart(neox_dir, bbq_dir, monkeypatch,
                                                                                  settings):  # fmt: skip

@@ -343,7 +343,7 @@ class HFLMWithRank(HFLM):
 
     def _shared_batches(self, requests, shared: dict[tuple, list[int]], override_bs) -> list[_SharedContextBatch]:
         """``_SharedContextBatch``es of up to the batch size of contexts each, longest first."""
-        size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 0) or len(shared) or 1
+        size = override_bs or self._contexts_per_batch(requests, shared)
         ordered = sorted(shared.items(), key=lambda item: (-len(item[0]), item[0]))
         batches = []
         for start in range(0, len(ordered), size):
@@ -385,6 +385,19 @@ class HFLMWithRank(HFLM):
                 keep=keep, last_column=None if last_column is None else self._index(last_column),
             ))  # fmt: skip
         return batches
+
+    def _contexts_per_batch(self, requests, shared: dict[tuple, list[int]]) -> int:
+        """How many contexts a shared-context batch holds: the batch size; with ``batch_size=auto``
+        the batch size lm-eval detects for the longest shared request (its largest that runs),
+        divided by the most requests a context has, so that the pass of the answers' later tokens
+        (one sequence, and one copy of its context's key-value cache, per request) runs no more
+        sequences than the detected size either."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        indices = [i for members in shared.values() for i in members]
+        longest = max(indices, key=lambda i: len(requests[i][1]) + len(requests[i][2]))
+        detected = self._detect_batch_size([requests[longest]], 0)
+        return max(1, detected // max(len(members) for members in shared.values()))
 
     def _answer(self, batches: list[_Batch], n_requests: int, disable_tqdm: bool) -> list:
         """Run the planned batches; the answers in request order, each reported to the cache hook."""
