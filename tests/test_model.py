@@ -564,7 +564,8 @@ def test_every_pass_runs_under_lm_evals_mixed_precision_autocast(neox_dir, bbq_d
     assert autocast and all(autocast)
 
 
-def test_share_context_with_batch_size_auto_runs_no_pass_larger_than_the_detected_size(neox_dir, bbq_dir):
+def test_share_context_with_batch_size_auto_runs_no_pass_larger_than_the_detected_size(neox_dir, bbq_dir,
+                                                                                     winobias_dir):  # fmt: skip
     """``batch_size=auto``: lm-eval detects the largest batch that runs (here its ``max_batch_size``,
     8, on the CPU); a shared-context batch then holds 8 // 3 contexts, so neither the contexts' pass
     nor the pass of their answers' later tokens (one sequence per answer) runs more than 8
@@ -585,6 +586,10 @@ def test_share_context_with_batch_size_auto_runs_no_pass_larger_than_the_detecte
     assert [a[0] for a in answers] == pytest.approx([a[0] for a in expected], rel=1e-5, abs=1e-5)
     assert max(a.n_tokens for a in answers) > 1 and len(rows) > 2
     assert max(rows) <= 8, rows
+    one_token = winobias_requests(winobias_dir, 4)[1]  # nothing to share: lm-eval's path alone
+    assert [a.rank for a in lm.loglikelihood(instances(one_token))] == [
+        a.rank for a in explicit.loglikelihood(instances(one_token))
+    ]
 
 
 @pytest.mark.parametrize("settings", [{}, {"scored_logits_only": True}, {"share_context": True}])

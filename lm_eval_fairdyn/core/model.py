@@ -343,6 +343,8 @@ class HFLMWithRank(HFLM):
 
     def _shared_batches(self, requests, shared: dict[tuple, list[int]], override_bs) -> list[_SharedContextBatch]:
         """``_SharedContextBatch``es of up to the batch size of contexts each, longest first."""
+        if not shared:
+            return []
         size = override_bs or self._contexts_per_batch(requests, shared)
         ordered = sorted(shared.items(), key=lambda item: (-len(item[0]), item[0]))
         batches = []
