@@ -148,6 +148,6 @@ def score_rows(scores: dict) -> list[dict]:
             "acc": None if acc != acc else acc,
             "option_acc": option_acc,
             "predicted": predicted,
-        }  # fmt: skip
+        }
         for i, (parts, rank, acc, option_acc, predicted) in enumerate(columns)
     ]

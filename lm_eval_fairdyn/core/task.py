@@ -109,16 +109,15 @@ def check_first_tokens(doc, results, clash: tuple[int, int] | None) -> None:
 def answer_logprobs(answers) -> list[float]:
     """log p_k of each option's answer token: the first token's log-probability when the model
     reports it (``hf-fairdyn``), else the harness' log-likelihood of the whole continuation."""
-    n_tokens = (
-        None if "multi-token" in _warned else next((n for a in answers if (n := getattr(a, "n_tokens", 1)) > 1), None)
-    )
-    if n_tokens is not None:
-        warn_once(
-            "multi-token",
-            f"An answer word is {n_tokens} tokens for this tokenizer: every option is scored by "
-            "its first token, as the README's method section defines p_k; results are not comparable with a "
-            "tokenizer that keeps each answer in one token.",
-        )
+    if "multi-token" not in _warned:  # once warned, the answers' lengths need no look
+        n_tokens = next((n for a in answers if (n := getattr(a, "n_tokens", 1)) > 1), None)
+        if n_tokens is not None:
+            warn_once(
+                "multi-token",
+                f"An answer word is {n_tokens} tokens for this tokenizer: every option is scored by "
+                "its first token, as the README's method section defines p_k; results are not comparable with a "
+                "tokenizer that keeps each answer in one token.",
+            )
     return [float(a[0] if (first := getattr(a, "first_logprob", None)) is None else first) for a in answers]
 
 

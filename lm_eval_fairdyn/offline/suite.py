@@ -145,7 +145,7 @@ class TrainingStream:
 
     def _encode(self, text: str) -> tuple[int, ...]:
         """The text's ids as the tokenizer's ``__call__`` gives them without special tokens, from its
-        Rust tokenizer directly (a fifth of the time) and once per distinct text (items repeat)."""
+        Rust tokenizer directly (half the time) and once per distinct text (items repeat)."""
         ids = self._encoded.get(text)
         if ids is None:
             ids = self._encoded[text] = tuple(
