@@ -709,7 +709,7 @@ def _lm_eval_error(run_parser: argparse.ArgumentParser, message: str):
     unrecognized = "unrecognized arguments: "
     if message.startswith(unrecognized):
         raise UserInputError(_unrecognized(run_parser, "fairdyn eval --help", message[len(unrecognized) :].split()))
-    raise UserInputError(f"{message}; `fairdyn eval --help` lists the flags")
+    _Parser.error(run_parser, message)
 
 
 class _Parser(argparse.ArgumentParser):
